@@ -1,0 +1,25 @@
+"""vxgate: a Salmon mail gateway that puts Dr.Web vxCube in the path of e-mail."""
+from setuptools import find_packages, setup
+
+setup(
+    name="vxgate",
+    version="0.1.0",
+    description="Postfix content filter and BCC monitor backed by the Dr.Web vxCube sandbox",
+    packages=find_packages(include=["salmon_app", "salmon_app.*", "handlers", "config"]),
+    include_package_data=True,
+    python_requires=">=3.11",
+    install_requires=[
+        "salmon-mail==3.3.0",
+        "requests==2.34.2",
+        "tenacity==9.2.1",
+        "peewee==4.5.3",
+        "lupa==2.8",
+        "pyzipper==0.4.0",
+        "puremagic==1.30",
+        "jinja2==3.1.6",
+    ],
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
+    },
+    entry_points={"console_scripts": ["vxgate = salmon_app.cli:main"]},
+)
