@@ -1,0 +1,1 @@
+"""Salmon's application configuration: settings (values), boot (wiring), testing (test boot)."""

@@ -1,0 +1,22 @@
+"""Wiring for ``salmon start``: logging, routing, and the gateway as Salmon's receiver."""
+import logging.config
+import os
+
+from salmon.routing import Router
+
+from config import settings
+from salmon_app.gateway import Gateway
+from salmon_app.log import install_redaction
+from salmon_app.service import Service
+
+HANDLERS = ["handlers.smtp_filter", "handlers.notices"]
+
+os.makedirs("logs", exist_ok=True)
+logging.config.fileConfig(os.environ.get("VXGATE_LOGGING", "config/logging.conf"), disable_existing_loggers=False)
+install_redaction([settings.CONFIG.VxcubeApiKey, settings.CONFIG.BccReporterPassword])
+
+Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx), not become a 250
+Router.RELOAD = False
+Router.load(HANDLERS)
+
+settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router))

@@ -1,0 +1,1 @@
+"""Salmon state handlers: one module per kind of message vxgate routes."""

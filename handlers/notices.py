@@ -1,0 +1,19 @@
+"""Messages vxgate writes itself (bounces, administrator notices): relayed, never checked.
+
+They are created already acknowledged; checking them again could loop, so the only step is
+relaying them to the next hop until it takes them.
+"""
+from salmon.routing import nolocking, route, stateless
+
+from salmon_app import models
+
+
+@route(r"(queue_id)@notice\.vxgate", queue_id="[A-Z0-9]+")
+@stateless
+@nolocking
+def START(message, queue_id=None):
+    message.handled = True
+    if message.state in (models.RELAYING, models.DEFERRED):
+        message.gateway.relay(message)
+    else:
+        message.forward(models.RELAYING)

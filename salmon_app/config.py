@@ -1,0 +1,401 @@
+"""The vxgate configuration file: an INI file with [Root], [MailD] and [Quarantine] sections.
+
+The format is the one of the product in the specification (``shared/reference/config.md``):
+case-insensitive names, ``;``/``#`` comments, quoted values, comma lists or repeated lines,
+Yes/No booleans, ``1h30m`` durations, ``10mb`` sizes, ``None`` for unlimited, sockets as
+``IP:port`` or a UNIX socket path. Every parameter has a default here (``SCHEMA``) and in the
+sample ``config/vxgate.ini``; anything wrong stops start-up with ``file:line: problem``.
+We parse by hand because configparser forgets line numbers and refuses repeated keys.
+"""
+import dataclasses
+import os
+import re
+import socket
+
+SECTIONS = ("Root", "MailD", "Quarantine")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as ``file:line: what is wrong, what is expected``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketAddr:
+    """Where to listen or connect: TCP (host, port) or a UNIX socket path."""
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def is_unix(self):
+        return bool(self.path)
+
+    def __str__(self):
+        if self.path:
+            return self.path
+        return "[%s]:%d" % (self.host, self.port) if ":" in self.host else "%s:%d" % (self.host, self.port)
+
+
+# ---------------------------------------------------------------- value types
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([wdhms]?)")
+_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|k|mb|m|gb|g)?", re.I)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
+               "g": 1024 ** 3, "gb": 1024 ** 3}
+_BOOLS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
+
+
+def parse_bool(text):
+    try:
+        return _BOOLS[text.lower()]
+    except KeyError:
+        raise ValueError("expected Yes or No") from None
+
+
+def parse_duration(text):
+    text = text.strip().lower()
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError("expected a duration such as 30s, 0.5s, 5m, 1h30m or 2d")
+    return total
+
+
+def parse_size(text):
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise ValueError("expected a size such as 512kb, 10mb or 1gb")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower() if match.group(2) else None])
+
+
+def parse_socket(text, allow_hostname=False):
+    text = text.strip()
+    if text.startswith("/"):
+        return SocketAddr(path=text)
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError("expected IP:port (127.0.0.1:10025, [::1]:10025) or an absolute UNIX socket path")
+    host, port = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+    if not allow_hostname:
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            raise ValueError("%r is not an IP address; expected IP:port or a UNIX socket path" % host) from None
+    port = int(port)
+    if not 0 < port < 65536:
+        raise ValueError("port %d out of range 1-65535" % port)
+    return SocketAddr(host=host, port=port)
+
+
+def parse_host_socket(text):
+    """A server given as host, host:port, IP, [IPv6]:port or a UNIX path (port 25 by default)."""
+    text = text.strip()
+    if text.startswith("/") or re.search(r":\d+$", text):
+        return parse_socket(text, allow_hostname=True)
+    if not re.fullmatch(r"[\w.-]+|\[[0-9a-fA-F:.]+\]", text):
+        raise ValueError("expected a host name, host:port, an IP address or a UNIX socket path")
+    return SocketAddr(host=text.strip("[]"), port=25)
+
+
+def _unquote(text):
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def split_list(text):
+    """``"a", "b"`` or ``a, b`` -> ["a", "b"]; commas inside quotes are kept."""
+    items = [item for item in re.findall(r'"[^"]*"|\'[^\']*\'|[^,]+', text)]
+    return [_unquote(item) for item in items if _unquote(item)]
+
+
+@dataclasses.dataclass
+class Param:
+    section: str
+    name: str
+    kind: str            # bool, int, duration, size, str, secret, socket, hostsocket, list, choice, path
+    default: object
+    doc: str
+    choices: tuple = ()
+    minimum: float = None
+    allow_none: bool = False   # "None" means unlimited / disabled
+
+    def convert(self, raw):
+        value = _unquote(raw) if self.kind != "list" else raw
+        if self.allow_none and value.lower() == "none":
+            return None
+        if self.kind == "bool":
+            return parse_bool(value)
+        if self.kind == "int":
+            try:
+                result = int(value)
+            except ValueError:
+                raise ValueError("expected a whole number") from None
+        elif self.kind == "duration":
+            result = parse_duration(value)
+        elif self.kind == "size":
+            result = parse_size(value)
+        elif self.kind == "socket":
+            return parse_socket(value) if value else None
+        elif self.kind == "hostsocket":
+            return parse_host_socket(value) if value else None
+        elif self.kind == "list":
+            return split_list(raw)
+        elif self.kind == "choice":
+            for choice in self.choices:
+                if choice.lower() == value.lower():
+                    return choice
+            raise ValueError("expected one of " + ", ".join(self.choices))
+        else:
+            return value
+        if self.minimum is not None and result < self.minimum:
+            raise ValueError("must be at least %s" % self.minimum)
+        return result
+
+
+def _p(section, name, kind, default, doc, **kw):
+    return Param(section, name, kind, default, doc, **kw)
+
+
+FILE_TYPES = ("exe, dll, scr, com, msi, sys, cpl, lnk, js, jse, vbs, vbe, wsf, hta, ps1, bat, cmd, jar, "
+              "doc, docx, docm, dot, dotm, xls, xlsx, xlsm, xlsb, ppt, pptx, pptm, rtf, pdf, "
+              "zip, rar, 7z, gz, cab, iso, img, html, htm")
+
+SCHEMA = [
+    # [Root]: the analyser
+    _p("Root", "UseVxcube", "bool", False, "Send attachments to Dr.Web vxCube for analysis."),
+    _p("Root", "VxcubeApiAddress", "str", "", "vxCube API server: host, host:port or https://host[:port]/ (required with UseVxcube)."),
+    _p("Root", "VxcubeApiKey", "secret", "", "vxCube API key (never logged)."),
+    _p("Root", "VxcubeVerifyTls", "bool", True, "Verify the vxCube server's TLS certificate."),
+    _p("Root", "VxcubeCaFile", "str", "", "CA bundle for a private vxCube certificate (empty: system CAs)."),
+    _p("Root", "VxcubeSendMode", "choice", "Attachments", "Attachments: vxgate extracts files of VxcubeFileTypes and uploads each; Message: upload the whole .eml and let vxCube split it.", choices=("Attachments", "Message")),
+    _p("Root", "VxcubeFileTypes", "list", [t.strip() for t in FILE_TYPES.split(",")], "File types (by content, then by name) that are analysed."),
+    _p("Root", "VxcubePlatforms", "list", [], "Platform codes to analyse on (empty: the ones vxCube suggests for the sample)."),
+    _p("Root", "VxcubeAnalysisTime", "duration", 60.0, "Run time of each analysis.", minimum=1),
+    _p("Root", "VxcubeTimeout", "duration", 900.0, "Give up on an analysis after this long: the file is unchecked.", minimum=1),
+    _p("Root", "VxcubeRequestTimeout", "duration", 30.0, "Time-out of one HTTP request to vxCube.", minimum=0.1),
+    _p("Root", "VxcubeRetryAttempts", "int", 5, "Attempts per HTTP request (connection errors, time-outs, 429, 5xx).", minimum=1),
+    _p("Root", "VxcubeRetryMin", "duration", 1.0, "First back-off between HTTP attempts (jittered, doubling).", minimum=0),
+    _p("Root", "VxcubeRetryMax", "duration", 30.0, "Longest back-off between HTTP attempts.", minimum=0),
+    _p("Root", "VxcubePollInterval", "duration", 5.0, "First wait between polls of a running analysis (doubles up to 6x).", minimum=0.05),
+    _p("Root", "VxcubeWorkers", "int", 4, "Threads talking to vxCube.", minimum=1),
+    _p("Root", "VxcubeQueueSize", "int", 1000, "Files waiting for a vxCube worker before new ones wait in the database.", minimum=1),
+    _p("Root", "VxcubeCacheTtl", "duration", 86400.0, "Keep clean/suspicious/dangerous verdicts by SHA-256 this long (unchecked is never cached).", minimum=0),
+    # [MailD]: SMTP mode
+    _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
+    _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),
+    _p("MailD", "SmtpHook", "str", "", "Lua policy: code or a path to a .lua file (empty: accept everything)."),
+    _p("MailD", "SmtpHookTimeout", "duration", 5.0, "CPU time one hook call may take.", minimum=0.01),
+    _p("MailD", "SmtpHookMemory", "size", 64 * 1024 ** 2, "Memory of one Lua runtime.", minimum=1024 ** 2),
+    _p("MailD", "SmtpHookErrorAction", "choice", "Tempfail", "What a failing hook means for the message.", choices=("Tempfail", "Accept", "Quarantine")),
+    _p("MailD", "SmtpHostname", "str", "", "Name in the greeting and in notices (empty: this host's FQDN)."),
+    _p("MailD", "SmtpMaxMessageSize", "size", 64 * 1024 ** 2, "Largest message accepted (advertised with SIZE).", minimum=1024),
+    _p("MailD", "SmtpMaxConnections", "int", 100, "Simultaneous SMTP connections; more are answered 421.", minimum=1),
+    _p("MailD", "SmtpMaxRecipients", "int", 1000, "Recipients per transaction; more are answered 452.", minimum=1),
+    _p("MailD", "SmtpMaxLineLength", "int", 998, "Longest line (without CRLF) of a command or of the message (RFC 5321: 998).", minimum=78),
+    _p("MailD", "SmtpIdleTimeout", "duration", 300.0, "Close a connection that sends nothing for this long.", minimum=1),
+    _p("MailD", "SmtpReplyTimeout", "duration", 60.0, "Longest wait for the outcome before answering 250 and finishing in the background (keep well below Postfix's 600 s).", minimum=0),
+    _p("MailD", "SmtpWorkers", "int", 4, "Threads that route and check messages.", minimum=1),
+    _p("MailD", "SmtpRelayWorkers", "int", 8, "Threads that relay to the next hop.", minimum=1),
+    _p("MailD", "SmtpQueueSize", "int", 1000, "Messages waiting for a stage before new ones wait in the database.", minimum=1),
+    _p("MailD", "SmtpRelayTimeout", "duration", 60.0, "Time-out of each command to the next hop.", minimum=0.1),
+    _p("MailD", "SmtpRelayRetryMin", "duration", 60.0, "First back-off after the next hop failed (jittered, doubling).", minimum=0),
+    _p("MailD", "SmtpRelayRetryMax", "duration", 1800.0, "Longest back-off between relay attempts.", minimum=0),
+    _p("MailD", "SmtpRelayMaxAge", "duration", 5 * 86400.0, "Bounce what the next hop has not accepted after this long.", minimum=0),
+    _p("MailD", "SmtpRecoveryLimit", "int", 3, "Start-ups a message may be in flight at before it is set aside as poisonous.", minimum=1),
+    _p("MailD", "RepackPassword", "str", "None", "Archive password for repacked threats: None, Plain(<password>) or HMAC(<secret>)."),
+    # [MailD]: BCC mode
+    _p("MailD", "BccSocket", "socket", None, "Where blind copies arrive (empty: BCC mode off)."),
+    _p("MailD", "BccMonitorAddresses", "list", [], "Recipients the BCC socket accepts: addresses or @domain (required with BccSocket)."),
+    _p("MailD", "BccReporterAddress", "str", "", "Sender of the reports (also the SMTP AUTH user)."),
+    _p("MailD", "BccReporterPassword", "secret", "", "SMTP AUTH password of BccReporterAddress (never logged)."),
+    _p("MailD", "BccReportRecipientAddress", "str", "", "The administrator who receives the reports."),
+    _p("MailD", "BccSmtpServer", "hostsocket", None, "MTA that sends the reports: host, host:port, IP or UNIX socket."),
+    # [Quarantine]: storage
+    _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
+    _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
+    _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered mail this long.", minimum=0),
+    _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected and failed messages this long.", minimum=0),
+    _p("Quarantine", "KeepDeliveredMessages", "bool", False, "Keep the files of delivered mail (until DeliveredRetention) for export/release."),
+]
+_BY_KEY = {(p.section.lower(), p.name.lower()): p for p in SCHEMA}
+
+
+class Config:
+    """Typed parameter values by name (``config.SmtpSocket``); built from defaults plus a file."""
+
+    def __init__(self, values, path=None):
+        self._values = values
+        self.path = path
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes):
+        values = dict(self._values)
+        for name, value in changes.items():
+            if name not in values:
+                raise KeyError(name)
+            values[name] = value
+        return Config(values, self.path)
+
+    def items(self):
+        return self._values.items()
+
+
+def defaults():
+    values = {}
+    for param in SCHEMA:
+        default = param.default
+        values[param.name] = param.convert(default) if isinstance(default, str) and param.kind in ("socket", "hostsocket") else default
+    return values
+
+
+def parse_text(text, filename="<config>"):
+    """Parse INI text into a Config; raise ConfigError naming the file and line."""
+    values = defaults()
+    seen = {}
+    section = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        where = "%s:%d" % (filename, lineno)
+        stripped = line.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        if stripped.startswith("["):
+            if not stripped.endswith("]"):
+                raise ConfigError("%s: malformed section header %r, expected [Name]" % (where, stripped))
+            name = stripped[1:-1].strip()
+            matches = [s for s in SECTIONS if s.lower() == name.lower()]
+            if not matches:
+                raise ConfigError("%s: unknown section [%s], expected one of %s"
+                                  % (where, name, ", ".join("[%s]" % s for s in SECTIONS)))
+            section = matches[0]
+            continue
+        if "=" not in stripped:
+            raise ConfigError("%s: expected 'Name = Value', got %r" % (where, stripped))
+        if section is None:
+            raise ConfigError("%s: parameter outside a section, expected a [Section] header first" % where)
+        key, raw = (part.strip() for part in stripped.split("=", 1))
+        raw = _strip_comment(raw)
+        param = _BY_KEY.get((section.lower(), key.lower()))
+        if param is None:
+            raise ConfigError("%s: unknown parameter %r in [%s]%s" % (where, key, section, _suggest(section, key)))
+        try:
+            value = param.convert(raw)
+        except ValueError as exc:
+            raise ConfigError("%s: bad value %r for %s: %s" % (where, raw, param.name, exc)) from None
+        if param.name in seen:
+            if param.kind != "list":
+                raise ConfigError("%s: %s given twice (first at line %d), expected it once"
+                                  % (where, param.name, seen[param.name]))
+            value = values[param.name] + value
+        seen.setdefault(param.name, lineno)
+        values[param.name] = value
+    config = Config(values, filename)
+    _check_together(config, seen, filename)
+    return config
+
+
+def _strip_comment(raw):
+    """Drop a trailing `` ; comment`` / `` # comment`` outside quotes."""
+    quote = None
+    for i, char in enumerate(raw):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char in ";#" and (i == 0 or raw[i - 1].isspace()):
+            return raw[:i].rstrip()
+    return raw
+
+
+def _suggest(section, key):
+    known = [p.name for p in SCHEMA if p.section == section]
+    close = [name for name in known if name.lower().startswith(key.lower()[:4])]
+    return "; did you mean %s?" % " or ".join(close[:3]) if close else "; see config/vxgate.ini for the parameters"
+
+
+def _check_together(config, seen, filename):
+    """Rules that involve several parameters."""
+    def fail(name, text):
+        raise ConfigError("%s:%s: %s" % (filename, seen.get(name, 0), text))
+    if config.UseVxcube and not config.VxcubeApiAddress:
+        fail("UseVxcube", "UseVxcube = Yes needs VxcubeApiAddress (the vxCube API server)")
+    if config.UseVxcube and not config.VxcubeApiKey:
+        fail("UseVxcube", "UseVxcube = Yes needs VxcubeApiKey")
+    if config.SmtpReplyTimeout >= 600:
+        fail("SmtpReplyTimeout", "SmtpReplyTimeout must stay below Postfix's 600 s smtp_data_done_timeout, "
+             "or Postfix re-sends the message")
+    if config.BccSocket:
+        for name in ("BccMonitorAddresses", "BccReportRecipientAddress", "BccSmtpServer"):
+            if not getattr(config, name):
+                fail("BccSocket", "BccSocket is set, so %s is required" % name)
+    if config.SmtpSocket is None:
+        fail("SmtpSocket", "SmtpSocket is required: IP:port or a UNIX socket path")
+    if config.SmtpSenderRelay is None:
+        fail("SmtpSenderRelay", "SmtpSenderRelay is required: IP:port or a UNIX socket path")
+
+
+def load(path=None):
+    """Load the file named by ``path``, $VXGATE_CONFIG or config/vxgate.ini; defaults if it is absent."""
+    path = path or os.environ.get("VXGATE_CONFIG") or "config/vxgate.ini"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        if os.environ.get("VXGATE_CONFIG") or path != "config/vxgate.ini":
+            raise ConfigError("%s:0: configuration file not found" % path) from None
+        return Config(defaults(), None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("%s:0: cannot read the configuration: %s" % (path, exc)) from None
+    return parse_text(text, path)
+
+
+def render_sample():
+    """The sample file: every parameter with its documentation and default, commented out."""
+    lines = ["; vxgate configuration. Every line below shows a parameter's default.",
+             "; Uncomment and change what you need; names are case-insensitive.", ""]
+    for section in SECTIONS:
+        lines.append("[%s]" % section)
+        for param in (p for p in SCHEMA if p.section == section):
+            lines.append("; " + param.doc)
+            lines.append("; %s = %s" % (param.name, format_value(param, param.default)))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_value(param, value):
+    if value is None:
+        return ""
+    if param.kind == "bool":
+        return "Yes" if value else "No"
+    if param.kind == "list":
+        return ", ".join(value)
+    if param.kind == "duration":
+        return _format_duration(value)
+    if param.kind == "size":
+        return _format_size(value)
+    return str(value)
+
+
+def _format_duration(seconds):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return "%d%s" % (seconds // size, unit)
+    return "%gs" % seconds
+
+
+def _format_size(size):
+    for unit, factor in (("gb", 1024 ** 3), ("mb", 1024 ** 2), ("kb", 1024)):
+        if size % factor == 0:
+            return "%d%s" % (size // factor, unit)
+    return "%db" % size

@@ -1,0 +1,378 @@
+"""The gateway: intake of received mail, the stages it moves through, and their outcomes.
+
+``accept()`` makes a received message durable (file fsynced, record committed), hands it to
+the check stage and waits up to SmtpReplyTimeout for the outcome to give Postfix (250 with the
+next hop's id, or the 4xx/5xx that applies). Past that, the message is marked answered (we own
+it now) before the 250 is sent, and it finishes in the background. Stage workers deliver each
+message to Salmon's Router; the handlers in ``handlers/`` decide which step runs next.
+"""
+import json
+import logging
+import secrets
+import socket
+import time
+
+import tenacity
+
+from salmon_app import dsn, models
+from salmon_app.log import qlog
+from salmon_app.models import Message, Recipient
+from salmon_app.pipeline import Registry, Stage
+from salmon_app.receiver import Reply, SmtpServer
+from salmon_app.relay import Relay
+from salmon_app.request import StoredMessage
+from salmon_app.spool import Spool
+
+LOG = logging.getLogger("vxgate")
+
+# Which stage's pool runs a message in a given state.
+STAGE_OF = {models.STORED: "check", models.CHECKING: "check", models.ANALYSING: "check",
+            models.RELAYING: "relay", models.DEFERRED: "relay"}
+# Where each kind of message is relayed to.
+RELAY_OF = {"smtp": "smtp", "notice": "smtp", "report": "report"}
+
+
+def new_queue_id():
+    return secrets.token_hex(8).upper()
+
+
+def backoff(initial, maximum):
+    """tenacity's jittered exponential wait, used as a schedule (attempt n -> seconds)."""
+    wait = tenacity.wait_exponential_jitter(multiplier=initial, max=maximum)
+
+    def delay(attempt):
+        state = tenacity.RetryCallState(None, None, (), {})
+        state.attempt_number = max(1, attempt)
+        return wait(state)
+    return delay
+
+
+class Gateway:
+    def __init__(self, config, router, checks=None):
+        self.config, self.router = config, router
+        self.hostname = config.SmtpHostname or socket.getfqdn()
+        self.spool = Spool(config.SpoolDir)
+        self.database = models.open_database(config.DatabasePath)
+        self.registry = Registry()
+        self.stages = {
+            "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step),
+            "relay": Stage("relay", config.SmtpRelayWorkers, config.SmtpQueueSize, self.run_step),
+        }
+        self.relays = {"smtp": Relay(config.SmtpSenderRelay, timeout=config.SmtpRelayTimeout,
+                                     hostname=self.hostname, tls="off")}
+        self.retry_delay = backoff(config.SmtpRelayRetryMin, config.SmtpRelayRetryMax)
+        from salmon_app.checks import Checks   # late: checks may import the gateway's helpers
+        self.checks = checks or Checks(self)
+        self.servers = [self.make_server(config.SmtpSocket, "smtp")]
+        self.sweeper = None
+
+    def make_server(self, address, mode, rcpt_check=None):
+        config = self.config
+        return SmtpServer(address, Intake(self, mode), hostname=self.hostname,
+                          max_connections=config.SmtpMaxConnections,
+                          max_message_size=config.SmtpMaxMessageSize,
+                          max_recipients=config.SmtpMaxRecipients, max_line=config.SmtpMaxLineLength,
+                          idle_timeout=config.SmtpIdleTimeout, name=mode, rcpt_check=rcpt_check)
+
+    # ------------------------------------------------------------ life cycle
+    def start(self):
+        from salmon_app.recovery import Sweeper, recover
+        recover(self)
+        for stage in self.stages.values():
+            stage.start()
+        self.sweeper = Sweeper(self)
+        self.sweeper.start()
+        for server in self.servers:
+            server.start()
+
+    def shut_down(self, timeout=30.0):
+        """Stop listening, answer waiting sessions, let workers finish; the rest resumes at start."""
+        for server in self.servers:
+            server.stopping.set()
+        for queue_id, waiter in self.registry.open_waiters():
+            waiter.wait(0, on_timeout=lambda q=queue_id: self.mark_answered(q))
+        for server in self.servers:
+            server.stop(timeout)
+        if self.sweeper:
+            self.sweeper.stop()
+        for stage in self.stages.values():
+            stage.stop(timeout)
+        for relay in self.relays.values():
+            relay.close()
+        self.database.close()
+
+    # ------------------------------------------------------------ moving messages
+    def submit(self, queue_id, state):
+        """Queue a message for the stage serving ``state``; False leaves it to the sweeper."""
+        if not self.registry.hold(queue_id):
+            return False
+        if self.stages[STAGE_OF[state]].submit(queue_id):
+            return True
+        self.registry.release(queue_id)
+        return False
+
+    def run_step(self, queue_id):
+        """Stage worker body: one step of one message, through Salmon's Router."""
+        message = None
+        try:
+            row = Message.get_or_none(Message.id == queue_id)
+            if row is None or row.state not in STAGE_OF:
+                return
+            message = StoredMessage(self, row)
+            self.router.deliver(message)
+            if not message.handled:
+                raise RuntimeError("no handler routes %s" % message.To)
+        except Exception as exc:
+            self.internal_error(queue_id, exc)
+        finally:
+            if message is None or not message.forwarded:
+                self.registry.release(queue_id)
+
+    def forward(self, message, state, **fields):
+        """Move a held message to the stage of ``state`` (recording the state when asked)."""
+        if fields or state != message.state:
+            models.set_state(message.queue_id, state, None, **fields)
+        message.state = message.row.state = state
+        stage = self.stages[STAGE_OF[state]]
+        message.forwarded = True
+        if not stage.submit(message.queue_id):
+            models.set_state(message.queue_id, state, None)   # persist so the sweeper finds it
+            message.forwarded = False
+
+    def conclude(self, queue_id, state, reply, event, *, remove_file=False, **fields):
+        """Record a final outcome and give it to the waiting session; True if the session got it."""
+        def record():
+            models.set_state(queue_id, state, event, last_reply=str(reply) if reply else "", **fields)
+        waiter = self.registry.waiter(queue_id)
+        told = bool(waiter and reply and waiter.offer(reply, before=record))
+        if not told:
+            record()
+        if remove_file:
+            self.spool.remove(queue_id)
+            Message.update(has_file=False).where(Message.id == queue_id).execute()
+        qlog(queue_id).info("%s: %s", state, event)
+        return told
+
+    def mark_answered(self, queue_id):
+        with models.writing():
+            Message.update(answered=True, updated=time.time()).where(Message.id == queue_id).execute()
+            models.log_event(queue_id, "answered", "250 sent before the outcome was known; finishing in the background")
+
+    def session_waiting(self, queue_id):
+        waiter = self.registry.waiter(queue_id)
+        return bool(waiter and not waiter.closed)
+
+    def internal_error(self, queue_id, exc):
+        """Every internal error is temporary: 451 to a waiting session, or a later retry."""
+        log = qlog(queue_id)
+        log.error("internal error: %s", exc, exc_info=exc)
+        reason = "internal error: %s: %s" % (type(exc).__name__, exc)
+        try:
+            row = Message.get_by_id(queue_id)
+            told = self.conclude(queue_id, models.TEMPFAILED, Reply(451, "4.3.0 Internal error, try again later"),
+                                 reason, remove_file=True) if self.session_waiting(queue_id) else False
+            if not told:
+                attempts = row.attempts + 1
+                retry_state = row.state if row.state in STAGE_OF else models.STORED
+                models.set_state(queue_id, retry_state, reason, attempts=attempts,
+                                 next_attempt=time.time() + self.retry_delay(attempts))
+        except Exception:
+            log.exception("could not record the internal error; the message stays as it was")
+
+    # ------------------------------------------------------------ decisions
+    def apply(self, message, decision, analysis):
+        """Carry out the policy's decision (issue-level actions grow here)."""
+        if decision.action == "accept":
+            message.forward(models.RELAYING)
+        else:
+            raise ValueError("unsupported action %r" % decision.action)
+
+    # ------------------------------------------------------------ relaying
+    def relay(self, message):
+        row, log = message.row, message.log
+        recipients = list(Recipient.select().where(Recipient.message == row.id,
+                                                   Recipient.state.in_(("pending", "deferred"))))
+        addresses = [r.address for r in recipients]
+        params = json.loads(row.client_json).get("_rcpt_params", {})
+        relay = self.relays[RELAY_OF[row.mode]]
+        started = time.monotonic()
+        with message.open_output() as source:
+            result = relay.send(row.mail_from, addresses, source, message.output_size(),
+                                mail_params=json.loads(row.client_json).get("_mail_params", {}),
+                                rcpt_params=[params.get(a, {}) for a in addresses],
+                                xforward=message.xforward())
+        now = time.time()
+        ok, temp, perm = result.recipients("ok"), result.recipients("temp"), result.recipients("perm")
+        expired = temp and now - row.created > self.config.SmtpRelayMaxAge
+        if expired:
+            for address in temp:
+                result.replies[address] = (554, "5.4.7 Delivery time expired: " + result.replies[address][1])
+            perm, temp = perm + temp, []
+        by_state = {a: "delivered" for a in ok}
+        by_state.update({a: "deferred" for a in temp})
+        by_state.update({a: "bounced" for a in perm})
+        summary = "; ".join("%s: %d %s" % (a, *result.replies[a]) for a in addresses)
+        with models.writing():
+            for rcpt in recipients:
+                Recipient.update(state=by_state[rcpt.address], reply="%d %s" % result.replies[rcpt.address]).where(
+                    Recipient.id == rcpt.id).execute()
+            models.log_event(row.id, "relay", "%s in %.3fs: %s" % (relay.address, time.monotonic() - started, summary))
+        if ok:
+            log.info("relayed to %s: %s", relay.address, ", ".join(ok) + (" (%s)" % result.next_hop_id if result.next_hop_id else ""))
+        if temp:
+            self._defer(message, result, temp, ok)
+        elif perm and not ok and self.session_waiting(row.id):
+            code, text = result.replies[perm[0]]
+            self.conclude(row.id, models.REJECTED, Reply(code if code >= 500 else 554, text),
+                          "next hop refused every recipient: " + summary)
+        else:
+            if perm:
+                self.bounce(row, [(a, *result.replies[a]) for a in perm])
+            final = models.DELIVERED if (ok or self._delivered_before(row.id)) else models.FAILED
+            next_hop = result.next_hop_id
+            reply = Reply(250, "2.0.0 Ok: queued as %s%s" % (row.id, " (next hop: %s)" % next_hop if next_hop else ""))
+            self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id,
+                          remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages)
+        self.summary(message, result, started)
+
+    def _delivered_before(self, queue_id):
+        return Recipient.select().where(Recipient.message == queue_id, Recipient.state == "delivered").exists()
+
+    def _defer(self, message, result, temp, ok):
+        row = message.row
+        attempts = row.attempts + 1
+        delay = self.retry_delay(attempts)
+        reason = result.replies[temp[0]][1]
+        fields = dict(attempts=attempts, next_attempt=time.time() + delay, last_reply=reason)
+        event = "deferred %s for %.0fs: %s" % (", ".join(temp), delay, reason)
+
+        def record(answered=False):
+            with models.writing():
+                extra = {"answered": True} if answered else {}
+                Message.update(state=models.DEFERRED, updated=time.time(), **fields, **extra).where(
+                    Message.id == row.id).execute()
+                models.log_event(row.id, models.DEFERRED, event)
+        waiter = self.registry.waiter(row.id)
+        reply = Reply(250, "2.0.0 Ok: queued as %s (next hop deferred, vxgate retries)" % row.id)
+        if not (waiter and waiter.offer(reply, before=lambda: record(True))):
+            record()
+        message.log.warning("%s", event)
+
+    def bounce(self, row, failures):
+        """Tell the sender which recipients failed for good (never for a null sender)."""
+        if not row.mail_from:
+            qlog(row.id).info("no bounce for the null sender: %s", ", ".join(f[0] for f in failures))
+            return None
+        data = dsn.build(self.hostname, row, failures, self.headers_of(row.id))
+        return self.inject("notice", "", [row.mail_from], data, parent=row.id, subject="Undelivered Mail")
+
+    def headers_of(self, queue_id):
+        try:
+            with open(self.spool.path(queue_id), "rb") as handle:
+                head = handle.read(65536)
+        except FileNotFoundError:
+            return b""
+        end = head.find(b"\r\n\r\n")
+        return head[:end + 2] if end >= 0 else head
+
+    def inject(self, mode, mail_from, rcpt_to, data, *, parent=None, subject=""):
+        """Store a message vxgate writes itself (a bounce, a report) and start relaying it."""
+        queue_id = new_queue_id()
+        self.spool.store(queue_id, data)
+        now = time.time()
+        with models.writing():
+            Message.create(id=queue_id, mode=mode, state=models.RELAYING, answered=True, created=now,
+                           updated=now, mail_from=mail_from, rcpt_json=json.dumps(rcpt_to), size=len(data),
+                           sha256="", subject=subject, parent=parent)
+            Recipient.insert_many([{"message": queue_id, "address": a} for a in rcpt_to]).execute()
+            models.log_event(queue_id, "created", "%s about %s to %s" % (mode, parent, ", ".join(rcpt_to)))
+        qlog(queue_id).info("%s created about %s", mode, parent)
+        self.submit(queue_id, models.RELAYING)
+        return queue_id
+
+    def summary(self, message, result, started):
+        row = message.row
+        outcome = "; ".join("%s=%d" % (a, c) for a, (c, _) in result.replies.items())
+        message.log.info("from=<%s> to=%s size=%d outcome=%s next_hop_id=%s time=%.3fs",
+                         row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, outcome,
+                         result.next_hop_id or "-", time.time() - row.created)
+
+
+class Intake:
+    """What a receiver calls for each message: open a spool file, then accept or refuse it."""
+
+    def __init__(self, gateway, mode):
+        self.gateway, self.mode = gateway, mode
+
+    def open(self, envelope):
+        return self.gateway.spool.writer(new_queue_id())
+
+    def accept(self, envelope, writer):
+        gateway, queue_id = self.gateway, writer.queue_id
+        log = qlog(queue_id)
+        waiter = gateway.registry.add_waiter(queue_id)
+        try:
+            writer.commit()
+            self._record(envelope, writer)
+        except Exception as exc:
+            gateway.registry.drop_waiter(queue_id)
+            log.exception("could not store the message: %s", exc)
+            gateway.spool.remove(queue_id)
+            return Reply(451, "4.3.0 Could not store the message, try again later")
+        log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
+                 ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,
+                 envelope.xforward.get("ADDR") or envelope.peer[0])
+        gateway.submit(queue_id, models.STORED)
+        failed = []
+
+        def answered():
+            try:
+                gateway.mark_answered(queue_id)
+            except Exception as exc:
+                failed.append(exc)
+        try:
+            reply = waiter.wait(gateway.config.SmtpReplyTimeout, on_timeout=answered)
+        finally:
+            gateway.registry.drop_waiter(queue_id)
+        if failed:
+            log.error("could not record the early answer: %s", failed[0])
+            return Reply(451, "4.3.0 Internal error, try again later")
+        if reply is None:
+            log.info("answered 250 before the outcome; finishing in the background")
+            return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
+        return reply
+
+    def _record(self, envelope, writer):
+        headers = parse_headers(envelope.headers)
+        client = envelope.client
+        client["_mail_params"] = envelope.mail_params
+        client["_rcpt_params"] = {a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}
+        now = time.time()
+        with models.writing():
+            Message.create(
+                id=writer.queue_id, mode=self.mode, state=models.STORED, created=now, updated=now,
+                mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
+                client_json=json.dumps(client), size=writer.size, sha256=writer.sha256,
+                body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",
+                smtputf8=bool(envelope.mail_params.get("SMTPUTF8")), **headers)
+            Recipient.insert_many([{"message": writer.queue_id, "address": a} for a in envelope.rcpt_to]).execute()
+
+
+def parse_headers(block):
+    """Subject, From and Message-ID of a header block, decoded for people; never raises."""
+    from email.header import decode_header, make_header
+    from email.parser import BytesHeaderParser
+    from email import policy
+    fields = {"subject": "", "header_from": "", "message_id": ""}
+    try:
+        parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        for key, name in (("subject", "Subject"), ("header_from", "From"), ("message_id", "Message-ID")):
+            value = parsed.get(name)
+            if value is not None:
+                try:
+                    fields[key] = str(make_header(decode_header(str(value))))[:500]
+                except Exception:
+                    fields[key] = str(value)[:500]
+    except Exception:
+        pass
+    return fields

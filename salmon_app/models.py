@@ -1,0 +1,120 @@
+"""Quarantine metadata in SQLite through peewee: messages, their recipients and their history.
+
+The database (WAL) is shared by the daemon's threads and by ``vxgate`` commands run beside it.
+Writes go through ``writing()``: one in-process lock plus ``BEGIN IMMEDIATE``, so a transaction
+that reads then writes never fails with "database is locked", and threads queue on a Python
+lock instead of SQLite's sleeping busy handler (which costs milliseconds per collision).
+"""
+import contextlib
+import json
+import os
+import threading
+import time
+
+import peewee
+
+db = peewee.DatabaseProxy()
+_WRITE_LOCK = threading.RLock()
+
+# Life of a message. Final states never change again except by an administrator's command.
+STORED, CHECKING, ANALYSING, RELAYING, DEFERRED = "stored", "checking", "analysing", "relaying", "deferred"
+DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD = (
+    "delivered", "quarantined", "rejected", "discarded", "tempfailed", "failed", "dropped", "held")
+IN_FLIGHT = (STORED, CHECKING, ANALYSING, RELAYING, DEFERRED)
+FINAL = (DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = db
+
+
+class Message(BaseModel):
+    id = peewee.CharField(primary_key=True)          # the queue id, unguessable
+    mode = peewee.CharField(index=True)               # smtp, bcc, notice, report
+    state = peewee.CharField(index=True)
+    answered = peewee.BooleanField(default=False)     # 250 sent: we own it, Postfix forgot it
+    created = peewee.FloatField(index=True)
+    updated = peewee.FloatField()
+    mail_from = peewee.TextField()
+    rcpt_json = peewee.TextField()
+    client_json = peewee.TextField(default="{}")      # XFORWARD attributes and the peer
+    size = peewee.IntegerField()
+    sha256 = peewee.CharField()
+    body_8bit = peewee.BooleanField(default=False)
+    smtputf8 = peewee.BooleanField(default=False)
+    subject = peewee.TextField(default="")
+    header_from = peewee.TextField(default="")
+    message_id = peewee.TextField(default="")
+    verdict = peewee.CharField(default="none", index=True)
+    action = peewee.CharField(default="")
+    reason = peewee.TextField(default="")
+    analysis_json = peewee.TextField(default="{}")
+    attempts = peewee.IntegerField(default=0)
+    next_attempt = peewee.FloatField(default=0)
+    recoveries = peewee.IntegerField(default=0)
+    next_hop_id = peewee.TextField(default="")
+    last_reply = peewee.TextField(default="")
+    parent = peewee.CharField(null=True, index=True)  # a notice's or report's subject message
+    has_file = peewee.BooleanField(default=True)
+
+    @property
+    def rcpt_to(self):
+        return json.loads(self.rcpt_json)
+
+    @property
+    def client(self):
+        return json.loads(self.client_json)
+
+
+class Recipient(BaseModel):
+    message = peewee.CharField(index=True)
+    address = peewee.TextField()
+    state = peewee.CharField(default="pending")       # pending, delivered, deferred, bounced
+    reply = peewee.TextField(default="")
+
+
+class Event(BaseModel):
+    message = peewee.CharField(index=True)
+    time = peewee.FloatField()
+    kind = peewee.CharField()
+    text = peewee.TextField(default="")
+
+
+MODELS = [Message, Recipient, Event]
+
+
+def open_database(path, synchronous="FULL"):
+    """Open (creating if needed, mode 0600) and bind the database; returns the peewee database."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    database = peewee.SqliteDatabase(path, pragmas={
+        "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": 30000,
+        "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
+    db.initialize(database)
+    with writing():
+        database.create_tables(MODELS)
+    return database
+
+
+@contextlib.contextmanager
+def writing():
+    """A write transaction that cannot meet "database is locked" inside this process."""
+    with _WRITE_LOCK:
+        with db.atomic("IMMEDIATE"):
+            yield
+
+
+def log_event(queue_id, kind, text="", when=None):
+    Event.create(message=queue_id, time=when or time.time(), kind=kind, text=text)
+
+
+def set_state(queue_id, state, event=None, **fields):
+    """Move a message to ``state`` with an optional history line, in one transaction."""
+    now = time.time()
+    with writing():
+        Message.update(state=state, updated=now, **fields).where(Message.id == queue_id).execute()
+        if event:
+            log_event(queue_id, state, event, now)

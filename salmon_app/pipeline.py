@@ -1,0 +1,134 @@
+"""Go-style plumbing: stages (a bounded queue drained by a pool of threads), waiters, tracking.
+
+A stage never blocks its producer: ``submit`` gives up when the queue is full and the message
+simply stays in the database, where the sweeper finds it again. So a slow stage (vxCube,
+a dead next hop) can fill its own queue but cannot stall the stages before it. The tracker
+knows which messages are owned by a queue or a worker, so the sweeper never doubles them.
+"""
+import logging
+import queue
+import threading
+
+LOG = logging.getLogger("vxgate.pipeline")
+_STOP = object()
+
+
+class Stage:
+    def __init__(self, name, workers, size, handle):
+        self.name, self.workers, self.handle = name, workers, handle
+        self.queue = queue.Queue(maxsize=size)
+        self.threads = []
+
+    def start(self):
+        for number in range(self.workers):
+            thread = threading.Thread(target=self._work, name="%s-%d" % (self.name, number), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def submit(self, item, timeout=None):
+        try:
+            self.queue.put(item, block=timeout is not None, timeout=timeout)
+            return True
+        except queue.Full:
+            return False
+
+    def _work(self):
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            try:
+                self.handle(item)
+            except Exception:   # the handler reports per message; this only keeps the pool alive
+                LOG.exception("%s: worker error on %r", self.name, item)
+
+    def stop(self, timeout=30.0):
+        """Let workers finish what they hold; what is still queued stays in the database."""
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self.threads:
+            self.queue.put(_STOP)
+        for thread in self.threads:
+            thread.join(timeout)
+        self.threads = []
+
+    def backlog(self):
+        return self.queue.qsize()
+
+
+class Waiter:
+    """The SMTP session waiting for a message's outcome; ``offer`` fails once it gave up."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self.reply = None
+        self.closed = False
+
+    def offer(self, reply, before=None):
+        """Hand ``reply`` to the session; ``before()`` runs first, under the lock, only if it will be sent."""
+        with self._lock:
+            if self.closed:
+                return False
+            if before:
+                before()
+            self.reply = reply
+            self.closed = True
+        self._event.set()
+        return True
+
+    def wait(self, timeout, on_timeout=None):
+        """The reply, or None after ``timeout``; ``on_timeout()`` runs under the lock before giving up."""
+        self._event.wait(timeout)
+        with self._lock:
+            if self.reply is None and not self.closed:
+                if on_timeout:
+                    on_timeout()
+                self.closed = True
+            return self.reply
+
+
+class Registry:
+    """Thread-safe maps of the waiting sessions and of the messages the pipeline holds."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.waiters = {}
+        self.held = set()
+
+    def add_waiter(self, queue_id):
+        waiter = Waiter()
+        with self._lock:
+            self.waiters[queue_id] = waiter
+        return waiter
+
+    def waiter(self, queue_id):
+        with self._lock:
+            return self.waiters.get(queue_id)
+
+    def drop_waiter(self, queue_id):
+        with self._lock:
+            self.waiters.pop(queue_id, None)
+
+    def hold(self, queue_id):
+        """Claim a message for the pipeline; False if it is already held."""
+        with self._lock:
+            if queue_id in self.held:
+                return False
+            self.held.add(queue_id)
+            return True
+
+    def release(self, queue_id):
+        with self._lock:
+            self.held.discard(queue_id)
+
+    def is_held(self, queue_id):
+        with self._lock:
+            return queue_id in self.held
+
+    def open_waiters(self):
+        with self._lock:
+            return list(self.waiters.items())

@@ -1,0 +1,414 @@
+"""The SMTP receiver: one thread per connection, every recipient kept, 250 only when durable.
+
+Salmon's receivers keep one recipient, answer 250 when a handler fails and serve every
+connection from one asyncore thread, so vxgate speaks ESMTP itself on the standard library's
+sockets. DATA is streamed straight into a spool file (``SpoolWriter``); the end of DATA is
+only CRLF.CRLF (no SMTP smuggling), bare LF and overlong lines are refused cleanly after the
+whole message was read, and the reply comes from ``intake.accept()``, which answers 250 only
+after the file is fsynced and its record committed, and 451 on any internal error.
+"""
+import dataclasses
+import logging
+import re
+import socket
+import threading
+
+LOG = logging.getLogger("vxgate.smtpd")
+
+_MAIL_RE = re.compile(rb"^MAIL FROM:\s*<((?:\"[^\"]*\"|[^>])*)>\s*(.*)$", re.I | re.S)
+_RCPT_RE = re.compile(rb"^RCPT TO:\s*<((?:\"[^\"]*\"|[^>])*)>\s*(.*)$", re.I | re.S)
+_XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+
+
+@dataclasses.dataclass
+class Envelope:
+    """What the SMTP transaction said about a message, kept exactly as received."""
+    mail_from: str = ""
+    rcpt_to: list = dataclasses.field(default_factory=list)
+    helo: str = ""
+    peer: tuple = ("", 0)
+    xforward: dict = dataclasses.field(default_factory=dict)
+    mail_params: dict = dataclasses.field(default_factory=dict)   # BODY, SMTPUTF8, RET, ENVID
+    rcpt_params: list = dataclasses.field(default_factory=list)   # NOTIFY, ORCPT per recipient
+    headers: bytes = b""       # the header block, for the record's subject/from/message-id
+
+    @property
+    def client(self):
+        """The original client: XFORWARD when Postfix sent it, else our peer."""
+        info = {"peer_ip": self.peer[0], "peer_port": self.peer[1], "helo": self.helo}
+        info.update({k.lower(): v for k, v in self.xforward.items()})
+        return info
+
+
+class Reply(Exception):
+    """An SMTP reply; raised inside a session to answer and continue."""
+
+    def __init__(self, code, text):
+        super().__init__(code, text)
+        self.code, self.text = int(code), text
+
+    def line(self):
+        lines = self.text.split("\n")
+        out = ["%d-%s" % (self.code, line) for line in lines[:-1]] + ["%d %s" % (self.code, lines[-1])]
+        return ("\r\n".join(out) + "\r\n").encode("utf-8", "replace")
+
+    def __str__(self):
+        return "%d %s" % (self.code, self.text)
+
+
+class SmtpServer:
+    """Listens on a TCP or UNIX socket and runs a Session thread per connection (capped)."""
+
+    def __init__(self, address, intake, *, hostname, max_connections, max_message_size,
+                 max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None):
+        self.address, self.intake, self.name = address, intake, name
+        self.hostname = hostname
+        self.max_connections, self.max_message_size = max_connections, max_message_size
+        self.max_recipients, self.max_line, self.idle_timeout = max_recipients, max_line, idle_timeout
+        self.rcpt_check = rcpt_check
+        self.sessions = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.sock = None
+        self.thread = None
+
+    def start(self):
+        self.sock = _listen(self.address)
+        self.thread = threading.Thread(target=self._accept_loop, name="%s-accept" % self.name, daemon=True)
+        self.thread.start()
+        LOG.info("%s: listening on %s", self.name, self.address)
+
+    @property
+    def port(self):
+        return self.sock.getsockname()[1] if not self.address.is_unix else 0
+
+    def _accept_loop(self):
+        while not self.stopping.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                LOG.exception("%s: accept failed", self.name)
+                continue
+            with self.lock:
+                busy = len(self.sessions) >= self.max_connections
+                session = None if busy else Session(self, conn, peer)
+                if session:
+                    self.sessions.add(session)
+            if busy:
+                _refuse(conn, b"421 4.7.0 %s Too many connections, try again later\r\n" % self.hostname.encode())
+                continue
+            threading.Thread(target=session.run, name="%s-session" % self.name, daemon=True).start()
+
+    def stop(self, timeout=10.0):
+        """Stop accepting, cut idle sessions, let sessions that wait for an outcome finish."""
+        self.stopping.set()
+        if self.sock:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            if self.address.is_unix:
+                _unlink_quietly(self.address.path)
+        with self.lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.interrupt()
+        for session in sessions:
+            session.done.wait(timeout)
+
+    def forget(self, session):
+        with self.lock:
+            self.sessions.discard(session)
+
+
+def _listen(address):
+    if address.is_unix:
+        _unlink_quietly(address.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address.path)
+    else:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+    sock.listen(1024)   # Salmon's backlog of 5 collapses under Postfix's parallel deliveries
+    return sock
+
+
+def _unlink_quietly(path):
+    try:
+        import os
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _refuse(conn, line):
+    try:
+        conn.settimeout(2)
+        conn.sendall(line)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+class Session:
+    """One SMTP connection: greeting, EHLO, XFORWARD, transactions, QUIT."""
+
+    def __init__(self, server, conn, peer):
+        self.server, self.conn = server, conn
+        self.peer = peer if isinstance(peer, tuple) else ("unix", 0)
+        self.done = threading.Event()
+        self.waiting = False      # inside intake.accept(): do not cut the connection
+        self.helo = ""
+        self.esmtp = False
+        self.xforward = {}
+        self.reset()
+
+    def reset(self):
+        self.envelope = None
+
+    def interrupt(self):
+        if not self.waiting:
+            try:
+                self.conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def send(self, code, text):
+        self.conn.sendall(Reply(code, text).line())
+
+    def run(self):
+        server = self.server
+        try:
+            if self.conn.family != socket.AF_UNIX:
+                self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conn.settimeout(server.idle_timeout)
+            self.rfile = self.conn.makefile("rb", buffering=65536)
+            self.send(220, "%s ESMTP vxgate" % server.hostname)
+            while not server.stopping.is_set():
+                line = self.rfile.readline(max(server.max_line + 2, 4096))
+                if not line:
+                    break
+                if not line.endswith(b"\n"):
+                    self._drain_line()
+                    self.send(500, "5.5.2 Line too long")
+                    continue
+                try:
+                    if self.command(line.rstrip(b"\r\n")) == "quit":
+                        break
+                except Reply as reply:
+                    self.conn.sendall(reply.line())
+            else:
+                self.send(421, "4.3.2 %s Service shutting down" % server.hostname)
+        except socket.timeout:
+            self._try_send(421, "4.4.2 %s Idle timeout, closing connection" % server.hostname)
+        except (OSError, ValueError):
+            pass   # the client went away; nothing was acknowledged that is not durable
+        except Exception:
+            LOG.exception("%s: session with %s failed", server.name, self.peer)
+            self._try_send(421, "4.3.0 %s Internal error, closing connection" % server.hostname)
+        finally:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            server.forget(self)
+            self.done.set()
+
+    def _try_send(self, code, text):
+        try:
+            self.send(code, text)
+        except OSError:
+            pass
+
+    def _drain_line(self):
+        limit = 1 << 16
+        while True:
+            chunk = self.rfile.readline(limit)
+            if not chunk or chunk.endswith(b"\n"):
+                return
+
+    # ------------------------------------------------------------ commands
+    def command(self, line):
+        verb = line.split(b" ", 1)[0].upper()
+        handler = getattr(self, "smtp_" + verb.decode("ascii", "replace"), None)
+        if handler is None or not verb.isalpha():
+            raise Reply(500, "5.5.2 Command not recognized")
+        arg = line[len(verb):].strip()
+        return handler(arg, line)
+
+    def smtp_EHLO(self, arg, line):
+        if not arg:
+            raise Reply(501, "5.5.4 Syntax: EHLO hostname")
+        self.helo, self.esmtp = arg.decode("utf-8", "replace"), True
+        self.reset()
+        server = self.server
+        self.send(250, "\n".join([
+            server.hostname, "PIPELINING", "SIZE %d" % server.max_message_size, "8BITMIME",
+            "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "XFORWARD " + " ".join(_XFORWARD_ATTRS)]))
+
+    def smtp_HELO(self, arg, line):
+        if not arg:
+            raise Reply(501, "5.5.4 Syntax: HELO hostname")
+        self.helo, self.esmtp = arg.decode("utf-8", "replace"), False
+        self.reset()
+        self.send(250, self.server.hostname)
+
+    def smtp_XFORWARD(self, arg, line):
+        if self.envelope is not None:
+            raise Reply(503, "5.5.1 Error: XFORWARD not allowed inside a transaction")
+        for item in arg.decode("utf-8", "replace").split():
+            name, _, value = item.partition("=")
+            if name.upper() not in _XFORWARD_ATTRS or not _:
+                raise Reply(501, "5.5.4 Bad XFORWARD attribute: %s" % name)
+            self.xforward[name.upper()] = value
+        self.send(250, "2.0.0 Ok")
+
+    def smtp_MAIL(self, arg, line):
+        if self.envelope is not None:
+            raise Reply(503, "5.5.1 Error: nested MAIL command")
+        if not self.helo:
+            raise Reply(503, "5.5.1 Error: send HELO/EHLO first")
+        match = _MAIL_RE.match(line)
+        if not match:
+            raise Reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
+        params = self._params(match.group(2), ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"))
+        if "SIZE" in params:
+            try:
+                size = int(params["SIZE"])
+            except ValueError:
+                raise Reply(501, "5.5.4 Bad SIZE parameter") from None
+            if size > self.server.max_message_size:
+                raise Reply(552, "5.3.4 Message size exceeds fixed limit of %d bytes" % self.server.max_message_size)
+        if params.get("BODY", "7BIT").upper() not in ("7BIT", "8BITMIME"):
+            raise Reply(555, "5.5.4 Unsupported BODY type")
+        params.pop("AUTH", None)   # a trusted client's AUTH= is not ours to forward
+        address = self._address(match.group(1), "SMTPUTF8" in params)
+        self.envelope = Envelope(mail_from=address, helo=self.helo, peer=self.peer,
+                                 xforward=dict(self.xforward), mail_params=params)
+        self.send(250, "2.1.0 Ok")
+
+    def smtp_RCPT(self, arg, line):
+        if self.envelope is None:
+            raise Reply(503, "5.5.1 Error: need MAIL command")
+        match = _RCPT_RE.match(line)
+        if not match:
+            raise Reply(501, "5.5.4 Syntax: RCPT TO:<address>")
+        params = self._params(match.group(2), ("NOTIFY", "ORCPT"))
+        address = self._address(match.group(1), "SMTPUTF8" in self.envelope.mail_params)
+        if not address:
+            raise Reply(553, "5.1.3 Empty recipient address")
+        if len(self.envelope.rcpt_to) >= self.server.max_recipients:
+            raise Reply(452, "4.5.3 Too many recipients")
+        if self.server.rcpt_check:
+            self.server.rcpt_check(address)   # raises Reply to refuse
+        self.envelope.rcpt_to.append(address)
+        self.envelope.rcpt_params.append(params)
+        self.send(250, "2.1.5 Ok")
+
+    def smtp_DATA(self, arg, line):
+        if self.envelope is None:
+            raise Reply(503, "5.5.1 Error: need MAIL command")
+        if not self.envelope.rcpt_to:
+            raise Reply(554, "5.5.1 Error: no valid recipients")
+        envelope, self.envelope = self.envelope, None
+        self.xforward = {}   # XFORWARD attributes last for one transaction
+        writer = self.server.intake.open(envelope)
+        try:
+            self.send(354, "End data with <CR><LF>.<CR><LF>")
+            problem = self._receive(writer, envelope)
+            if problem:
+                raise problem
+            self.waiting = True
+            reply = self.server.intake.accept(envelope, writer)
+        finally:
+            self.waiting = False
+            writer.abort()
+        self.conn.sendall(reply.line())
+
+    def _receive(self, writer, envelope):
+        """Stream DATA into the spool; return a Reply refusing the message, or None."""
+        rfile, limit, max_size = self.rfile, self.server.max_line + 2, self.server.max_message_size
+        problem = None
+        after_crlf = True     # the end is CRLF.CRLF only: after a line that ended in CRLF
+        in_headers, headers = True, []
+        write = writer.write
+        while True:
+            line = rfile.readline(limit)
+            if not line:
+                raise ConnectionError("connection closed during DATA")
+            if after_crlf and line == b".\r\n":
+                break
+            if line.endswith(b"\r\n"):
+                after_crlf = True
+            elif line.endswith(b"\n"):
+                after_crlf = False
+                problem = problem or Reply(550, "5.5.2 Message contains a bare LF line ending; "
+                                                "send CRLF line endings (RFC 5321 2.3.8)")
+            else:
+                after_crlf = False
+                if len(line) >= limit:
+                    problem = problem or Reply(550, "5.5.2 Message has a line longer than %d characters "
+                                                    "(RFC 5321 4.5.3.1.6)" % self.server.max_line)
+            if line[:1] == b".":
+                line = line[1:]
+            if problem:
+                continue
+            if writer.size + len(line) > max_size:
+                problem = Reply(552, "5.3.4 Message size exceeds fixed limit of %d bytes" % max_size)
+                continue
+            if in_headers:
+                if line in (b"\r\n", b"\n"):
+                    in_headers = False
+                elif sum(map(len, headers)) < 65536:
+                    headers.append(line)
+            write(line)
+        envelope.headers = b"".join(headers)
+        return problem
+
+    def _params(self, text, allowed):
+        params = {}
+        for item in text.decode("utf-8", "replace").split():
+            name, sep, value = item.partition("=")
+            if name.upper() not in allowed:
+                raise Reply(555, "5.5.4 Unsupported parameter %s" % name)
+            params[name.upper()] = value if sep else True
+        return params
+
+    def _address(self, raw, smtputf8):
+        try:
+            address = raw.decode("ascii")
+        except UnicodeDecodeError:
+            if not smtputf8:
+                raise Reply(553, "5.6.7 Non-ASCII address requires SMTPUTF8") from None
+            try:
+                address = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Reply(553, "5.6.7 Address is not valid UTF-8") from None
+        if "\r" in address or "\n" in address:
+            raise Reply(501, "5.1.7 Bad address syntax")
+        if ":" in address and address.startswith("@"):
+            address = address.split(":", 1)[1]   # drop an obsolete source route
+        return address
+
+    def smtp_RSET(self, arg, line):
+        self.reset()
+        self.xforward = {}
+        self.send(250, "2.0.0 Ok")
+
+    def smtp_NOOP(self, arg, line):
+        self.send(250, "2.0.0 Ok")
+
+    def smtp_VRFY(self, arg, line):
+        self.send(252, "2.0.0 Cannot VRFY; send some mail")
+
+    def smtp_HELP(self, arg, line):
+        self.send(214, "2.0.0 See RFC 5321")
+
+    def smtp_QUIT(self, arg, line):
+        self.send(221, "2.0.0 Bye")
+        return "quit"

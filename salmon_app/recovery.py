@@ -1,0 +1,86 @@
+"""Crash recovery at start-up and the sweeper that keeps every owned message moving.
+
+At start-up: files never acknowledged (``tmp/``, or with no record) are removed; records
+whose 250 was never sent are dropped, since Postfix still holds those messages; every
+acknowledged message in flight is resumed, and one that was in flight at too many start-ups
+(SmtpRecoveryLimit) is set aside as ``held`` so a poisonous message cannot crash-loop vxgate.
+While running, the sweeper re-submits what no stage holds: deferred mail whose time has come
+and anything a full queue could not take.
+"""
+import logging
+import threading
+import time
+
+from salmon_app import models
+from salmon_app.log import qlog
+from salmon_app.models import Message
+
+LOG = logging.getLogger("vxgate.recovery")
+
+
+def recover(gateway):
+    spool, limit = gateway.spool, gateway.config.SmtpRecoveryLimit
+    removed = spool.clean_tmp()
+    known = {row.id for row in Message.select(Message.id)}
+    orphans = [qid for qid in spool.queue_ids() if qid not in known and not qid.endswith(".out")]
+    for queue_id in orphans:
+        spool.remove(queue_id)
+    dropped = resumed = held = 0
+    for row in Message.select().where(Message.state.in_(models.IN_FLIGHT)):
+        log = qlog(row.id, LOG)
+        if not row.answered:
+            gateway.conclude(row.id, models.DROPPED, None,
+                             "vxgate stopped before answering; the sending MTA still holds the message",
+                             remove_file=True)
+            dropped += 1
+        elif row.recoveries + 1 >= limit:
+            gateway.conclude(row.id, models.HELD, None,
+                             "in flight at %d start-ups; set aside (vxgate quarantine show/release)" % (row.recoveries + 1),
+                             recoveries=row.recoveries + 1)
+            log.error("set aside after %d start-ups in flight", row.recoveries + 1)
+            held += 1
+        else:
+            with models.writing():
+                Message.update(recoveries=row.recoveries + 1).where(Message.id == row.id).execute()
+                models.log_event(row.id, "resumed", "resumed at start-up in state %s" % row.state)
+            resumed += 1
+    LOG.info("recovery: %d unacknowledged files removed, %d dropped, %d resumed, %d set aside",
+             removed + len(orphans), dropped, resumed, held)
+    return {"removed": removed + len(orphans), "dropped": dropped, "resumed": resumed, "held": held}
+
+
+class Sweeper:
+    """Once a second, hands the stages what is due and not already held."""
+
+    def __init__(self, gateway, interval=1.0):
+        self.gateway, self.interval = gateway, interval
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
+        self.hooks = []    # callables run each round (expiry, analysis resumption)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+
+    def _run(self):
+        while not self.stopping.wait(self.interval):
+            try:
+                self.sweep()
+                for hook in self.hooks:
+                    hook()
+            except Exception:
+                LOG.exception("sweeper round failed; trying again")
+
+    def sweep(self):
+        gateway, now = self.gateway, time.time()
+        rows = (Message.select(Message.id, Message.state, Message.answered)
+                .where(Message.state.in_(models.IN_FLIGHT), Message.next_attempt <= now)
+                .order_by(Message.next_attempt).limit(5000))
+        for row in rows:
+            if gateway.registry.is_held(row.id):
+                continue
+            if row.answered or gateway.registry.waiter(row.id):
+                gateway.submit(row.id, row.state)

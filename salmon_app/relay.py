@@ -1,0 +1,198 @@
+"""Relaying to the next hop: the stored bytes unchanged, the whole envelope, every reply kept.
+
+``smtplib`` speaks the commands, but its ``data()``/``sendmail()`` rewrite line endings, so
+the message body is dot-stuffed and sent here byte for byte (DKIM signatures stay valid).
+Each relay worker thread keeps its connection open between messages (Postfix's re-injection
+port allows it); TCP_NODELAY is set because a relay waits on every small reply.
+"""
+import dataclasses
+import logging
+import re
+import smtplib
+import socket
+import ssl
+import threading
+import time
+
+LOG = logging.getLogger("vxgate.relay")
+_QUEUED_AS = re.compile(r"queued as ([\w.-]+)", re.I)
+_IDLE_CHECK = 5.0     # seconds of idleness after which a kept connection is checked with NOOP
+
+
+@dataclasses.dataclass
+class RelayResult:
+    """Per-recipient outcome: (code, text) by address, and the next hop's queue id."""
+    replies: dict
+    data_reply: tuple = (0, "")
+    next_hop_id: str = ""
+
+    def recipients(self, kind):
+        test = {"ok": lambda c: 200 <= c < 300, "temp": lambda c: c < 200 or 400 <= c < 500 or c == 0,
+                "perm": lambda c: c >= 500}[kind]
+        return [addr for addr, (code, _) in self.replies.items() if test(code)]
+
+
+class _Client(smtplib.SMTP):
+    """smtplib.SMTP that can also connect to a UNIX socket and sets TCP_NODELAY."""
+
+    def __init__(self, address, timeout, local_hostname):
+        self._address = address
+        super().__init__(local_hostname=local_hostname, timeout=timeout)
+
+    def _get_socket(self, host, port, timeout):
+        if self._address.is_unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(self._address.path)
+            return sock
+        sock = socket.create_connection((host, port), timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+class Relay:
+    """Sends stored messages to one destination (SmtpSenderRelay, or BccSmtpServer for reports)."""
+
+    def __init__(self, address, *, timeout, hostname, username=None, password=None, tls="auto"):
+        self.address, self.timeout, self.hostname = address, timeout, hostname
+        self.username, self._password = username, password
+        self.tls = tls       # "auto": STARTTLS when offered; "implicit": port 465 style; "off"
+        self._local = threading.local()
+
+    def __repr__(self):
+        return "Relay(%s)" % self.address   # never the password
+
+    def send(self, mail_from, recipients, source, size, *, mail_params=None, rcpt_params=None, xforward=None):
+        """Relay the message read from the binary file ``source`` (``size`` bytes).
+
+        Connection problems become temporary replies for every recipient."""
+        rcpt_params = rcpt_params or [{}] * len(recipients)
+        try:
+            client = self._connection()
+            return self._transaction(client, mail_from, recipients, source, size, mail_params or {},
+                                     rcpt_params, xforward or {})
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            text = "4.4.1 next hop %s: %s" % (self.address, _describe(exc))
+            return RelayResult({addr: (0, text) for addr in recipients}, (0, text))
+
+    def _connection(self):
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            if time.monotonic() - self._local.used < _IDLE_CHECK:
+                return client
+            try:
+                if client.noop()[0] == 250:
+                    return client
+            except (OSError, smtplib.SMTPException):
+                pass
+            self.close()
+        client = self._connect()
+        self._local.client = client
+        return client
+
+    def _connect(self):
+        host, port = (self.address.path, 0) if self.address.is_unix else (self.address.host, self.address.port)
+        if self.tls == "implicit":
+            client = smtplib.SMTP_SSL(host, port, local_hostname=self.hostname, timeout=self.timeout,
+                                      context=ssl.create_default_context())
+        else:
+            client = _Client(self.address, self.timeout, self.hostname)
+            client.connect(host, port)
+        client.ehlo_or_helo_if_needed()
+        if self.tls == "auto" and client.has_extn("starttls"):
+            client.starttls(context=ssl.create_default_context())
+            client.ehlo()
+        if self.username:
+            client.login(self.username, self._password or "")
+        return client
+
+    def close(self):
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    def _transaction(self, client, mail_from, recipients, source, size, mail_params, rcpt_params, xforward):
+        self._local.used = time.monotonic()
+        if xforward and client.has_extn("xforward"):
+            offered = set(client.esmtp_features["xforward"].upper().split())
+            attrs = " ".join("%s=%s" % (k, v) for k, v in xforward.items() if k in offered)
+            if attrs:
+                client.docmd("XFORWARD", attrs)
+        options = _mail_options(client, mail_params, size)
+        code, text = client.mail(mail_from, options)
+        if code != 250:
+            client.rset()
+            return RelayResult({addr: (code, _text(text)) for addr in recipients}, (code, _text(text)))
+        replies = {}
+        for address, params in zip(recipients, rcpt_params):
+            code, text = client.rcpt(address, _rcpt_options(client, params))
+            replies[address] = (code, _text(text))
+        accepted = [a for a, (code, _) in replies.items() if code in (250, 251)]
+        if not accepted:
+            client.rset()
+            return RelayResult(replies)
+        code, text = client.docmd("DATA")
+        if code != 354:
+            client.rset()
+            replies.update({addr: (code, _text(text)) for addr in accepted})
+            return RelayResult(replies, (code, _text(text)))
+        _send_stuffed(client.sock, source)
+        code, text = client.getreply()
+        text = _text(text)
+        replies.update({addr: (code, text) for addr in accepted})
+        self._local.used = time.monotonic()
+        match = _QUEUED_AS.search(text)
+        return RelayResult(replies, (code, text), match.group(1) if match else "")
+
+
+def _mail_options(client, params, size):
+    options = []
+    if client.has_extn("size"):
+        options.append("SIZE=%d" % size)
+    body = params.get("BODY")
+    if body and client.has_extn("8bitmime"):
+        options.append("BODY=%s" % body)
+    if params.get("SMTPUTF8"):
+        options.append("SMTPUTF8")   # smtplib refuses it when the next hop lacks SMTPUTF8: a clear error
+    if client.has_extn("dsn"):
+        options += ["%s=%s" % (k, params[k]) for k in ("RET", "ENVID") if params.get(k)]
+    return options
+
+
+def _rcpt_options(client, params):
+    if not client.has_extn("dsn"):
+        return []
+    return ["%s=%s" % (k, params[k]) for k in ("NOTIFY", "ORCPT") if params.get(k)]
+
+
+def _send_stuffed(sock, source, batch=256 * 1024):
+    """Stream ``source`` dot-stuffed, in batches, so a 30 MB message is never copied whole."""
+    out, pending, last = [], 0, b"\r\n"
+    for line in source:
+        if line[:1] == b".":
+            out.append(b".")
+        out.append(line)
+        pending += len(line)
+        last = line
+        if pending >= batch:
+            sock.sendall(b"".join(out))
+            out, pending = [], 0
+    if not last.endswith(b"\r\n"):
+        out.append(b"\r\n")   # stored messages always end in CRLF; this guards hand-made ones
+    out.append(b".\r\n")
+    sock.sendall(b"".join(out))
+
+
+def _text(text):
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
+def _describe(exc):
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return "%s %s" % (exc.smtp_code, _text(exc.smtp_error))
+    return "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__

@@ -1,0 +1,119 @@
+"""Message files on disk: written to a temporary name, fsynced, renamed (Mailman's queue rule).
+
+A file under ``tmp/`` was never acknowledged and is removed at start-up; a file in its final
+place is complete. Files live in ``<SpoolDir>/<first two characters of the id>/<id>.eml`` with
+mode 0600 in directories of mode 0700.
+"""
+import hashlib
+import os
+import re
+
+_ID_RE = re.compile(r"^[A-Z0-9]{8,32}$")
+
+
+class Spool:
+    def __init__(self, directory):
+        self.directory = os.path.abspath(directory)
+        self.tmp = os.path.join(self.directory, "tmp")
+        for path in (self.directory, self.tmp):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+
+    def path(self, queue_id):
+        if not _ID_RE.match(queue_id):
+            raise ValueError("not a queue id: %r" % queue_id)
+        return os.path.join(self.directory, queue_id[:2], queue_id + ".eml")
+
+    def writer(self, queue_id):
+        return SpoolWriter(self, queue_id)
+
+    def read(self, queue_id):
+        with open(self.path(queue_id), "rb") as handle:
+            return handle.read()
+
+    def exists(self, queue_id):
+        return os.path.exists(self.path(queue_id))
+
+    def remove(self, queue_id):
+        try:
+            os.unlink(self.path(queue_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def store(self, queue_id, data):
+        """Write a whole message durably (notices, reports, modified copies)."""
+        writer = self.writer(queue_id)
+        try:
+            writer.write(data)
+            writer.commit()
+        finally:
+            writer.abort()
+        return writer
+
+    def clean_tmp(self):
+        """Remove files never acknowledged (a crash during DATA); returns how many."""
+        removed = 0
+        for name in os.listdir(self.tmp):
+            os.unlink(os.path.join(self.tmp, name))
+            removed += 1
+        return removed
+
+    def queue_ids(self):
+        for sub in os.listdir(self.directory):
+            folder = os.path.join(self.directory, sub)
+            if sub == "tmp" or not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if name.endswith(".eml"):
+                    yield name[:-4]
+
+
+class SpoolWriter:
+    """Streams DATA to ``tmp/<id>``, hashing as it goes; ``commit()`` makes it durable."""
+
+    def __init__(self, spool, queue_id):
+        self.spool, self.queue_id = spool, queue_id
+        self.tmp_path = os.path.join(spool.tmp, queue_id)
+        self.handle = open(os.open(self.tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600),
+                           "wb", buffering=256 * 1024)
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.committed = False
+
+    def write(self, data):
+        self.handle.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+    def commit(self):
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        final = self.spool.path(self.queue_id)
+        folder = os.path.dirname(final)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.rename(self.tmp_path, final)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)   # the rename itself must survive a power cut
+        finally:
+            os.close(fd)
+        self.committed = True
+        return final
+
+    def abort(self):
+        """Forget an unfinished file; harmless after commit()."""
+        if self.committed:
+            return
+        if not self.handle.closed:
+            self.handle.close()
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+    @property
+    def sha256(self):
+        return self.hash.hexdigest()

@@ -1,0 +1,299 @@
+"""HTTP client for the Dr.Web vxCube API v2.0: look a sample up by SHA-256, upload it,
+start an analysis and poll it, read the licence, platforms and formats. It keeps one
+requests session per thread, puts a timeout on every call, and retries what may succeed
+later (connection errors, timeouts, 429 honouring Retry-After, 5xx) with jittered
+exponential backoff under a ``RetryPolicy`` built from configuration values. Every failure
+is a ``VxcubeError`` that says whether it is transient; the API key never appears in an
+error, a repr or a log line.
+"""
+import email.utils
+import logging
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, fields
+
+import requests
+import tenacity
+from tenacity.wait import wait_base
+
+log = logging.getLogger("vxgate.vxcube")
+
+API_PATH = "api-2.0/"
+_KEY_PLACEHOLDER = "<api-key>"
+_BODY_EXCERPT = 200
+
+
+class VxcubeError(Exception):
+    """A failed vxCube call. ``transient`` errors may succeed if tried again later."""
+
+    def __init__(self, message, status=None, transient=False, retry_after=None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.transient = transient
+        self.retry_after = retry_after  # seconds the server asked us to wait, if any
+
+    def __str__(self):
+        return self.message if self.status is None else "%s (HTTP %d)" % (self.message, self.status)
+
+    def __repr__(self):
+        return "VxcubeError(%r, status=%r, transient=%r)" % (self.message, self.status, self.transient)
+
+
+def api_base_url(address):
+    """``<address>/api-2.0/`` for ``host``, ``host:port`` or ``http(s)://host[:port][/path]``."""
+    text = (address or "").strip()
+    if "://" not in text:
+        text = "https://" + text  # vxCube is served over TLS unless told otherwise
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a vxCube API address: %r" % address)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/" + API_PATH.rstrip("/")):
+        path += "/" + API_PATH.rstrip("/")
+    return "%s://%s%s/" % (parts.scheme, parts.netloc, path)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a transient failure (all times in seconds)."""
+    attempts: int = 4
+    initial: float = 1.0
+    maximum: float = 30.0
+    max_elapsed: float = 120.0
+
+    def __post_init__(self):
+        if int(self.attempts) != self.attempts or self.attempts < 1:
+            raise ValueError("retry attempts must be a whole number >= 1")
+        if min(self.initial, self.maximum) < 0 or self.max_elapsed <= 0:
+            raise ValueError("retry times must be >= 0 and max_elapsed > 0")
+
+    @classmethod
+    def from_config(cls, values):
+        """Build from a mapping of plain values (numbers or numeric strings)."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:  # a typo in the configuration must not silently mean "default"
+            raise ValueError("unknown retry setting(s): %s" % ", ".join(sorted(unknown)))
+        try:
+            converted = {name: (int if known[name] is int else float)(value)
+                         for name, value in values.items() if value is not None}
+        except (TypeError, ValueError) as exc:
+            raise ValueError("bad retry setting: %s" % exc) from None
+        return cls(**converted)
+
+    def retrying(self, sleep=time.sleep):
+        """A fresh tenacity ``Retrying`` object implementing this policy."""
+        backoff = tenacity.wait_exponential_jitter(
+            multiplier=self.initial, max=self.maximum, jitter=self.initial)
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts)
+            | tenacity.stop_before_delay(self.max_elapsed),
+            wait=_WaitRetryAfter(backoff, self.maximum),
+            retry=tenacity.retry_if_exception(_is_transient),
+            before_sleep=_log_retry,
+            sleep=sleep,
+            reraise=True,
+        )
+
+
+class _WaitRetryAfter(wait_base):
+    """Backoff, but never shorter than the server's Retry-After, and never over ``maximum``."""
+
+    def __init__(self, backoff, maximum):
+        self.backoff = backoff
+        self.maximum = maximum
+
+    def __call__(self, retry_state):
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = getattr(error, "retry_after", None) or 0.0
+        return min(max(self.backoff(retry_state), asked), self.maximum)
+
+
+def _is_transient(error):
+    return isinstance(error, VxcubeError) and error.transient
+
+
+def _log_retry(retry_state):
+    log.warning("vxCube call failed (%s); attempt %d, retrying in %.2fs",
+                retry_state.outcome.exception(), retry_state.attempt_number,
+                retry_state.upcoming_sleep)
+
+
+def _retry_after(value):
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class VxcubeClient:
+    """The vxCube API v2.0 calls a mail filter needs; safe to share between threads."""
+
+    def __init__(self, address, api_key, *, timeout=30.0, verify=True, retry=None):
+        if not api_key:
+            raise ValueError("a vxCube API key is required")
+        self.base_url = api_base_url(address)
+        self.timeout = timeout
+        self.verify = verify  # True, False or the path of a CA bundle
+        self.retry_policy = retry or RetryPolicy()
+        self._api_key = api_key
+        self._retrying = self.retry_policy.retrying()
+        self._local = threading.local()
+        self._sessions = []
+        self._sessions_lock = threading.Lock()
+
+    def __repr__(self):
+        return "VxcubeClient(%r)" % self.base_url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Close the sessions of all threads."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
+
+    # --- API calls ----------------------------------------------------------------
+
+    def find_sample(self, sha256):
+        """The Sample with this SHA-256 already on the server, or None."""
+        sha256 = sha256.lower()
+        reply = self._call("GET", "samples", json={"sha256": sha256, "count": 1, "offset": 0})
+        # Check the hash ourselves: a proxy that drops GET bodies turns the lookup into
+        # "list the latest samples", and a wrong match would skip an analysis.
+        return next((sample for sample in _as_list(reply, "samples")
+                     if str(sample.get("sha256", "")).lower() == sha256), None)
+
+    def upload(self, filename, data):
+        """Upload a file; an archive or an e-mail may come back split into several Samples."""
+        reply = self._call("POST", "samples",
+                           files={"file": (filename, data, "application/octet-stream")})
+        if isinstance(reply, dict) and "samples" in reply:
+            return _as_list(reply["samples"], "samples")
+        return _as_list(reply, "samples")
+
+    def start_analysis(self, sample_id, platforms=None, analysis_time=None, format_name=None):
+        """Start an analysis of a sample; omitted settings are left to the server."""
+        body = {"sample_id": sample_id,
+                "platforms": list(platforms) if platforms is not None else None,
+                "analysis_time": analysis_time, "format_name": format_name}
+        body = {name: value for name, value in body.items() if value is not None}
+        return _as_dict(self._call("POST", "analyses", json=body), "analysis")
+
+    def get_analysis(self, analysis_id):
+        path = "analyses/%s" % urllib.parse.quote(str(analysis_id), safe="")
+        return _as_dict(self._call("GET", path), "analysis")
+
+    def license(self):
+        return _as_dict(self._call("GET", "license"), "licence")
+
+    def platforms(self):
+        return _as_list(self._call("GET", "platforms"), "platforms")
+
+    def formats(self):
+        return _as_list(self._call("GET", "formats"), "formats")
+
+    # --- transport ----------------------------------------------------------------
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["Authorization"] = "api-key %s" % self._api_key
+            session.verify = self.verify
+            with self._sessions_lock:
+                self._sessions.append(session)
+            self._local.session = session
+        return session
+
+    def _call(self, method, path, **kwargs):
+        # copy(): one Retrying object may be running in several threads at once.
+        return self._retrying.copy()(self._attempt, method, path, **kwargs)
+
+    def _attempt(self, method, path, **kwargs):
+        started = time.monotonic()
+        try:
+            response = self._session().request(method, self.base_url + path,
+                                               timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise self._transport_error(method, path, exc) from None
+        log.debug("%s %s -> %d in %.3fs", method, path, response.status_code,
+                  time.monotonic() - started)
+        return self._decode(method, path, response)
+
+    def _transport_error(self, method, path, exc):
+        # A certificate that does not verify will not verify on the next try either.
+        transient = isinstance(exc, (requests.ConnectionError, requests.Timeout,
+                                     requests.exceptions.ChunkedEncodingError)) \
+            and not isinstance(exc, requests.exceptions.SSLError)
+        kind = "timed out" if isinstance(exc, requests.Timeout) else "failed"
+        return VxcubeError(self._scrub("vxCube %s %s %s: %s" % (method, path, kind, exc)),
+                           transient=transient)
+
+    def _decode(self, method, path, response):
+        status = response.status_code
+        if response.ok:
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise VxcubeError("vxCube %s %s: reply is not JSON" % (method, path),
+                                  status) from None
+        message = self._scrub("vxCube %s %s: %s" % (method, path, _error_text(response)))
+        transient = status == 429 or status >= 500
+        retry_after = _retry_after(response.headers.get("Retry-After")) if transient else None
+        raise VxcubeError(message, status, transient=transient, retry_after=retry_after)
+
+    def _scrub(self, text):
+        return str(text).replace(self._api_key, _KEY_PLACEHOLDER)
+
+
+def _error_text(response):
+    """The readable part of an error reply, following the official client's rules."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if key in body:
+                return str(body[key])
+        if body:  # a 400 lists errors per field: {"file": ["This field is required."]}
+            return "; ".join("%s: %s" % (name, "; ".join(map(str, errors))
+                                         if isinstance(errors, list) else errors)
+                             for name, errors in body.items())
+    elif isinstance(body, (str, list)) and body:
+        return str(body)[:_BODY_EXCERPT]
+    # Anything else is likely a proxy's HTML page: the status line says as much.
+    return response.reason or "error"
+
+
+def _as_list(reply, what):
+    if isinstance(reply, list):
+        return reply
+    if isinstance(reply, dict):
+        return [reply]
+    raise VxcubeError("vxCube sent no %s where some were expected" % what)
+
+
+def _as_dict(reply, what):
+    if not isinstance(reply, dict):
+        raise VxcubeError("vxCube sent no %s object" % what)
+    return reply

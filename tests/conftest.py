@@ -1,0 +1,83 @@
+"""Fixtures that start real servers (aiosmtpd's habit): a next-hop sink and vxgate itself.
+
+``vxgate(**params)`` starts a gateway in this process on a free loopback port, with its own
+spool and SQLite file under the test's tmp_path, relaying to the ``sink`` fixture; it hands
+back the running gateway with ``.port`` and ``.send(...)``.
+"""
+import os
+import smtplib
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from support.sink import SinkServer  # noqa: E402
+
+from salmon_app import config as vxconfig  # noqa: E402
+from salmon_app.config import SocketAddr  # noqa: E402
+
+CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postfix: needs a real Postfix installation")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture
+def sink():
+    server = SinkServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_config(tmp_path, sink_port, **params):
+    values = dict(
+        SmtpSocket=SocketAddr("127.0.0.1", 0), SmtpSenderRelay=SocketAddr("127.0.0.1", sink_port),
+        SpoolDir=str(tmp_path / "spool"), DatabasePath=str(tmp_path / "quarantine.db"),
+        SmtpHostname="vxgate.test", SmtpReplyTimeout=10.0, SmtpRelayRetryMin=0.2,
+        SmtpRelayRetryMax=0.5)
+    values.update(params)
+    return vxconfig.Config(vxconfig.defaults()).replace(**values)
+
+
+class Running:
+    """A gateway running in this process, with a client helper."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.port = gateway.servers[0].port
+
+    def send(self, mail_from, rcpt_to, data, **kw):
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            return client.sendmail(mail_from, rcpt_to, data, **kw)
+
+    def client(self):
+        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+
+    def stop(self):
+        if self.gateway:
+            self.gateway.shut_down()
+            self.gateway = None
+
+
+@pytest.fixture
+def vxgate(tmp_path, sink):
+    from salmon.routing import Router
+    import config.testing  # noqa: F401  (loads the handlers into Salmon's Router)
+    from salmon_app.gateway import Gateway
+    started = []
+
+    def start(**params):
+        gateway = Gateway(make_config(tmp_path, sink.port, **params), Router)
+        gateway.start()
+        running = Running(gateway)
+        started.append(running)
+        return running
+    yield start
+    for running in started:
+        running.stop()
