@@ -1,9 +1,10 @@
-"""Test boot: the same wiring as config/boot.py, logging to stderr at DEBUG, errors raising."""
-import logging
+"""Test boot: the same wiring as config/boot.py, logging to stderr, handler errors raising."""
+import os
 
-from salmon.routing import Router
+os.environ.setdefault("VXGATE_LOGGING", os.path.join(os.path.dirname(__file__), "logging-testing.conf"))
 
-from config import boot  # noqa: F401  (loads the handlers)
+from salmon.routing import Router  # noqa: E402
 
-logging.getLogger().setLevel(logging.DEBUG)
+from config import boot  # noqa: E402,F401  (loads the handlers into the Router)
+
 Router.LOG_EXCEPTIONS = False

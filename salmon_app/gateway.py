@@ -38,7 +38,7 @@ def new_queue_id():
 
 def backoff(initial, maximum):
     """tenacity's jittered exponential wait, used as a schedule (attempt n -> seconds)."""
-    wait = tenacity.wait_exponential_jitter(multiplier=initial, max=maximum)
+    wait = tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
     def delay(attempt):
         state = tenacity.RetryCallState(None, None, (), {})

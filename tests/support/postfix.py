@@ -541,9 +541,8 @@ class PostfixInstance:
         for port in ports:
             while True:
                 try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                        s.settimeout(5)
-                        s.recv(512)  # the banner; then the smtpd sees an early disconnect
+                    with smtplib.SMTP("127.0.0.1", port, local_hostname="probe.test", timeout=5) as c:
+                        c.noop()
                     break
                 except OSError:
                     if time.monotonic() > deadline:
