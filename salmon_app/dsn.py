@@ -5,7 +5,7 @@ sender, with the original's headers only: a bounce never carries the message (it
 malware, and the sender is often forged).
 """
 import email.utils
-from email.message import EmailMessage
+from email.message import Message
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -26,16 +26,24 @@ def build(hostname, row, failures, headers):
     lines += ["<%s>: %d %s" % (address, code, text) for address, code, text in failures]
     report.attach(MIMEText("\n".join(lines) + "\n", "plain", "utf-8"))
     status = MIMEBase("message", "delivery-status")
-    per_message = "Reporting-MTA: dns; %s\nX-Vxgate-Queue-ID: %s\nArrival-Date: %s\n" % (
-        hostname, row.id, email.utils.formatdate(row.created, localtime=True))
-    per_rcpt = ["Final-Recipient: rfc822; %s\nAction: failed\nStatus: %s\nDiagnostic-Code: smtp; %d %s\n"
-                % (address, _status(code, text), code, text) for address, code, text in failures]
-    status.set_payload("\n".join([per_message] + per_rcpt))
+    blocks = [_fields([("Reporting-MTA", "dns; %s" % hostname), ("X-Vxgate-Queue-ID", row.id),
+                       ("Arrival-Date", email.utils.formatdate(row.created, localtime=True))])]
+    blocks += [_fields([("Final-Recipient", "rfc822; %s" % address), ("Action", "failed"),
+                        ("Status", _status(code, text)), ("Diagnostic-Code", "smtp; %d %s" % (code, text))])
+               for address, code, text in failures]
+    status.set_payload(blocks)
     report.attach(status)
     original = MIMEBase("text", "rfc822-headers")
     original.set_payload(headers.decode("utf-8", "replace"))
     report.attach(original)
     return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _fields(pairs):
+    block = Message()
+    for name, value in pairs:
+        block[name] = value
+    return block
 
 
 def _status(code, text):

@@ -221,7 +221,9 @@ class Gateway:
             log.info("relayed to %s: %s", relay.address, ", ".join(ok) + (" (%s)" % result.next_hop_id if result.next_hop_id else ""))
         if temp:
             self._defer(message, result, temp, ok)
-        elif perm and not ok and self.session_waiting(row.id):
+            if perm:
+                self.bounce(row, [(a, *result.replies[a]) for a in perm])
+        elif perm and not ok and self.session_waiting(row.id) and not self._delivered_before(row.id):
             code, text = result.replies[perm[0]]
             self.conclude(row.id, models.REJECTED, Reply(code if code >= 500 else 554, text),
                           "next hop refused every recipient: " + summary)
@@ -244,7 +246,7 @@ class Gateway:
         delay = self.retry_delay(attempts)
         reason = result.replies[temp[0]][1]
         fields = dict(attempts=attempts, next_attempt=time.time() + delay, last_reply=reason)
-        event = "deferred %s for %.0fs: %s" % (", ".join(temp), delay, reason)
+        event = "deferred %s for %.1fs: %s" % (", ".join(temp), delay, reason)
 
         def record(answered=False):
             with models.writing():

@@ -81,3 +81,46 @@ def vxgate(tmp_path, sink):
     yield start
     for running in started:
         running.stop()
+
+
+class RawClient:
+    """A byte-level SMTP client for what smtplib will not send (bare LF, long lines, pipelining)."""
+
+    def __init__(self, port, timeout=15):
+        import socket
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def reply(self):
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                return (0, "connection closed")
+            lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return (int(lines[-1][:3]), "\n".join(l[4:] for l in lines))
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def cmd(self, data):
+        self.send(data if data.endswith(b"\r\n") else data + b"\r\n")
+        return self.reply()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def raw():
+    clients = []
+
+    def connect(port):
+        client = RawClient(port)
+        clients.append(client)
+        assert client.reply()[0] == 220
+        return client
+    yield connect
+    for client in clients:
+        client.close()

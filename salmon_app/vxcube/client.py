@@ -38,7 +38,8 @@ class VxcubeError(Exception):
         return self.message if self.status is None else "%s (HTTP %d)" % (self.message, self.status)
 
     def __repr__(self):
-        return "VxcubeError(%r, status=%r, transient=%r)" % (self.message, self.status, self.transient)
+        return "VxcubeError(%r, status=%r, transient=%r)" % (
+            self.message, self.status, self.transient)
 
 
 def api_base_url(address):

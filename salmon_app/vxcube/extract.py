@@ -8,13 +8,10 @@ says nothing. A part is addressed by its IMAP-style MIME path, a dotted string (
 "2.1", ...: RFC 3501 section numbers). Broken parts never raise: they are skipped and
 recorded in ``Extraction.problems``.
 """
-import email
 import email.errors
 import email.header
-import email.message
 import email.parser
 import email.policy
-import email.utils
 import hashlib
 import io
 import logging
@@ -208,8 +205,8 @@ def extract(raw, types=None):
         result.problems.append("message: cannot parse (%s)" % exc)
         return result
     _walk(message, [], types, result)
-    for problem in result.problems:
-        log.info("attachment extraction: %s", problem)
+    if result.problems:
+        log.info("attachment extraction: %s", "; ".join(result.problems))
     return result
 
 
@@ -219,6 +216,8 @@ def extract_files(raw, types=None):
 
 
 def _walk(part, path, types, result):
+    for defect in part.defects:  # malformed but readable: note it and carry on
+        result.problems.append("%s: %s" % (_dotted(path) or "message", type(defect).__name__))
     if len(path) > MAX_DEPTH:
         result.problems.append("%s: nested too deeply, skipped" % _dotted(path))
     elif path and part.get_content_type() == "message/rfc822" and part.is_multipart():
@@ -254,8 +253,6 @@ def _take_leaf(part, path, types, result):
     content = part.get_payload(decode=True) or b""
     detected = detect_type(content, name)
     dotted = _dotted(path)
-    for defect in part.defects:
-        result.problems.append("%s: %s" % (dotted, type(defect).__name__))
     result.files.append(FileItem(
         name=name or "attachment-%s.%s" % (dotted, detected or "bin"),
         content=content, detected_type=detected, mime_type=part.get_content_type(),

@@ -306,6 +306,7 @@ class PostfixInstance:
     def _ensure_traversable(self) -> None:
         """The postfix user opens data_directory/queue files by absolute path: every
         ancestor of workdir must be searchable by it."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         pw = pwd.getpwnam("postfix")
         uid, gids = pw.pw_uid, {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if "postfix" in g.gr_mem}
         for d in [self.workdir, *self.workdir.parents]:

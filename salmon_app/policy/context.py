@@ -1,0 +1,212 @@
+"""What a hook's ``ctx`` is made of on the Python side: the envelope, the vxCube results and
+the callbacks through which the Lua side reads the message lazily.
+
+Lua gets only plain values from here, never a Python object: every callback returns
+``(True, value, ...)`` or ``(False, error text)`` with bytes, numbers, booleans or None, and
+the host Lua code (``sandbox.py``) turns that into tables or a Lua error. Strings cross as
+UTF-8 bytes because the Lua runtime is created without an encoding (see ``sandbox.py``).
+"""
+import functools
+import ipaddress
+from dataclasses import dataclass, field
+
+from salmon_app.verdict import TASK_VERDICTS, Verdict, task_verdict
+
+from . import drweb, mime
+
+
+@dataclass
+class Envelope:
+    mail_from: str                       # "" for the null sender
+    rcpt_to: list
+    helo: str = ""
+    client: dict = field(default_factory=dict)   # hostname, ip, port, family (XFORWARD)
+    queue_id: str = ""
+
+
+def _family(ip):
+    try:
+        return "ipv%d" % ipaddress.ip_address(ip).version
+    except ValueError:
+        return ""
+
+
+def envelope_view(envelope):
+    client = envelope.client or {}
+    ip = str(client.get("ip") or "")
+    return {
+        "from": envelope.mail_from or "", "to": list(envelope.rcpt_to), "helo": envelope.helo,
+        "queue_id": envelope.queue_id,
+        "sender": {"hostname": str(client.get("hostname") or ""), "ip": ip,
+                   "port": int(client.get("port") or 0),
+                   "family": str(client.get("family") or _family(ip))},
+    }
+
+
+_LABELS = {v.label for v in Verdict}
+
+
+def _label(value):
+    """Our verdict label for a verdict given either on our scale or as vxCube's task verdict."""
+    try:
+        return Verdict.parse(value).label
+    except ValueError:
+        return TASK_VERDICTS.get(value, Verdict.UNCHECKED).label
+
+
+def _task_view(task):
+    raw = task.get("verdict")
+    # A task already on our scale is taken as it is; vxCube's own verdicts count only for
+    # a successful task, as everywhere else.
+    label = raw if raw in _LABELS else task_verdict(task).label
+    rules = task.get("rules") or {}
+    return {"platform": task.get("platform"), "status": task.get("status"), "verdict": label,
+            "vxcube_verdict": raw, "maliciousness": task.get("maliciousness"),
+            "rules": {kind: list(rules.get(kind) or []) for kind in
+                      ("malicious", "suspicious", "neutral")}}
+
+
+def vxcube_view(analysis):
+    """The analysis dict as the hook sees it (VxcubeResult with VxcubeAnalysis/VxcubeTask)."""
+    analysis = analysis or {}
+    files = [{"name": f.get("name"), "type": f.get("type"), "size": f.get("size"),
+              "sha256": f.get("sha256"), "verdict": _label(f.get("verdict") or "unchecked"),
+              "maliciousness": f.get("maliciousness"), "analysis_id": f.get("analysis_id"),
+              "path": f.get("path") or None,
+              "tasks": [_task_view(t) for t in f.get("tasks") or ()]}
+             for f in analysis.get("files") or ()]
+    worst = Verdict.worst(Verdict.parse(f["verdict"]) for f in files)
+    verdict = _label(analysis["verdict"]) if analysis.get("verdict") else worst.label
+    counts = {v.label: 0 for v in Verdict}
+    for f in files:
+        counts[f["verdict"]] += 1
+    return {"verdict": verdict, "files": files, "counts": counts}
+
+
+def to_lua_plain(value):
+    """Python data with every str as UTF-8 bytes, ready for ``LuaRuntime.table_from``."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, dict):
+        return {to_lua_plain(k): to_lua_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_lua_plain(v) for v in value]
+    return value
+
+
+def _text(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _exported(method):
+    """Never let an exception (a Python object) into Lua: report it as an error text."""
+    @functools.wraps(method)
+    def call(self, *args):
+        try:
+            return (True,) + tuple(to_lua_plain(v) for v in method(self, *args))
+        except Exception as exc:   # noqa: BLE001 - the hook gets the text, Lua raises it
+            return False, to_lua_plain(str(exc) or type(exc).__name__)
+    return call
+
+
+class Bridge:
+    """The callbacks of one runtime; ``message`` and ``queue_id`` are set per run."""
+
+    BODY_FIELDS = {"raw": lambda p: p.body_raw, "decoded": lambda p: p.decoded,
+                   "text": lambda p: p.text, "md5": lambda p: p.digest("md5"),
+                   "sha1": lambda p: p.digest("sha1"), "sha256": lambda p: p.digest("sha256")}
+    KINDS = {"parts": lambda p: True, "leaf_parts": lambda p: p.is_leaf,
+             "files": lambda p: p.is_file, "attachments": lambda p: p.is_attachment,
+             "text_parts": lambda p: p.is_text}
+
+    def __init__(self, base_dir, max_file_bytes):
+        self.base_dir, self.max_file_bytes = base_dir, max_file_bytes
+        self.message, self.queue_id = None, ""
+
+    def callbacks(self):
+        return {name: getattr(self, name) for name in (
+            "part_at", "info", "fields", "raw", "body", "search", "select",
+            "log", "regex", "read_list")}
+
+    def _part(self, path):
+        part = self.message.part_at(_text(path))
+        if part is None:
+            raise ValueError("no MIME part at path %r" % _text(path))
+        return part
+
+    @_exported
+    def part_at(self, below, path):
+        part = self._part(below).part_at(_text(path))
+        return (part.path if part else None,)
+
+    @_exported
+    def info(self, path):
+        part = self._part(path)
+        return (part.content_type, part.name) + tuple(c.path for c in part.children)
+
+    @_exported
+    def fields(self, path):
+        return tuple(x for f in self._part(path).fields if f.name for x in (f.name, f.value))
+
+    @_exported
+    def raw(self, path):
+        part = self._part(path)
+        return (part.raw[part.start:part.end],)
+
+    @_exported
+    def body(self, path, key):
+        return (self.BODY_FIELDS[_text(key)](self._part(path)),)
+
+    @_exported
+    def search(self, path, scope, flags, *patterns):
+        part, scope = self._part(path), _text(scope)
+        patterns = [_text(p) for p in patterns]
+        texts = []
+        if scope in ("header", "all"):
+            texts += ("%s: %s" % (f.name, f.value) for f in part.fields if f.name)
+        if scope == "body":
+            text = part.text
+            texts.append(text if text is not None else _text(part.decoded))
+        if scope == "all":
+            texts += (p.text for p in part.walk() if p.is_text)
+        return (any(drweb.search(patterns, t, flags) for t in texts),)
+
+    @_exported
+    def select(self, path, kind, name_re, name_re_not, first_only):
+        # Names are matched whole and without case: [[.*\.exe]] must catch "INVOICE.EXE".
+        wanted = self.KINDS[_text(kind)]
+        found = []
+        for part in self._part(path).walk():
+            if not wanted(part):
+                continue
+            name = part.name or ""
+            if name_re is not None and not (part.name and drweb.match(
+                    [_text(name_re)], name, drweb.IGNORE_CASE)):
+                continue
+            if name_re_not is not None and drweb.match([_text(name_re_not)], name,
+                                                       drweb.IGNORE_CASE):
+                continue
+            found.append(part.path)
+            if first_only:
+                break
+        return tuple(found)
+
+    @_exported
+    def log(self, level, message):
+        drweb.write_log(self.queue_id, _text(level), _text(message))
+        return ()
+
+    @_exported
+    def regex(self, how, text, flags, *patterns):
+        test = drweb.match if how == b"match" else drweb.search
+        return (test([_text(p) for p in patterns], _text(text), flags),)
+
+    @_exported
+    def read_list(self, path):
+        return tuple(drweb.read_list(_text(path), self.base_dir, self.max_file_bytes))
+
+    def start(self, raw, queue_id):
+        self.message, self.queue_id = mime.parse(raw), queue_id
+
+    def finish(self):
+        self.message = None

@@ -1,0 +1,157 @@
+"""Relaying: byte-identical, per-recipient outcomes, a next hop that is down, bounces, timeouts."""
+import email
+import smtplib
+import time
+
+import pytest
+
+from salmon_app.models import Event, Message, Recipient
+
+
+def body(n=1):
+    return b"From: a@x.test\r\nTo: b@x.test\r\nSubject: relay %d\r\nMessage-ID: <%d@x.test>\r\n\r\nhello\r\n" % (n, n)
+
+
+def wait_state(queue_filter, state, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = list(Message.select().where(queue_filter))
+        if rows and all(r.state == state for r in rows):
+            return rows
+        time.sleep(0.05)
+    raise AssertionError("not %s: %s" % (state, [(r.id, r.state) for r in Message.select().where(queue_filter)]))
+
+
+def test_reply_carries_next_hop_id(vxgate, sink):
+    gw = vxgate()
+    with gw.client() as client:
+        client.ehlo()
+        client.mail("a@x.test")
+        client.rcpt("b@x.test")
+        code, text = client.data(body())
+    assert code == 250 and b"next hop: SINK" in text
+    row = Message.get()
+    assert row.next_hop_id.startswith("SINK") and not gw.gateway.spool.exists(row.id)
+
+
+def test_next_hop_down_then_up_nothing_lost(vxgate, sink):
+    sink.stop()
+    gw = vxgate()
+    for n in range(5):
+        with gw.client() as client:
+            client.ehlo()
+            client.mail("a@x.test")
+            client.rcpt("b@x.test")
+            code, text = client.data(body(n))
+            assert code == 250 and b"deferred" in text     # owned durably, retried by vxgate
+    rows = wait_state(Message.mode == "smtp", "deferred")
+    assert all(r.answered for r in rows)
+    sink.start()
+    wait_state(Message.mode == "smtp", "delivered", timeout=15)
+    assert sorted(m.data for m in sink.wait_for(5, 5)) == sorted(body(n) for n in range(5))
+
+
+def test_per_recipient_permanent_and_temporary_replies(vxgate, sink):
+    sink.rcpt_reply = {"gone@x.test": (550, "5.1.1 no such user"), "later@x.test": (451, "4.2.0 busy")}
+    gw = vxgate()
+    gw.send("sender@x.test", ["ok@x.test", "gone@x.test", "later@x.test"], body())
+    first = sink.wait_for(1, 5)[0]
+    assert first.rcpt_tos == ["ok@x.test"]
+    row = wait_state(Message.mode == "smtp", "deferred")[0]
+    states = {r.address: r.state for r in Recipient.select().where(Recipient.message == row.id)}
+    assert states == {"ok@x.test": "delivered", "gone@x.test": "bounced", "later@x.test": "deferred"}
+    sink.rcpt_reply = {}
+    wait_state(Message.mode == "smtp", "delivered")
+    # only the deferred recipient was tried again; the bounce went to the sender only for gone@
+    msgs = sink.wait_for(3, 10)
+    later = [m for m in msgs if m.rcpt_tos == ["later@x.test"]]
+    bounces = [m for m in msgs if m.mail_from == "" and m.rcpt_tos == ["sender@x.test"]]
+    assert len(later) == 1 and later[0].data == body()
+    assert len(bounces) == 1
+    report = email.message_from_bytes(bounces[0].data)
+    assert report.get_content_type() == "multipart/report"
+    text = bounces[0].data.decode()
+    assert "gone@x.test" in text and "5.1.1" in text and "later@x.test" not in text.split("text/rfc822-headers")[0]
+    assert "hello" not in text      # the bounce never carries the message body
+
+
+def test_every_recipient_refused_while_waiting_gives_5xx_to_the_client(vxgate, sink):
+    sink.rcpt_reply = {"gone@x.test": (550, "5.1.1 no such user")}
+    gw = vxgate()
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        with gw.client() as client:
+            client.ehlo()
+            client.mail("a@x.test")
+            client.rcpt("gone@x.test")
+            code, text = client.data(body())
+            raise smtplib.SMTPDataError(code, text)
+    assert info.value.smtp_code == 550 and b"no such user" in info.value.smtp_error
+    assert Message.get().state == "rejected"
+    assert Message.select().where(Message.mode == "notice").count() == 0   # the MTA bounces, not us
+
+
+def test_data_4xx_then_accepted(vxgate, sink):
+    replies = [(452, "4.3.1 insufficient storage")]
+    sink.data_reply = lambda msg: replies.pop() if replies else None
+    gw = vxgate()
+    gw.send("a@x.test", ["b@x.test"], body())
+    wait_state(Message.mode == "smtp", "delivered")
+    assert len(sink.messages) == 1
+    kinds = [e.kind for e in Event.select().order_by(Event.time)]
+    assert "deferred" in kinds and "delivered" in kinds
+
+
+def test_max_age_bounces(vxgate, sink):
+    sink.stop()
+    gw = vxgate(SmtpRelayMaxAge=0.5)
+    gw.send("sender@x.test", ["b@x.test"], body())
+    row = wait_state(Message.mode == "smtp", "failed")[0]   # a retry after the maximum age failed
+    sink.start()
+    bounce = sink.wait_for(1, 10)[0]
+    assert bounce.mail_from == "" and bounce.rcpt_tos == ["sender@x.test"]
+    assert b"5.4.7" in bounce.data
+    assert Recipient.get(Recipient.message == row.id).state == "bounced"
+
+
+def test_slow_outcome_answers_250_and_finishes_in_background(vxgate, sink):
+    gate = __import__("threading").Event()
+    sink.data_reply = lambda msg: (gate.wait(10), None)[1]
+    gw = vxgate(SmtpReplyTimeout=0.3)
+    start = time.time()
+    with gw.client() as client:
+        client.ehlo()
+        client.mail("a@x.test")
+        client.rcpt("b@x.test")
+        code, text = client.data(body())
+    assert code == 250 and time.time() - start < 3
+    row = Message.get()
+    assert row.answered    # recorded before the 250 was sent: vxgate owns the message now
+    gate.set()
+    wait_state(Message.mode == "smtp", "delivered")
+    assert sink.wait_for(1, 5)[0].data == body()
+
+
+def test_handler_error_becomes_451_never_250(vxgate, sink, monkeypatch):
+    gw = vxgate()
+
+    def broken(message, analysis):
+        raise RuntimeError("policy exploded")
+    monkeypatch.setattr(gw.gateway.checks, "decide", broken)
+    with gw.client() as client:
+        client.ehlo()
+        client.mail("a@x.test")
+        client.rcpt("b@x.test")
+        code, text = client.data(body())
+    assert code == 451
+    row = Message.get()
+    assert row.state == "tempfailed" and not gw.gateway.spool.exists(row.id)
+    assert sink.messages == []
+
+
+def test_thirty_megabyte_message(vxgate, sink):
+    gw = vxgate()
+    line = b"0123456789" * 7 + b"\r\n"
+    data = b"Subject: big\r\n\r\n" + line * (30 * 1024 * 1024 // len(line))
+    gw.send("a@x.test", ["b@x.test"], data)
+    got = sink.wait_for(1, 30)[0]
+    assert got.data == data
