@@ -172,7 +172,7 @@ class Bridge:
         return (any(drweb.search(patterns, t, flags) for t in texts),)
 
     @_exported
-    def select(self, path, kind, name_re, name_re_not, first_only):
+    def select(self, path, kind, name_re=None, name_re_not=None, first_only=False):
         # Names are matched whole and without case: [[.*\.exe]] must catch "INVOICE.EXE".
         wanted = self.KINDS[_text(kind)]
         found = []

@@ -26,7 +26,7 @@ __all__ = ["SinkMessage", "SinkServer", "AuthCredentials"]
 
 Reply = tuple[int, str]
 
-MAX_SIZE = 50 * 1024 * 1024
+MAX_SIZE = 256 * 1024 * 1024  # advertised SIZE; also the longest line read
 
 
 class AuthCredentials(tuple):
