@@ -23,16 +23,18 @@ class Decision:
 
 class Checks:
     def __init__(self, gateway):
+        from salmon_app.analysis import Analyser
         self.gateway = gateway
+        self.analyser = Analyser(gateway)
 
     def analyse(self, message):
-        return {}
+        return self.analyser.analyse(message)
 
     def decide(self, message, analysis):
         return Decision()
 
     def start(self):
-        pass
+        self.analyser.start()
 
     def shut_down(self):
-        pass
+        self.analyser.shut_down()

@@ -81,6 +81,7 @@ class Gateway:
         for stage in self.stages.values():
             stage.start()
         self.sweeper = Sweeper(self)
+        self.checks.start()
         self.sweeper.start()
         for server in self.servers:
             server.start()
@@ -95,6 +96,7 @@ class Gateway:
             server.stop(timeout)
         if self.sweeper:
             self.sweeper.stop()
+        self.checks.shut_down()
         for stage in self.stages.values():
             stage.stop(timeout)
         for relay in self.relays.values():
@@ -182,8 +184,9 @@ class Gateway:
     # ------------------------------------------------------------ decisions
     def apply(self, message, decision, analysis):
         """Carry out the policy's decision (issue-level actions grow here)."""
+        fields = {"verdict": analysis["verdict"], "analysis_json": json.dumps(analysis)} if analysis else {}
         if decision.action == "accept":
-            message.forward(models.RELAYING)
+            message.forward(models.RELAYING, **fields)
         else:
             raise ValueError("unsupported action %r" % decision.action)
 

@@ -75,9 +75,13 @@ class Sweeper:
                 LOG.exception("sweeper round failed; trying again")
 
     def sweep(self):
+        # Messages waiting for vxCube are resumed by the analyser; look at them only now and then.
         gateway, now = self.gateway, time.time()
+        self.rounds = getattr(self, "rounds", -1) + 1
+        states = models.IN_FLIGHT if self.rounds % 60 == 0 else [
+            s for s in models.IN_FLIGHT if s != models.ANALYSING]
         rows = (Message.select(Message.id, Message.state, Message.answered)
-                .where(Message.state.in_(models.IN_FLIGHT), Message.next_attempt <= now)
+                .where(Message.state.in_(states), Message.next_attempt <= now)
                 .order_by(Message.next_attempt).limit(5000))
         for row in rows:
             if gateway.registry.is_held(row.id):

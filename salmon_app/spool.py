@@ -51,6 +51,37 @@ class Spool:
             writer.abort()
         return writer
 
+    # Files waiting for their upload to vxCube, by SHA-256 (so a restart need not re-extract).
+    def _sample_path(self, sha256):
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("not a sha256: %r" % sha256)
+        return os.path.join(self.directory, "samples", sha256)
+
+    def store_sample(self, sha256, data):
+        path = self._sample_path(sha256)
+        if os.path.exists(path):
+            return
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = os.path.join(self.tmp, "sample-%s-%s" % (sha256, os.urandom(4).hex()))
+        with open(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+
+    def read_sample(self, sha256):
+        try:
+            with open(self._sample_path(sha256), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def remove_sample(self, sha256):
+        try:
+            os.unlink(self._sample_path(sha256))
+        except FileNotFoundError:
+            pass
+
     def clean_tmp(self):
         """Remove files never acknowledged (a crash during DATA); returns how many."""
         removed = 0
@@ -62,7 +93,7 @@ class Spool:
     def queue_ids(self):
         for sub in os.listdir(self.directory):
             folder = os.path.join(self.directory, sub)
-            if sub == "tmp" or not os.path.isdir(folder):
+            if sub in ("tmp", "samples") or not os.path.isdir(folder):
                 continue
             for name in os.listdir(folder):
                 if name.endswith(".eml"):

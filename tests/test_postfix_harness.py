@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from tests.support.postfix import PostfixInstance, free_port, postfix_skip_reason
-from tests.support.sink import SinkMessage, SinkServer
+from support.postfix import PostfixInstance, free_port, postfix_skip_reason
+from support.sink import SinkMessage, SinkServer
 
 SKIP_REASON = postfix_skip_reason()
 needs_postfix = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")

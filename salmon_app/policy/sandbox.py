@@ -106,7 +106,8 @@ local function guarded(limit_at, f, ...)
 end
 
 -- Python calls ------------------------------------------------------------------------
--- Callbacks answer (true, values...) or (false, message); the error points at the hook.
+-- Callbacks answer (true, values...) or (false, message). The error points at the hook's
+-- line, two levels up: callers must not tail-call call() (that would drop a level).
 local function call(f, ...)
   local r = tpack(pcall(f, ...))
   if r[1] and r[2] then return tunpack(r, 3, r.n) end
@@ -145,7 +146,7 @@ local function new_drweb()
   for _, how in ipairs{"search", "match"} do
     d.regex[how] = function(pattern, text, flags)
       if type(text) ~= "string" then error("regex." .. how .. ": text must be a string", 2) end
-      return call(P.regex, how, text, flag_bits(flags), strings(pattern, "a regex pattern"))
+      return (call(P.regex, how, text, flag_bits(flags), strings(pattern, "a regex pattern")))
     end
   end
   function d.load_array(file) return {call(P.read_list, tostring(file))} end
@@ -188,7 +189,7 @@ end
 local FILTERS = {name_re = true, name_re_not = true}
 local function filters(f)
   if f == nil then return nil, nil end
-  if type(f) ~= "table" then error("a filter must be a table such as {name_re = [[.*\.exe]]}", 3) end
+  if type(f) ~= "table" then error("a filter must be a table such as {name_re = [[.*\\.exe]]}", 3) end
   for k in next, f do
     if not FILTERS[k] then error("unknown filter '" .. tostring(k) .. "'", 3) end
   end
@@ -210,7 +211,7 @@ local function new_message(vx_by_path)
   end
   local function searcher(path, scope)
     return function(pattern, flags)
-      return call(P.search, path, scope, flag_bits(flags), strings(pattern, "a pattern"))
+      return (call(P.search, path, scope, flag_bits(flags), strings(pattern, "a pattern")))
     end
   end
   local function iterator(path, kind)
@@ -245,6 +246,7 @@ local function new_message(vx_by_path)
         for i = 1, #field do
           if slower(field[i].name) == name then return field[i].value end
         end
+        return nil
       end
       return header
     end,
@@ -263,7 +265,7 @@ local function new_message(vx_by_path)
       for i = 3, r.n do parts[#parts + 1] = proxy(r[i]) end
       return parts
     end,
-    raw = function(path) return call(P.raw, path) end,
+    raw = function(path) return (call(P.raw, path)) end,
     content_type = function(path, t) return info(t, path, "content_type") end,
     name = function(path, t) return info(t, path, "name") end,
     vxcube = function(path) return vx_by_path[path] end,
@@ -424,7 +426,8 @@ class Host:
         callbacks = dict(callbacks, now=time.monotonic)
         api = self.lua.execute(HOST.encode(), self.lua.table_from(
             {k.encode(): v for k, v in callbacks.items()}),
-            self.lua.table_from({k.encode(): v for k, v in ranks.items()}), COUNT)
+            self.lua.table_from({k.encode(): v for k, v in ranks.items()}), COUNT,
+            name=b"=vxgate")
         self.compile_chunk, self.run_hook = api[b"compile"], api[b"run"]
         self.collect = api[b"collect"]
 

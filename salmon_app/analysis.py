@@ -1,0 +1,353 @@
+"""vxCube analysis of messages: extraction, dedup, a worker pool, polling, verdicts for the hook.
+
+The check stage calls ``Analyser.analyse(message)``. It extracts the files of the configured
+types (or, in Message mode, takes the whole .eml) and records one ``FileCheck`` per file.
+Each distinct content is one ``Sample`` row keyed by SHA-256: a cached verdict (VxcubeCacheTtl,
+never for unchecked) answers at once, a sample already in flight is simply waited for (a
+hundred messages carrying one file cause one upload), and a new one is queued for the vxCube
+workers. Workers never sleep on an analysis: each call does one step (look up, upload, start,
+poll) and sets ``next_step``; the sweeper hands due samples back to them. When a sample ends,
+every message waiting on it whose files are all decided goes back to the check stage.
+Everything is in the database, so a restart resumes where it stopped and never re-uploads.
+"""
+import json
+import logging
+import time
+
+import peewee
+
+from salmon_app import models
+from salmon_app.log import qlog
+from salmon_app.models import BaseModel, Message
+from salmon_app.pipeline import Stage
+from salmon_app.verdict import Verdict, task_verdict
+from salmon_app.vxcube.client import RetryPolicy, VxcubeClient, VxcubeError
+from salmon_app.vxcube.extract import describe, extract, not_analysable_reason
+
+LOG = logging.getLogger("vxgate.analysis")
+FINISHED_TASK = ("successful", "failed", "deleted")
+MESSAGE_SAMPLE = "message"        # FileCheck.path of a whole-message upload awaiting its split
+
+
+class Sample(BaseModel):
+    """One distinct content and its analysis; also the verdict cache."""
+    sha256 = peewee.CharField(primary_key=True)
+    state = peewee.CharField(index=True)         # queued, uploaded, analysing, done
+    name = peewee.TextField(default="")
+    kind = peewee.CharField(default="file")      # file, or message (an .eml vxCube splits)
+    sample_id = peewee.TextField(default="")
+    analysis_id = peewee.TextField(default="")
+    format_name = peewee.TextField(default="")
+    platforms = peewee.TextField(default="[]")
+    verdict = peewee.CharField(default="")
+    maliciousness = peewee.IntegerField(null=True)
+    tasks_json = peewee.TextField(default="[]")
+    reason = peewee.TextField(default="")
+    created = peewee.FloatField()
+    started = peewee.FloatField(default=0)
+    finished = peewee.FloatField(default=0)
+    next_step = peewee.FloatField(default=0, index=True)
+    polls = peewee.IntegerField(default=0)
+    uploaded = peewee.BooleanField(default=False)
+    parent = peewee.CharField(null=True)         # the .eml sample it was split from
+
+
+class FileCheck(BaseModel):
+    """A file of a message and its verdict (copied from its Sample when that ends)."""
+    message = peewee.CharField(index=True)
+    path = peewee.CharField(default="")
+    name = peewee.TextField(default="")
+    type = peewee.CharField(default="")
+    size = peewee.IntegerField(default=0)
+    sha256 = peewee.CharField(index=True)
+    verdict = peewee.CharField(default="")       # empty while pending
+    maliciousness = peewee.IntegerField(null=True)
+    analysis_id = peewee.TextField(default="")
+    tasks_json = peewee.TextField(default="[]")
+    reason = peewee.TextField(default="")
+    cached = peewee.BooleanField(default=False)
+
+
+models.MODELS.extend([Sample, FileCheck])
+
+
+class Analyser:
+    def __init__(self, gateway):
+        config = self.config = gateway.config
+        self.gateway = gateway
+        self.enabled = bool(config.UseVxcube)
+        self.types = {t.lower() for t in config.VxcubeFileTypes}
+        self.stage = Stage("vxcube", config.VxcubeWorkers, config.VxcubeQueueSize, self.step)
+        self.client = None
+        if self.enabled:
+            verify = config.VxcubeCaFile or config.VxcubeVerifyTls
+            self.client = VxcubeClient(config.VxcubeApiAddress, config.VxcubeApiKey,
+                                       timeout=config.VxcubeRequestTimeout, verify=verify,
+                                       retry=RetryPolicy(attempts=config.VxcubeRetryAttempts,
+                                                         initial=config.VxcubeRetryMin,
+                                                         maximum=config.VxcubeRetryMax,
+                                                         max_elapsed=config.VxcubeRequestTimeout * config.VxcubeRetryAttempts
+                                                         + config.VxcubeRetryMax * config.VxcubeRetryAttempts))
+        self.held = set()
+
+    # ------------------------------------------------------------ life cycle
+    def start(self):
+        if self.enabled:
+            self.stage.start()
+            self.gateway.sweeper.hooks.append(self.sweep)
+
+    def shut_down(self):
+        if self.enabled:
+            self.stage.stop()
+            self.client.close()
+
+    def sweep(self):
+        now = time.time()
+        for row in (Sample.select(Sample.sha256).where(Sample.state != "done", Sample.next_step <= now)
+                    .order_by(Sample.next_step).limit(2000)):
+            self.submit(row.sha256)
+
+    def submit(self, sha256):
+        registry = self.gateway.registry
+        key = "sample:" + sha256
+        if registry.hold(key) and not self.stage.submit(sha256):
+            registry.release(key)
+
+    # ------------------------------------------------------------ per message
+    def analyse(self, message):
+        """The message's analysis dict, or None while some of its files are still analysed."""
+        if not self.enabled:
+            return {}
+        queue_id = message.queue_id
+        if message.state == models.STORED:
+            self._start_message(message)
+        checks = list(FileCheck.select().where(FileCheck.message == queue_id).order_by(FileCheck.id))
+        if any(not c.verdict for c in checks):
+            if message.state != models.ANALYSING:
+                models.set_state(queue_id, models.ANALYSING, "waiting for vxCube")
+                message.state = models.ANALYSING
+            return None
+        return summarise(checks)
+
+    def _start_message(self, message):
+        """Record the message's files and make sure each has a sample decided or on its way."""
+        raw = message.data()
+        if self.config.VxcubeSendMode == "Message":
+            items = [_WholeMessage(raw, message.queue_id)]
+            problems = []
+        else:
+            extraction = extract(raw, self.types)
+            items, problems = extraction.selected, extraction.problems
+        for problem in problems:
+            message.log.warning("extraction: %s", problem)
+        now = time.time()
+        for item in items:    # content first, outside the write lock: fsync is slow
+            known = Sample.get_or_none(Sample.sha256 == item.sha256)
+            if known is None or known.state == "done":
+                self.gateway.spool.store_sample(item.sha256, item.content)
+        to_queue = []
+        with models.writing():
+            FileCheck.delete().where(FileCheck.message == message.queue_id).execute()
+            for item in items:
+                check = FileCheck(message=message.queue_id, path=item.path, name=item.name,
+                                  type=item.detected_type, size=item.size, sha256=item.sha256)
+                reason = not_analysable_reason(item) if item.path != MESSAGE_SAMPLE else None
+                sample = Sample.get_or_none(Sample.sha256 == item.sha256)
+                if reason:
+                    check.verdict, check.reason = Verdict.UNCHECKED.label, "not analysable: " + reason
+                elif sample and sample.state == "done" and _fresh(sample, now, self.config.VxcubeCacheTtl):
+                    _copy_result(check, sample)
+                    check.cached = True
+                else:
+                    if sample is None or sample.state == "done":
+                        if sample:
+                            sample.delete_instance()
+                        Sample.create(sha256=item.sha256, state="queued", name=item.name,
+                                      kind=getattr(item, "kind", "file"), created=now, next_step=now)
+                    to_queue.append(item.sha256)
+                check.save()
+                message.log.info("file %s: %s", describe(item) if item.path != MESSAGE_SAMPLE else "whole message",
+                                 check.verdict + (" (cached)" if check.cached else "") if check.verdict else "queued for vxCube")
+        for sha256 in to_queue:
+            self.submit(sha256)
+
+    # ------------------------------------------------------------ per sample (vxCube workers)
+    def step(self, sha256):
+        key = "sample:" + sha256
+        try:
+            sample = Sample.get_or_none(Sample.sha256 == sha256)
+            if sample is None or sample.state == "done":
+                return
+            try:
+                getattr(self, "_" + sample.state)(sample)
+            except VxcubeError as exc:
+                self._failed_call(sample, exc)
+        except Exception:
+            LOG.exception("sample %s: analysis step failed; retrying later", sha256[:16])
+            Sample.update(next_step=time.time() + self.config.VxcubePollInterval).where(
+                Sample.sha256 == sha256).execute()
+        finally:
+            self.gateway.registry.release(key)
+
+    def _queued(self, sample):
+        """Look the content up at vxCube, upload it only if vxCube does not have it."""
+        found = self.client.find_sample(sample.sha256) if sample.kind == "file" else None
+        if found:
+            samples = [found]
+        else:
+            data = self.gateway.spool.read_sample(sample.sha256)
+            if data is None:
+                return self._finish(sample, Verdict.UNCHECKED, reason="file content lost before upload")
+            samples = self.client.upload(sample.name or sample.sha256, data)
+            sample.uploaded = True
+        if sample.kind == MESSAGE_SAMPLE:
+            return self._split(sample, samples)
+        self._uploaded_as(sample, samples[0])
+
+    def _uploaded_as(self, sample, info):
+        sample.sample_id = str(info.get("id", ""))
+        sample.format_name = info.get("format_name") or ""
+        sample.platforms = json.dumps(info.get("platforms") or [])
+        sample.state = "uploaded"
+        sample.next_step = time.time()
+        sample.save()
+        self._uploaded(sample)
+
+    def _uploaded(self, sample):
+        platforms = self.config.VxcubePlatforms or json.loads(sample.platforms)
+        if not (sample.format_name and platforms):
+            return self._finish(sample, Verdict.UNCHECKED, reason="not analysable: vxCube does not recognise its format")
+        analysis = self.client.start_analysis(sample.sample_id, platforms=platforms,
+                                              analysis_time=int(self.config.VxcubeAnalysisTime))
+        sample.analysis_id, sample.state = str(analysis["id"]), "analysing"
+        sample.started = time.time()
+        sample.next_step = sample.started + self.config.VxcubePollInterval
+        sample.save()
+        LOG.info("sample %s: analysis %s started on %s", sample.sha256[:16], sample.analysis_id, ", ".join(platforms))
+
+    def _analysing(self, sample):
+        analysis = self.client.get_analysis(sample.analysis_id)
+        tasks = analysis.get("tasks") or []
+        now = time.time()
+        if tasks and all(t.get("status") in FINISHED_TASK for t in tasks):
+            verdict = Verdict.worst(task_verdict(t) for t in tasks)
+            scores = [t.get("maliciousness") for t in tasks if t.get("maliciousness") is not None]
+            return self._finish(sample, verdict, tasks=tasks, maliciousness=max(scores) if scores else None,
+                                reason="" if verdict != Verdict.UNCHECKED else "analysis failed on every platform"
+                                if all(task_verdict(t) == Verdict.UNCHECKED for t in tasks) else "")
+        if now - (sample.started or sample.created) > self.config.VxcubeTimeout:
+            return self._finish(sample, Verdict.UNCHECKED, tasks=tasks, reason="analysis timed out")
+        sample.polls += 1
+        interval = self.config.VxcubePollInterval
+        sample.next_step = now + min(interval * 2 ** min(sample.polls, 3), interval * 6)
+        sample.save()
+
+    def _split(self, sample, samples):
+        """A whole-message upload: vxCube returned the files it found; analyse each of them."""
+        now = time.time()
+        waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
+        with models.writing():
+            for info in samples:
+                child = Sample.get_or_none(Sample.sha256 == info.get("sha256"))
+                for check in waiting:
+                    FileCheck.create(message=check.message, path="", name=info.get("name", ""),
+                                     type=info.get("format_name") or "", size=info.get("size") or 0,
+                                     sha256=info.get("sha256", ""))
+                if child is None:
+                    Sample.create(sha256=info["sha256"], state="uploaded", name=info.get("name", ""),
+                                  sample_id=str(info.get("id", "")), format_name=info.get("format_name") or "",
+                                  platforms=json.dumps(info.get("platforms") or []), created=now,
+                                  next_step=now, uploaded=True, parent=sample.sha256)
+            for check in waiting:
+                check.delete_instance()
+            sample.delete_instance()
+        for info in samples:
+            self.submit(info["sha256"])
+        # children already decided (cache) complete their messages now
+        for info in samples:
+            child = Sample.get_or_none(Sample.sha256 == info["sha256"])
+            if child and child.state == "done":
+                self._deliver_result(child)
+        if not samples:
+            for check in waiting:
+                self._resume(check.message)
+
+    def _failed_call(self, sample, exc):
+        now = time.time()
+        if exc.transient and now - sample.created < self.config.VxcubeTimeout:
+            LOG.warning("sample %s: vxCube unavailable (%s); trying again", sample.sha256[:16], exc)
+            sample.polls += 1
+            sample.next_step = now + min(self.config.VxcubePollInterval * 2 ** min(sample.polls, 4), 300)
+            sample.save()
+            return
+        self._finish(sample, Verdict.UNCHECKED, reason="vxCube error: %s" % exc)
+
+    def _finish(self, sample, verdict, *, tasks=(), maliciousness=None, reason=""):
+        sample.state, sample.verdict, sample.reason = "done", verdict.label, reason
+        sample.tasks_json = json.dumps(list(tasks))
+        sample.maliciousness = maliciousness
+        sample.finished = time.time()
+        sample.save()
+        self.gateway.spool.remove_sample(sample.sha256)
+        LOG.info("sample %s: %s%s", sample.sha256[:16], verdict.label, " (%s)" % reason if reason else "")
+        self._deliver_result(sample)
+        if verdict == Verdict.UNCHECKED:
+            sample.delete_instance()     # never cache a failure: the next copy is analysed again
+
+    def _deliver_result(self, sample):
+        waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
+        with models.writing():
+            for check in waiting:
+                _copy_result(check, sample)
+                check.save()
+        for queue_id in {c.message for c in waiting}:
+            self._resume(queue_id)
+
+    def _resume(self, queue_id):
+        if not FileCheck.select().where(FileCheck.message == queue_id, FileCheck.verdict == "").exists():
+            row = Message.get_or_none(Message.id == queue_id)
+            if row is not None and row.state == models.ANALYSING:
+                qlog(queue_id).info("analyses finished")
+                self.gateway.submit(queue_id, models.ANALYSING)
+
+
+def _fresh(sample, now, ttl):
+    return sample.verdict and sample.verdict != Verdict.UNCHECKED.label and now - sample.finished < ttl
+
+
+def _copy_result(check, sample):
+    check.verdict, check.maliciousness = sample.verdict, sample.maliciousness
+    check.analysis_id, check.tasks_json = sample.analysis_id, sample.tasks_json
+    check.reason = sample.reason
+
+
+class _WholeMessage:
+    """The whole .eml as one upload (VxcubeSendMode = Message)."""
+    kind = MESSAGE_SAMPLE
+    path = MESSAGE_SAMPLE
+    detected_type = "eml"
+
+    def __init__(self, raw, queue_id):
+        import hashlib
+        self.content, self.size = raw, len(raw)
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        self.name = queue_id + ".eml"
+
+
+def summarise(checks):
+    """The analysis dict given to the hook and stored with the message."""
+    files = []
+    for check in checks:
+        tasks = json.loads(check.tasks_json or "[]")
+        files.append({
+            "name": check.name, "type": check.type, "size": check.size, "sha256": check.sha256,
+            "path": check.path, "verdict": check.verdict, "maliciousness": check.maliciousness,
+            "analysis_id": check.analysis_id, "reason": check.reason, "cached": check.cached,
+            "tasks": [{"platform": t.get("platform_code", ""), "status": t.get("status", ""),
+                       "verdict": t.get("verdict") or "none", "maliciousness": t.get("maliciousness"),
+                       "rules": t.get("rules") or {"malicious": [], "suspicious": [], "neutral": []},
+                       "id": t.get("id")} for t in tasks],
+        })
+    verdict = Verdict.worst(Verdict.parse(f["verdict"]) for f in files)
+    counts = {v.label: sum(1 for f in files if f["verdict"] == v.label) for v in Verdict if v != Verdict.NONE}
+    return {"verdict": verdict.label, "files": files, "counts": counts}

@@ -1,0 +1,160 @@
+"""vxCube analysis through real SMTP and a real HTTP emulator: verdicts, dedup, faults, restarts."""
+import json
+import threading
+import time
+
+from conftest import EICAR, mail_with, pe_image, vxcube_params
+
+from salmon_app.analysis import FileCheck, Sample
+from salmon_app.models import Message
+
+
+def wait_states(state, count, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = list(Message.select().where(Message.mode == "smtp"))
+        if len(rows) >= count and all(r.state == state for r in rows):
+            return rows
+        time.sleep(0.05)
+    raise AssertionError("expected %d %s: %s" % (count, state, [(r.id, r.state) for r in Message.select()]))
+
+
+def test_verdicts_by_content_reach_the_record(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim))
+    data = mail_with([("invoice.pdf", pe_image(EICAR)),             # an exe renamed .pdf, with EICAR
+                      ("notes.exe", pe_image(b"VXGATE-TEST-SUSPICIOUS")),
+                      ("readme.txt", b"just text, not a configured type")])
+    gw.send("a@x.test", ["b@x.test"], data)
+    row = wait_states("delivered", 1)[0]
+    analysis = json.loads(row.analysis_json)
+    assert row.verdict == "dangerous" == analysis["verdict"]
+    by_name = {f["name"]: f for f in analysis["files"]}
+    assert set(by_name) == {"invoice.pdf", "notes.exe"}
+    assert by_name["invoice.pdf"]["type"] == "exe" and by_name["invoice.pdf"]["verdict"] == "dangerous"
+    assert by_name["invoice.pdf"]["maliciousness"] == 100
+    assert by_name["notes.exe"]["verdict"] == "suspicious"
+    assert by_name["notes.exe"]["tasks"] and by_name["notes.exe"]["tasks"][0]["status"] == "successful"
+    assert sink.wait_for(1, 5)[0].data == data     # without a hook the message passes unchanged
+
+
+def test_failed_task_is_unchecked_never_dangerous(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim))
+    gw.send("a@x.test", ["b@x.test"], mail_with([("tool.exe", pe_image(b"VXGATE-TEST-FAIL"))]))
+    row = wait_states("delivered", 1)[0]
+    assert row.verdict == "unchecked"
+    assert Sample.select().count() == 0      # a failure is never cached
+
+
+def test_hundred_messages_one_attachment_one_upload(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.5, SmtpMaxConnections=200)
+    data = mail_with([("same.exe", pe_image(b"shared payload"))])
+    errors = []
+
+    def send(n):
+        try:
+            gw.send("a@x.test", ["b%d@x.test" % n], data)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    wait_states("delivered", 100, timeout=60)
+    stats = vxsim.stats()
+    assert stats["upload_requests"] == 1 and stats["uploads"] == 1
+    assert len(sink.wait_for(100, 10)) == 100
+
+
+def test_cache_and_lookup_avoid_uploads(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim))
+    data = mail_with([("a.exe", pe_image(b"cached one"))])
+    gw.send("a@x.test", ["b@x.test"], data)
+    wait_states("delivered", 1)
+    gw.send("a@x.test", ["c@x.test"], data)
+    wait_states("delivered", 2)
+    assert vxsim.stats()["upload_requests"] == 1 and vxsim.stats()["analyses"] == 1
+    assert FileCheck.select().where(FileCheck.cached == True).count() == 1  # noqa: E712
+    # a new vxgate (empty cache) looks the content up at vxCube before uploading
+    Sample.delete().execute()
+    gw.send("a@x.test", ["d@x.test"], data)
+    wait_states("delivered", 3)
+    assert vxsim.stats()["upload_requests"] == 1
+
+
+def test_faults_are_retried_without_losing_or_misjudging(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim))
+    vxsim.set_fault(status=500, count=2)
+    vxsim.set_fault(status=429, retry_after=1, count=1)
+    vxsim.set_fault(drop=True, count=1)
+    vxsim.set_fault(delay=1.0, count=1)
+    gw.send("a@x.test", ["b@x.test"], mail_with([("x.exe", pe_image(EICAR))]))
+    row = wait_states("delivered", 1, timeout=30)[0]
+    assert row.verdict == "dangerous"
+
+
+def test_vxcube_down_means_unchecked_after_timeout(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim, VxcubeTimeout=1.5))
+    vxsim.stop()
+    gw.send("a@x.test", ["b@x.test"], mail_with([("x.exe", pe_image(b"never analysed"))]))
+    row = wait_states("delivered", 1, timeout=30)[0]
+    assert row.verdict == "unchecked"
+    assert "vxCube error" in json.loads(row.analysis_json)["files"][0]["reason"]
+
+
+def test_slow_analysis_answers_250_then_finishes(vxgate, sink, vxsim):
+    vxsim.configure(analysis_time=2.0)
+    gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.3)
+    started = time.time()
+    gw.send("a@x.test", ["b@x.test"], mail_with([("x.exe", pe_image(b"slow"))]))
+    assert time.time() - started < 2
+    row = Message.get()
+    assert row.answered and row.state == "analysing"
+    wait_states("delivered", 1, timeout=20)
+
+
+def test_mail_without_files_is_not_blocked_by_pending_analyses(vxgate, sink, vxsim):
+    vxsim.configure(analysis_time=5.0)
+    gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.2)
+    for n in range(20):
+        gw.send("a@x.test", ["b@x.test"], mail_with([("f%d.exe" % n, pe_image(b"%d" % n))]))
+    started = time.time()
+    gw.send("a@x.test", ["b@x.test"], b"Subject: plain\r\n\r\nno files\r\n")
+    assert time.time() - started < 1.0
+    assert sink.wait_for(1, 2)[0].data == b"Subject: plain\r\n\r\nno files\r\n"
+
+
+def test_restart_during_analysis_does_not_upload_again(vxgate, sink, vxsim):
+    vxsim.configure(analysis_time=1.5)
+    gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.2)
+    for n in range(3):
+        gw.send("a@x.test", ["b@x.test"], mail_with([("f%d.exe" % n, pe_image(b"restart %d" % n))]))
+    deadline = time.time() + 10
+    while Sample.select().where(Sample.state == "analysing").count() < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    gw.stop()
+    gw2 = vxgate(**vxcube_params(vxsim))
+    wait_states("delivered", 3, timeout=20)
+    assert vxsim.stats()["upload_requests"] == 3 and vxsim.stats()["analyses"] == 3
+    assert len(sink.wait_for(3, 5)) == 3
+    gw2.stop()
+
+
+def test_whole_message_procedure(vxgate, sink, vxsim):
+    gw = vxgate(**vxcube_params(vxsim, VxcubeSendMode="Message"))
+    data = mail_with([("a.exe", pe_image(EICAR)), ("b.exe", pe_image(b"clean"))])
+    gw.send("a@x.test", ["b@x.test"], data)
+    row = wait_states("delivered", 1)[0]
+    files = json.loads(row.analysis_json)["files"]
+    assert sorted(f["verdict"] for f in files) == ["clean", "dangerous"]
+    assert vxsim.stats()["upload_requests"] == 1     # one .eml upload, split by vxCube
+
+
+def test_api_key_never_logged(vxgate, sink, vxsim, caplog):
+    gw = vxgate(**vxcube_params(vxsim))
+    vxsim.set_fault(status=500, count=3)
+    gw.send("a@x.test", ["b@x.test"], mail_with([("x.exe", pe_image(b"key check"))]))
+    wait_states("delivered", 1, timeout=30)
+    from conftest import VXCUBE_KEY
+    assert VXCUBE_KEY not in caplog.text
