@@ -9,7 +9,7 @@ from salmon_app.gateway import Gateway
 from salmon_app.log import install_redaction
 from salmon_app.service import Service
 
-HANDLERS = ["handlers.smtp_filter", "handlers.notices"]
+HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
 os.makedirs("logs", exist_ok=True)
 logging.config.fileConfig(os.environ.get("VXGATE_LOGGING", "config/logging.conf"), disable_existing_loggers=False)

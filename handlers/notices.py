@@ -8,10 +8,10 @@ from salmon.routing import nolocking, route, stateless
 from salmon_app import models
 
 
-@route(r"(queue_id)@notice\.vxgate", queue_id="[A-Z0-9]+")
+@route(r"(queue_id)@(kind)\.vxgate", queue_id="[A-Z0-9]+", kind="notice|report")
 @stateless
 @nolocking
-def START(message, queue_id=None):
+def START(message, queue_id=None, kind=None):
     message.handled = True
     if message.state in (models.RELAYING, models.DEFERRED):
         message.gateway.relay(message)

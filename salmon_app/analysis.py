@@ -14,11 +14,9 @@ import json
 import logging
 import time
 
-import peewee
-
 from salmon_app import models
 from salmon_app.log import qlog
-from salmon_app.models import BaseModel, Message
+from salmon_app.models import FileCheck, Message, Sample
 from salmon_app.pipeline import Stage
 from salmon_app.verdict import Verdict, task_verdict
 from salmon_app.vxcube.client import RetryPolicy, VxcubeClient, VxcubeError
@@ -29,46 +27,6 @@ FINISHED_TASK = ("successful", "failed", "deleted")
 MESSAGE_SAMPLE = "message"        # FileCheck.path of a whole-message upload awaiting its split
 
 
-class Sample(BaseModel):
-    """One distinct content and its analysis; also the verdict cache."""
-    sha256 = peewee.CharField(primary_key=True)
-    state = peewee.CharField(index=True)         # queued, uploaded, analysing, done
-    name = peewee.TextField(default="")
-    kind = peewee.CharField(default="file")      # file, or message (an .eml vxCube splits)
-    sample_id = peewee.TextField(default="")
-    analysis_id = peewee.TextField(default="")
-    format_name = peewee.TextField(default="")
-    platforms = peewee.TextField(default="[]")
-    verdict = peewee.CharField(default="")
-    maliciousness = peewee.IntegerField(null=True)
-    tasks_json = peewee.TextField(default="[]")
-    reason = peewee.TextField(default="")
-    created = peewee.FloatField()
-    started = peewee.FloatField(default=0)
-    finished = peewee.FloatField(default=0)
-    next_step = peewee.FloatField(default=0, index=True)
-    polls = peewee.IntegerField(default=0)
-    uploaded = peewee.BooleanField(default=False)
-    parent = peewee.CharField(null=True)         # the .eml sample it was split from
-
-
-class FileCheck(BaseModel):
-    """A file of a message and its verdict (copied from its Sample when that ends)."""
-    message = peewee.CharField(index=True)
-    path = peewee.CharField(default="")
-    name = peewee.TextField(default="")
-    type = peewee.CharField(default="")
-    size = peewee.IntegerField(default=0)
-    sha256 = peewee.CharField(index=True)
-    verdict = peewee.CharField(default="")       # empty while pending
-    maliciousness = peewee.IntegerField(null=True)
-    analysis_id = peewee.TextField(default="")
-    tasks_json = peewee.TextField(default="[]")
-    reason = peewee.TextField(default="")
-    cached = peewee.BooleanField(default=False)
-
-
-models.MODELS.extend([Sample, FileCheck])
 
 
 class Analyser:

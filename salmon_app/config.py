@@ -216,6 +216,8 @@ SCHEMA = [
     _p("MailD", "BccReporterPassword", "secret", "", "SMTP AUTH password of BccReporterAddress (never logged)."),
     _p("MailD", "BccReportRecipientAddress", "str", "", "The administrator who receives the reports."),
     _p("MailD", "BccSmtpServer", "hostsocket", None, "MTA that sends the reports: host, host:port, IP or UNIX socket."),
+    _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off.", choices=("Auto", "Implicit", "StartTls", "Off")),
+    _p("MailD", "BccTemplateDir", "str", "", "Directory with bcc_report.txt and bcc_report.html (empty: config/templates)."),
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
     _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
@@ -336,7 +338,9 @@ def _check_together(config, seen, filename):
         fail("SmtpReplyTimeout", "SmtpReplyTimeout must stay below Postfix's 600 s smtp_data_done_timeout, "
              "or Postfix re-sends the message")
     if config.BccSocket:
-        for name in ("BccMonitorAddresses", "BccReportRecipientAddress", "BccSmtpServer"):
+        if not config.UseVxcube:
+            fail("BccSocket", "BccSocket is set, so UseVxcube = Yes is required: BCC mode analyses with vxCube")
+        for name in ("BccMonitorAddresses", "BccReportRecipientAddress", "BccSmtpServer", "BccReporterAddress"):
             if not getattr(config, name):
                 fail("BccSocket", "BccSocket is set, so %s is required" % name)
     if config.SmtpSocket is None:

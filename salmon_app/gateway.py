@@ -64,6 +64,12 @@ class Gateway:
         from salmon_app.checks import Checks   # late: checks may import the gateway's helpers
         self.checks = checks or Checks(self)
         self.servers = [self.make_server(config.SmtpSocket, "smtp")]
+        if config.BccSocket:
+            from salmon_app import bcc
+            self.servers.append(self.make_server(config.BccSocket, "bcc", bcc.recipient_check(config.BccMonitorAddresses)))
+            self.relays["report"] = Relay(config.BccSmtpServer, timeout=config.SmtpRelayTimeout, hostname=self.hostname,
+                                          username=config.BccReporterAddress or None,
+                                          password=config.BccReporterPassword or None, tls=config.BccSmtpTls.lower())
         self.sweeper = None
 
     def make_server(self, address, mode, rcpt_check=None):
@@ -315,12 +321,14 @@ class Intake:
     def accept(self, envelope, writer):
         gateway, queue_id = self.gateway, writer.queue_id
         log = qlog(queue_id)
-        waiter = gateway.registry.add_waiter(queue_id)
+        own = self.mode == "bcc"      # a BCC copy is vxgate's at once: nobody waits for its outcome
+        waiter = gateway.registry.add_waiter(queue_id) if not own else None
         try:
             writer.commit()
-            self._record(envelope, writer)
+            self._record(envelope, writer, answered=own)
         except Exception as exc:
-            gateway.registry.drop_waiter(queue_id)
+            if waiter:
+                gateway.registry.drop_waiter(queue_id)
             log.exception("could not store the message: %s", exc)
             gateway.spool.remove(queue_id)
             return Reply(451, "4.3.0 Could not store the message, try again later")
@@ -328,6 +336,8 @@ class Intake:
                  ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,
                  envelope.xforward.get("ADDR") or envelope.peer[0])
         gateway.submit(queue_id, models.STORED)
+        if own:
+            return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
         failed = []
 
         def answered():
@@ -347,7 +357,7 @@ class Intake:
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
         return reply
 
-    def _record(self, envelope, writer):
+    def _record(self, envelope, writer, answered=False):
         headers = parse_headers(envelope.headers)
         client = envelope.client
         client["_mail_params"] = envelope.mail_params
@@ -355,7 +365,7 @@ class Intake:
         now = time.time()
         with models.writing():
             Message.create(
-                id=writer.queue_id, mode=self.mode, state=models.STORED, created=now, updated=now,
+                id=writer.queue_id, mode=self.mode, state=models.STORED, answered=answered, created=now, updated=now,
                 mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
                 client_json=json.dumps(client), size=writer.size, sha256=writer.sha256,
                 body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",

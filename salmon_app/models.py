@@ -20,8 +20,9 @@ _WRITE_LOCK = threading.RLock()
 STORED, CHECKING, ANALYSING, RELAYING, DEFERRED = "stored", "checking", "analysing", "relaying", "deferred"
 DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD = (
     "delivered", "quarantined", "rejected", "discarded", "tempfailed", "failed", "dropped", "held")
+REPORTED, CLOSED = "reported", "closed"     # BCC copies: a report was sent / nothing to report
 IN_FLIGHT = (STORED, CHECKING, ANALYSING, RELAYING, DEFERRED)
-FINAL = (DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD)
+FINAL = (DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD, REPORTED, CLOSED)
 
 
 class BaseModel(peewee.Model):
@@ -81,7 +82,46 @@ class Event(BaseModel):
     text = peewee.TextField(default="")
 
 
-MODELS = [Message, Recipient, Event]
+class Sample(BaseModel):
+    """One distinct content and its analysis; also the verdict cache."""
+    sha256 = peewee.CharField(primary_key=True)
+    state = peewee.CharField(index=True)         # queued, uploaded, analysing, done
+    name = peewee.TextField(default="")
+    kind = peewee.CharField(default="file")      # file, or message (an .eml vxCube splits)
+    sample_id = peewee.TextField(default="")
+    analysis_id = peewee.TextField(default="")
+    format_name = peewee.TextField(default="")
+    platforms = peewee.TextField(default="[]")
+    verdict = peewee.CharField(default="")
+    maliciousness = peewee.IntegerField(null=True)
+    tasks_json = peewee.TextField(default="[]")
+    reason = peewee.TextField(default="")
+    created = peewee.FloatField()
+    started = peewee.FloatField(default=0)
+    finished = peewee.FloatField(default=0)
+    next_step = peewee.FloatField(default=0, index=True)
+    polls = peewee.IntegerField(default=0)
+    uploaded = peewee.BooleanField(default=False)
+    parent = peewee.CharField(null=True)         # the .eml sample it was split from
+
+
+class FileCheck(BaseModel):
+    """A file of a message and its verdict (copied from its Sample when that ends)."""
+    message = peewee.CharField(index=True)
+    path = peewee.CharField(default="")
+    name = peewee.TextField(default="")
+    type = peewee.CharField(default="")
+    size = peewee.IntegerField(default=0)
+    sha256 = peewee.CharField(index=True)
+    verdict = peewee.CharField(default="")       # empty while pending
+    maliciousness = peewee.IntegerField(null=True)
+    analysis_id = peewee.TextField(default="")
+    tasks_json = peewee.TextField(default="[]")
+    reason = peewee.TextField(default="")
+    cached = peewee.BooleanField(default=False)
+
+
+MODELS = [Message, Recipient, Event, Sample, FileCheck]
 
 
 def open_database(path, synchronous="FULL"):

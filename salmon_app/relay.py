@@ -56,7 +56,8 @@ class Relay:
     def __init__(self, address, *, timeout, hostname, username=None, password=None, tls="auto"):
         self.address, self.timeout, self.hostname = address, timeout, hostname
         self.username, self._password = username, password
-        self.tls = tls       # "auto": STARTTLS when offered; "implicit": port 465 style; "off"
+        # "auto": STARTTLS when offered (implicit TLS on port 465); "implicit"; "starttls": required; "off"
+        self.tls = "implicit" if tls == "auto" and not address.is_unix and address.port == 465 else tls
         self._local = threading.local()
 
     def __repr__(self):
@@ -100,8 +101,8 @@ class Relay:
             client = _Client(self.address, self.timeout, self.hostname)
             client.connect(host, port)
         client.ehlo_or_helo_if_needed()
-        if self.tls == "auto" and client.has_extn("starttls"):
-            client.starttls(context=ssl.create_default_context())
+        if self.tls == "starttls" or (self.tls == "auto" and client.has_extn("starttls")):
+            client.starttls(context=ssl.create_default_context())   # raises when not offered
             client.ehlo()
         if self.username:
             client.login(self.username, self._password or "")

@@ -72,7 +72,7 @@ def vxcube_view(analysis):
     files = [{"name": f.get("name"), "type": f.get("type"), "size": f.get("size"),
               "sha256": f.get("sha256"), "verdict": _label(f.get("verdict") or "unchecked"),
               "maliciousness": f.get("maliciousness"), "analysis_id": f.get("analysis_id"),
-              "path": f.get("path") or None,
+              "path": str(f["path"]) if f.get("path") else None,
               "tasks": [_task_view(t) for t in f.get("tasks") or ()]}
              for f in analysis.get("files") or ()]
     worst = Verdict.worst(Verdict.parse(f["verdict"]) for f in files)
@@ -85,11 +85,12 @@ def vxcube_view(analysis):
 
 def to_lua_plain(value):
     """Python data with every str as UTF-8 bytes, ready for ``LuaRuntime.table_from``."""
-    if isinstance(value, str):
+    kind = type(value)   # exact types: this runs for every value of every message
+    if kind is str:
         return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, dict):
+    if kind is dict:
         return {to_lua_plain(k): to_lua_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if kind is list or kind is tuple:
         return [to_lua_plain(v) for v in value]
     return value
 
@@ -121,7 +122,14 @@ class Bridge:
 
     def __init__(self, base_dir, max_file_bytes):
         self.base_dir, self.max_file_bytes = base_dir, max_file_bytes
-        self.message, self.queue_id = None, ""
+        self._raw, self._message, self.queue_id = None, None, ""
+
+    @property
+    def message(self):
+        # Parsed on first use: most hooks decide on the verdict alone.
+        if self._message is None:
+            self._message = mime.parse(self._raw)
+        return self._message
 
     def callbacks(self):
         return {name: getattr(self, name) for name in (
@@ -206,7 +214,7 @@ class Bridge:
         return tuple(drweb.read_list(_text(path), self.base_dir, self.max_file_bytes))
 
     def start(self, raw, queue_id):
-        self.message, self.queue_id = mime.parse(raw), queue_id
+        self._raw, self._message, self.queue_id = raw, None, queue_id
 
     def finish(self):
-        self.message = None
+        self._raw = self._message = None

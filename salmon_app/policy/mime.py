@@ -153,20 +153,33 @@ class Part:
             yield Part(self.raw, start, end, path, self.depth + 1)
 
     def _sections(self):
-        boundary = re.escape(self.info.get_param("boundary").encode("utf-8", "replace"))
-        delimiter = re.compile(rb"^--" + boundary + rb"(--)?[ \t]*\r?$", re.M)
-        start = None
-        for match in delimiter.finditer(self.raw, self.body_start, self.end):
+        # bytes.find, not a multi-line regex: the body may be tens of megabytes.
+        raw, end = self.raw, self.end
+        marker = b"--" + self.info.get_param("boundary").encode("utf-8", "replace")
+        pos, start = self.body_start, None
+        while True:
+            at = raw.find(marker, pos, end)
+            if at < 0:
+                break
+            pos = at + 1
+            line_end = raw.find(b"\n", at, end)
+            line_end = end if line_end < 0 else line_end
+            rest = raw[at + len(marker):line_end]
+            closing = rest.startswith(b"--")
+            # A delimiter starts a line and has only padding after it; anything else is
+            # text that happens to contain the boundary.
+            if (at > self.body_start and raw[at - 1] != 10) or \
+                    rest[2 if closing else 0:].strip(b" \t\r"):
+                continue
             if start is not None:
                 # The line break before a delimiter belongs to the delimiter (RFC 2046).
-                end = match.start() - 1
-                end -= self.raw[end - 1:end] == b"\r"
-                yield start, max(start, end)
-            if match.group(1):
+                stop = at - 1 - (raw[at - 2:at - 1] == b"\r") if at > self.body_start else at
+                yield start, max(start, stop)
+            if closing:
                 return
-            start = min(match.end() + 1, self.end)
-        if start is not None and start < self.end:   # unterminated: the rest is the part
-            yield start, self.end
+            start = pos = min(line_end + 1, end)
+        if start is not None and start < end:   # unterminated: the rest is the last part
+            yield start, end
 
     def walk(self):
         """This part and every part below it, depth first."""

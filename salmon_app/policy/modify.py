@@ -168,7 +168,9 @@ def _notice(name, archive, identifier, kind, message):
 def _zip(name, content, password):
     buffer = io.BytesIO()
     encryption = {"encryption": pyzipper.WZ_AES} if password else {}
-    with pyzipper.AESZipFile(buffer, "w", compression=pyzipper.ZIP_DEFLATED, **encryption) as zf:
+    # Level 1: the archive is about safety, not size, and large files are often packed.
+    with pyzipper.AESZipFile(buffer, "w", compression=pyzipper.ZIP_DEFLATED, compresslevel=1,
+                             **encryption) as zf:
         if password:
             zf.setpassword(password.encode())
         zf.writestr(name, content)

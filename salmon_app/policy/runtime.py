@@ -39,7 +39,7 @@ class HookRuntime:
         self.path = None if is_source(hook_spec) else os.path.abspath(hook_spec)
         self._source = hook_spec.encode() if self.path is None else None
         self._chunkname = b"=SmtpHook" if self.path is None else b"@" + self.path.encode()
-        self._mtime, self._checked = None, time.monotonic()
+        self._mtime, self._checked, self._broken = None, time.monotonic(), False
         self._bridge = context.Bridge(os.path.dirname(self.path or os.path.abspath("x")),
                                       memory_limit)
         source = self._read()
@@ -67,8 +67,8 @@ class HookRuntime:
         try:
             ok, value = self._host.compile_chunk(source, self._chunkname,
                                                  time.monotonic() + self.time_limit)
-        except lua54.LuaError as exc:
-            self._host = self._new_host()
+        except lua54.LuaError as exc:   # the state failed in its own code: replace it
+            self._broken = True
             raise HookError("the hook could not be loaded: %s" % exc) from None
         if not ok:
             raise HookError(sandbox.to_python(value))
@@ -103,6 +103,8 @@ class HookRuntime:
 
     def run(self, envelope, raw, analysis):
         """The Decision of the hook for one message (bytes) and its analysis dict."""
+        if self._broken:
+            self._rebuild()
         self._maybe_reload()
         queue_id = envelope.queue_id
         view = dict(context.envelope_view(envelope), vxcube=context.vxcube_view(analysis))
@@ -112,7 +114,7 @@ class HookRuntime:
                 out = self._host.run_hook(time.monotonic() + self.time_limit, self._hook,
                                           self._host.table(context.to_lua_plain(view)))
             except lua54.LuaError as exc:   # the state itself failed, not the hook
-                self._rebuild()
+                self._broken = True
                 return self._failed(queue_id, "the Lua state failed: %s" % exc)
             if not out[0]:
                 return self._failed(queue_id, sandbox.to_python(out[1]))
@@ -153,11 +155,11 @@ class HookRuntime:
             if self._host.memory_used() > self.memory_limit // 4:
                 self._host.collect()
         except lua54.LuaError:
-            self._rebuild()
+            self._broken = True
 
     def _rebuild(self):
         log.warning("rebuilding the Lua state of hook %s", self.path or "(inline)")
-        self._host = self._new_host()
+        self._host, self._broken = self._new_host(), False
         try:
             self._hook = self._compile(self._source)
         except HookError as exc:   # it loaded before: only a hook that changed its mind

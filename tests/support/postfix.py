@@ -2,24 +2,25 @@
 
 ``PostfixInstance(workdir, inbound_port=..., filter_addr=..., reinject_port=..., relay_to=...)``
 writes its own main.cf/master.cf into ``workdir/etc`` (config_directory) and keeps its queue
-(``workdir/queue``), data directory (``workdir/data``) and log (``workdir/maillog``, Postfix
-3.4+ ``maillog_file``, there is no syslog) under ``workdir``; every command is run with
-``postfix -c workdir/etc`` so the system's default instance (/etc/postfix, /var/spool/postfix)
-is neither read for settings nor touched, and may be running or not.  As root no
-``alternate_config_directories`` entry is needed.  Wiring follows /work/shared/reference/
-postfix.md ("SMTP mode wiring"): an inbound smtpd on 127.0.0.1:inbound_port with
-``content_filter = scan:[filter]:port`` and ``receive_override_options = no_address_mappings``,
-the ``scan`` smtp transport (XFORWARD on), a re-injection smtpd on 127.0.0.1:reinject_port with
-an empty content_filter, and everything else relayed to ``relayhost = [relay_to]`` without DNS.
-With ``filter_addr=None`` it is a plain relay; ``bcc=`` adds ``always_bcc`` plus a transport
-map for the BCC domain (applied at re-injection when a filter is configured).  All chroot
-columns are ``n`` (the chroot would be the private queue dir).  Postfix daemonises and, in a
-container whose PID 1 does not reap, would leave zombies, so the master is started under a tiny
-Python "reaper" (PR_SET_CHILD_SUBREAPER) that collects every Postfix process of this instance
-and exits once all are gone: ``stop()`` waits for it and leaves no processes behind.
-Requirements: root, the Debian ``postfix`` package (see ``.ci/install-postfix.sh``), and a
-workdir whose ancestors the ``postfix`` user can traverse (``start()`` adds o+x where the
-directories belong to us, e.g. pytest's 0700 ``/tmp/pytest-of-root``, and raises otherwise).
+(``workdir/queue``) and log (``workdir/maillog``, Postfix 3.4+ ``maillog_file``; there is no
+syslog) under ``workdir``; every command runs as ``postfix -c workdir/etc``, so the system's
+default instance (/etc/postfix, /var/spool/postfix) is neither read for settings nor touched
+and may be running or not; as root no ``alternate_config_directories`` entry is needed.  Only
+the data_directory lives elsewhere, in a fresh ``$TMPDIR/vxgate-postfix-data/<name>-*``
+removed by ``stop()``: the master opens ``data_directory/master.lock`` by absolute path as the
+``postfix`` user, which cannot traverse pytest's 0700 ``/tmp/pytest-of-root`` (the queue is
+reached relative to a chdir done as root, so it may stay there).  The wiring follows
+/work/shared/reference/postfix.md, "SMTP mode wiring": an inbound smtpd on
+127.0.0.1:inbound_port with ``content_filter = scan:[filter]:port`` and
+``receive_override_options = no_address_mappings``, the ``scan`` smtp transport with XFORWARD,
+a re-injection smtpd on 127.0.0.1:reinject_port with an empty content_filter, and everything
+else relayed to ``relayhost = [relay_to]`` with no DNS; ``filter_addr=None`` makes a plain
+relay, and ``bcc=`` adds ``always_bcc`` plus a transport map for the BCC domain (applied at
+re-injection when a filter is configured).  All chroot columns are ``n``.  Postfix daemonises,
+and where PID 1 does not reap (containers) its exited processes would stay zombies, so the
+master is started under a tiny Python reaper (PR_SET_CHILD_SUBREAPER) that collects every
+process of the instance and exits when the last one is gone: ``stop()`` waits for it and leaves
+nothing behind.  Needs root and the Debian ``postfix`` package (``.ci/install-postfix.sh``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import json
 import os
 import pty
 import pwd
-import grp
 import shutil
 import signal
 import smtplib
@@ -37,9 +37,9 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+DATA_BASE_NAME = "vxgate-postfix-data"
 
 # Runs "postfix -c DIR start" as a child subreaper: the daemonised master and all its
 # children get re-parented to this process instead of PID 1, which reaps them, so no
@@ -154,7 +155,7 @@ class QueuedMessage:
         return [r["address"] for r in self.recipients]
 
 
-_running: "weakref.WeakSet[PostfixInstance]" = weakref.WeakSet()
+_running: "set[PostfixInstance]" = set()  # strong refs: stopped at exit even if leaked
 
 
 @atexit.register
@@ -185,7 +186,8 @@ class PostfixInstance:
 
     Parameters
     ----------
-    workdir: directory for etc/ queue/ data/ maillog (created when missing).
+    workdir: directory for etc/, queue/ and maillog (created when missing); the data
+        directory is a fresh temporary one (see the module docstring), ``.data_dir``.
     inbound_port: port of the inbound smtpd on 127.0.0.1 (what clients submit to).
     filter_addr: (host, port) of the after-queue content filter, or None for a plain relay.
     reinject_port: port of the re-injection smtpd (required with a filter, optional without).
@@ -227,9 +229,8 @@ class PostfixInstance:
         self.filter_process_limit = int(filter_process_limit)
         self.config_dir = self.workdir / "etc"
         self.queue_dir = self.workdir / "queue"
-        self.data_dir = self.workdir / "data"
+        self.data_dir: Optional[Path] = None  # created by start(), removed by stop()
         self.maillog = self.workdir / "maillog"
-        self.permission_changes: list[str] = []
         self._postfix = _find_postfix() or "postfix"
         sbin = os.path.dirname(self._postfix)
         self._postqueue = os.path.join(sbin, "postqueue")
@@ -303,29 +304,29 @@ class PostfixInstance:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def _ensure_traversable(self) -> None:
-        """The postfix user opens data_directory/queue files by absolute path: every
-        ancestor of workdir must be searchable by it."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def _make_data_dir(self) -> Path:
+        """A fresh data_directory the postfix user can reach (see module docstring)."""
+        base = Path(tempfile.gettempdir()) / DATA_BASE_NAME
+        try:
+            base.mkdir(mode=0o711, exist_ok=True)
+            st = os.lstat(base)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise PermissionError(f"{base} is not a directory owned by us")
+            if stat.S_IMODE(st.st_mode) != 0o711:
+                os.chmod(base, 0o711)
+        except OSError:
+            base = Path(tempfile.mkdtemp(prefix=DATA_BASE_NAME + "-"))
+            os.chmod(base, 0o711)
+        data = Path(tempfile.mkdtemp(prefix=self.name + "-", dir=base))
         pw = pwd.getpwnam("postfix")
-        uid, gids = pw.pw_uid, {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if "postfix" in g.gr_mem}
-        for d in [self.workdir, *self.workdir.parents]:
-            st = d.stat()
-            if st.st_uid == uid:
-                ok = bool(st.st_mode & stat.S_IXUSR)
-            elif st.st_gid in gids:
-                ok = bool(st.st_mode & stat.S_IXGRP)
-            else:
-                ok = bool(st.st_mode & stat.S_IXOTH)
-            if ok:
-                continue
-            if st.st_uid != os.geteuid():
-                raise PostfixError(
-                    f"user 'postfix' cannot traverse {d} (mode {stat.filemode(st.st_mode)}); "
-                    "choose a workdir below a world-searchable directory"
-                )
-            os.chmod(d, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
-            self.permission_changes.append(f"chmod o+x {d}")
+        os.chown(data, pw.pw_uid, pw.pw_gid)  # master opens master.lock here as "postfix"
+        os.chmod(data, 0o700)
+        return data
+
+    def _remove_data_dir(self) -> None:
+        data, self.data_dir = self.data_dir, None
+        if data is not None:
+            shutil.rmtree(data, ignore_errors=True)
 
     # ------------------------------------------------------------------ configuration
     def main_cf_settings(self) -> dict[str, str]:
@@ -458,10 +459,10 @@ class PostfixInstance:
             self.reload()
 
     def write_config(self) -> None:
-        for d in (self.workdir, self.config_dir, self.queue_dir, self.data_dir):
+        for d in (self.workdir, self.config_dir, self.queue_dir):
             d.mkdir(parents=True, exist_ok=True)
-        pw = pwd.getpwnam("postfix")
-        os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)  # master opens data/master.lock as postfix
+        if self.data_dir is None:
+            self.data_dir = self._make_data_dir()
         os.chmod(self.workdir, 0o755)
         os.chmod(self.config_dir, 0o755)
         main_cf = self.config_dir / "main.cf"
@@ -500,21 +501,30 @@ class PostfixInstance:
         return found
 
     def start(self, timeout: float = 30) -> "PostfixInstance":
-        """Write the configuration, check it and start the master under the reaper."""
+        """Write the configuration, check it and start the master under the reaper;
+        returns once the inbound (and re-injection) smtpd answer."""
         if self.running:
             return self
         reason = postfix_skip_reason()
         if reason:
             raise PostfixError(reason)
-        self._ensure_traversable()
-        self.write_config()
-        self._run([self._postfix, "-c", str(self.config_dir), "check"])
+        try:
+            self.write_config()
+            self._run([self._postfix, "-c", str(self.config_dir), "check"])
+            self._start_master(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_master(self, timeout: float) -> None:
         reaper = subprocess.Popen(
             [sys.executable, "-c", _REAPER, self._postfix, "-c", str(self.config_dir), "start"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=self._env(), cwd="/", start_new_session=True,
         )
         self._reaper = reaper
+        _running.add(self)
         rc = None
         deadline = time.monotonic() + timeout
         assert reaper.stdout is not None
@@ -527,14 +537,11 @@ class PostfixInstance:
                 break
         reaper.stdout.close()
         if rc != 0:
-            self._reap(timeout=10)
             raise PostfixError(
                 f"postfix -c {self.config_dir} start failed (rc={rc})\n"
                 f"--- {self.maillog} (tail) ---\n{self.log_tail()}"
             )
-        _running.add(self)
         self._wait_listening(timeout=max(1.0, deadline - time.monotonic()))
-        return self
 
     def _wait_listening(self, timeout: float) -> None:
         ports = [self.inbound_port] + ([self.reinject_port] if self.reinject_port else [])
@@ -556,11 +563,11 @@ class PostfixInstance:
     def stop(self, timeout: float = 20) -> None:
         """Stop the instance and wait until none of its processes is left."""
         _running.discard(self)
-        if self._reaper is None:
-            return
-        if self._master_alive():
-            self._run([self._postfix, "-c", str(self.config_dir), "stop"], check=False, timeout=timeout)
-        self._reap(timeout=timeout)
+        if self._reaper is not None:
+            if self._master_alive():
+                self._run([self._postfix, "-c", str(self.config_dir), "stop"], check=False, timeout=timeout)
+            self._reap(timeout=timeout)
+        self._remove_data_dir()
 
     def _reap(self, timeout: float) -> None:
         reaper, self._reaper = self._reaper, None
