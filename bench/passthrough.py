@@ -261,7 +261,7 @@ class Sink:
 class Vxgate:
     """vxgate under ``salmon start --no-daemon`` with its own spool, database and log."""
 
-    def __init__(self, processes, workdir, port, relay_port, max_connections):
+    def __init__(self, processes, workdir, port, relay_port, max_connections, log_level=None):
         self.workdir, self.port = workdir, port
         os.makedirs(workdir, exist_ok=True)
         self.config_path = os.path.join(workdir, "vxgate.ini")
@@ -278,8 +278,11 @@ class Vxgate:
             template = handle.read()
         if '"logs/vxgate.log"' not in template:
             raise BenchError("config/logging.conf no longer names \"logs/vxgate.log\"; update the benchmark")
+        template = template.replace('"logs/vxgate.log"', repr(self.log_path))
+        if log_level:
+            template = re.sub(r"(?m)^level\s*=\s*\w+", "level=" + log_level, template)
         with open(logging_conf, "w") as handle:
-            handle.write(template.replace('"logs/vxgate.log"', repr(self.log_path)))
+            handle.write(template)
         env = dict(os.environ, VXGATE_CONFIG=self.config_path, VXGATE_LOGGING=logging_conf)
         env.pop("PYTHONPATH", None)
         self.stderr_path = os.path.join(workdir, "salmon.stderr")
@@ -546,6 +549,8 @@ def main():
                         help="baseline runs per cell; the median is reported (3: a baseline cell lasts well under 1 s)")
     parser.add_argument("--big-mb", type=float, default=30.0, help="size of the memory-probe message in MiB (30)")
     parser.add_argument("--no-memory", action="store_true", help="skip the big-message memory probe")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="vxgate's log level (default: config/logging.conf's, INFO: one line per step)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log, spool, db)")
     parser.add_argument("--output", help="JSON path (default bench/results/passthrough-<timestamp>.json)")
     args = parser.parse_args()
@@ -558,6 +563,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="vxgate-bench-")
     processes = Processes()
     report = {"benchmark": "passthrough", "started": started_at, "quick": args.quick,
+              "log_level": args.log_level or "as config/logging.conf",
               "sessions": args.sessions, "baseline_repeats": args.baseline_repeats,
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                           "postfix": _postfix_version()},
@@ -586,7 +592,8 @@ def main():
                 "  PROBLEM: " + "; ".join(cell["baseline"]["problems"]) if cell["baseline"]["problems"] else ""))
 
         print("\n== starting vxgate on 127.0.0.1:%d, relaying to the sink" % vx_port)
-        vx = Vxgate(processes, os.path.join(workdir, "vxgate"), vx_port, sink_port, max(200, 4 * args.sessions))
+        vx = Vxgate(processes, os.path.join(workdir, "vxgate"), vx_port, sink_port, max(200, 4 * args.sessions),
+                    log_level=args.log_level)
         report["vxgate"] = {"pid": vx.pid, "greeting": vx.greeting, "config": open(vx.config_path).read()}
         print("  %s (pid %d)" % (vx.greeting, vx.pid))
 

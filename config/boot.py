@@ -13,7 +13,8 @@ HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
 os.makedirs("logs", exist_ok=True)
 logging.config.fileConfig(os.environ.get("VXGATE_LOGGING", "config/logging.conf"), disable_existing_loggers=False)
-install_redaction([settings.CONFIG.VxcubeApiKey, settings.CONFIG.BccReporterPassword])
+install_redaction([settings.CONFIG.VxcubeApiKey, settings.CONFIG.BccReporterPassword,
+                   settings.CONFIG.RepackPassword[5:-1] if "(" in settings.CONFIG.RepackPassword else ""])
 
 Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx), not become a 250
 Router.RELOAD = False

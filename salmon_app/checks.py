@@ -1,24 +1,14 @@
 """The check stage's seam: analysis (vxCube) and the policy decision (the Lua hook).
 
 ``analyse()`` returns the analysis of a message, or None while analyses are pending (the
-message then re-enters the check stage when they finish). ``decide()`` turns a message and
-its analysis into a decision. Without vxCube and without a hook every message is accepted
-unchanged.
+message then re-enters the check stage when they finish). ``decide()`` runs ``SmtpHook`` in
+the calling worker thread's own Lua runtime (one per thread: Lua states are not thread-safe,
+and a runaway hook then stalls one worker, never the others). Without a hook every message
+is accepted unchanged.
 """
-import dataclasses
+import threading
 
-
-@dataclasses.dataclass
-class Decision:
-    action: str = "accept"
-    message: str = ""
-    code: str = ""
-    text: str = ""
-    added_recipients: list = dataclasses.field(default_factory=list)
-    deleted_recipients: list = dataclasses.field(default_factory=list)
-    modifications: list = dataclasses.field(default_factory=list)
-    reason: str = ""
-    error: bool = False
+from salmon_app.policy import Decision, Envelope, HookRuntime
 
 
 class Checks:
@@ -26,12 +16,44 @@ class Checks:
         from salmon_app.analysis import Analyser
         self.gateway = gateway
         self.analyser = Analyser(gateway)
+        self.local = threading.local()
+        self.generation = 0          # bumped by reload(): every runtime re-reads its hook
 
     def analyse(self, message):
         return self.analyser.analyse(message)
 
+    def runtime(self):
+        config = self.gateway.config
+        if not config.SmtpHook:
+            return None
+        runtime = getattr(self.local, "runtime", None)
+        if runtime is None:
+            runtime = self.local.runtime = HookRuntime(
+                config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
+                on_error=config.SmtpHookErrorAction.lower())
+            self.local.generation = self.generation
+        elif self.local.generation != self.generation:
+            runtime.reload()
+            self.local.generation = self.generation
+        return runtime
+
     def decide(self, message, analysis):
-        return Decision()
+        runtime = self.runtime()
+        if runtime is None:
+            return Decision(action="accept")
+        row = message.row
+        client = row.client
+        envelope = Envelope(mail_from=row.mail_from, rcpt_to=row.rcpt_to, helo=client.get("helo", ""),
+                            client={"hostname": client.get("name", ""), "ip": client.get("addr") or client.get("peer_ip", ""),
+                                    "port": client.get("port") or client.get("peer_port", "")},
+                            queue_id=row.id)
+        decision = runtime.run(envelope, message.data(), analysis or {})
+        if decision.error:
+            message.log.error("hook failed: %s; action %s", decision.reason, decision.action)
+        return decision
+
+    def reload(self):
+        self.generation += 1
 
     def start(self):
         self.analyser.start()

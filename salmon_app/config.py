@@ -189,10 +189,11 @@ SCHEMA = [
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
     _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),
-    _p("MailD", "SmtpHook", "str", "", "Lua policy: code or a path to a .lua file (empty: accept everything)."),
+    _p("MailD", "SmtpHook", "str", "config/hooks/default.lua", "Lua policy: code or a path to a .lua file (empty: accept everything)."),
     _p("MailD", "SmtpHookTimeout", "duration", 5.0, "CPU time one hook call may take.", minimum=0.01),
     _p("MailD", "SmtpHookMemory", "size", 64 * 1024 ** 2, "Memory of one Lua runtime.", minimum=1024 ** 2),
     _p("MailD", "SmtpHookErrorAction", "choice", "Tempfail", "What a failing hook means for the message.", choices=("Tempfail", "Accept", "Quarantine")),
+    _p("MailD", "SmtpAdminAddress", "str", "", "Who is told when vxgate quarantines a message it already accepted (empty: only the log)."),
     _p("MailD", "SmtpHostname", "str", "", "Name in the greeting and in notices (empty: this host's FQDN)."),
     _p("MailD", "SmtpMaxMessageSize", "size", 64 * 1024 ** 2, "Largest message accepted (advertised with SIZE).", minimum=1024),
     _p("MailD", "SmtpMaxConnections", "int", 100, "Simultaneous SMTP connections; more are answered 421.", minimum=1),
@@ -208,7 +209,7 @@ SCHEMA = [
     _p("MailD", "SmtpRelayRetryMax", "duration", 1800.0, "Longest back-off between relay attempts.", minimum=0),
     _p("MailD", "SmtpRelayMaxAge", "duration", 5 * 86400.0, "Bounce what the next hop has not accepted after this long.", minimum=0),
     _p("MailD", "SmtpRecoveryLimit", "int", 3, "Start-ups a message may be in flight at before it is set aside as poisonous.", minimum=1),
-    _p("MailD", "RepackPassword", "str", "None", "Archive password for repacked threats: None, Plain(<password>) or HMAC(<secret>)."),
+    _p("MailD", "RepackPassword", "secret", "None", "Archive password for repacked threats: None, Plain(<password>) or HMAC(<secret>)."),
     # [MailD]: BCC mode
     _p("MailD", "BccSocket", "socket", None, "Where blind copies arrive (empty: BCC mode off)."),
     _p("MailD", "BccMonitorAddresses", "list", [], "Recipients the BCC socket accepts: addresses or @domain (required with BccSocket)."),
@@ -343,6 +344,8 @@ def _check_together(config, seen, filename):
         for name in ("BccMonitorAddresses", "BccReportRecipientAddress", "BccSmtpServer", "BccReporterAddress"):
             if not getattr(config, name):
                 fail("BccSocket", "BccSocket is set, so %s is required" % name)
+    if not re.fullmatch(r"(?i)none|plain\(.+\)|hmac\(.+\)", config.RepackPassword.strip()):
+        fail("RepackPassword", "bad RepackPassword, expected None, Plain(<password>) or HMAC(<secret>)")
     if config.SmtpSocket is None:
         fail("SmtpSocket", "SmtpSocket is required: IP:port or a UNIX socket path")
     if config.SmtpSenderRelay is None:

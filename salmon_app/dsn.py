@@ -51,3 +51,25 @@ def _status(code, text):
     if head.count(".") == 2 and head[0] in "245":
         return head
     return "5.0.0" if code >= 500 else "4.0.0"
+
+
+def notice(hostname, row, what, reason, recipient):
+    """A plain notice to the administrator about a message vxgate kept in quarantine."""
+    from email.mime.text import MIMEText
+    lines = ["vxgate on %s kept a message in quarantine." % hostname, "",
+             "What happened: %s" % what]
+    if reason:
+        lines.append("Reason:        %s" % reason)
+    lines += ["", "Queue id:      %s" % row.id, "Envelope from: <%s>" % row.mail_from,
+              "Recipients:    %s" % ", ".join(row.rcpt_to), "Subject:       %s" % row.subject,
+              "Verdict:       %s" % row.verdict, "",
+              "vxgate quarantine show %s      # the whole history" % row.id,
+              "vxgate quarantine release %s   # deliver it after all" % row.id]
+    msg = MIMEText("\n".join(lines) + "\n", "plain", "utf-8")
+    msg["From"] = "MAILER-DAEMON@%s (vxgate)" % hostname
+    msg["To"] = recipient
+    msg["Subject"] = "vxgate: message %s quarantined" % row.id
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = email.utils.make_msgid(domain=hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

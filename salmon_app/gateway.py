@@ -32,6 +32,11 @@ STAGE_OF = {models.STORED: "check", models.CHECKING: "check", models.ANALYSING: 
 RELAY_OF = {"smtp": "smtp", "notice": "smtp", "report": "report"}
 
 
+def _permanent(reply):
+    code, text = reply
+    return (code if code >= 500 else 554), text
+
+
 def new_queue_id():
     return secrets.token_hex(8).upper()
 
@@ -61,6 +66,8 @@ class Gateway:
         self.relays = {"smtp": Relay(config.SmtpSenderRelay, timeout=config.SmtpRelayTimeout,
                                      hostname=self.hostname, tls="off")}
         self.retry_delay = backoff(config.SmtpRelayRetryMin, config.SmtpRelayRetryMax)
+        from salmon_app.policy import RepackPassword
+        self.repack_password = RepackPassword.parse(config.RepackPassword)
         from salmon_app.checks import Checks   # late: checks may import the gateway's helpers
         self.checks = checks or Checks(self)
         self.servers = [self.make_server(config.SmtpSocket, "smtp")]
@@ -147,17 +154,23 @@ class Gateway:
             models.set_state(message.queue_id, state, None)   # persist so the sweeper finds it
             message.forwarded = False
 
-    def conclude(self, queue_id, state, reply, event, *, remove_file=False, **fields):
-        """Record a final outcome and give it to the waiting session; True if the session got it."""
+    def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False, **fields):
+        """Record an outcome and give ``reply`` to the waiting session; True if the session got it.
+
+        With ``require_session`` nothing is recorded unless the session takes the reply: a 4xx
+        or 5xx that nobody hears must not end a message vxgate already owns.
+        """
         def record():
-            models.set_state(queue_id, state, event, last_reply=str(reply) if reply else "", **fields)
+            models.set_state(queue_id, state, event, last_reply=str(reply) if reply else "",
+                             **dict(fields, has_file=False) if remove_file else fields)
+            if remove_file:
+                self.spool.remove(queue_id)
         waiter = self.registry.waiter(queue_id)
         told = bool(waiter and reply and waiter.offer(reply, before=record))
         if not told:
+            if require_session:
+                return False
             record()
-        if remove_file:
-            self.spool.remove(queue_id)
-            Message.update(has_file=False).where(Message.id == queue_id).execute()
         qlog(queue_id).info("%s: %s", state, event)
         return told
 
@@ -178,7 +191,7 @@ class Gateway:
         try:
             row = Message.get_by_id(queue_id)
             told = self.conclude(queue_id, models.TEMPFAILED, Reply(451, "4.3.0 Internal error, try again later"),
-                                 reason, remove_file=True) if self.session_waiting(queue_id) else False
+                                 reason, remove_file=True, require_session=True)
             if not told:
                 attempts = row.attempts + 1
                 retry_state = row.state if row.state in STAGE_OF else models.STORED
@@ -189,12 +202,18 @@ class Gateway:
 
     # ------------------------------------------------------------ decisions
     def apply(self, message, decision, analysis):
-        """Carry out the policy's decision (issue-level actions grow here)."""
-        fields = {"verdict": analysis["verdict"], "analysis_json": json.dumps(analysis)} if analysis else {}
-        if decision.action == "accept":
-            message.forward(models.RELAYING, **fields)
-        else:
-            raise ValueError("unsupported action %r" % decision.action)
+        """Carry out the policy's decision (salmon_app/decisions.py)."""
+        from salmon_app import decisions
+        return decisions.apply(self, message, decision, analysis)
+
+    def notify_admin(self, row, what, reason=""):
+        """A short notice to SmtpAdminAddress about a message vxgate kept (never its content)."""
+        qlog(row.id).warning("administrator notice: %s%s", what, " (%s)" % reason if reason else "")
+        if not self.config.SmtpAdminAddress:
+            return None
+        data = dsn.notice(self.hostname, row, what, reason, self.config.SmtpAdminAddress)
+        return self.inject("notice", "", [self.config.SmtpAdminAddress], data, parent=row.id,
+                           subject="vxgate notice about %s" % row.id)
 
     # ------------------------------------------------------------ relaying
     def relay(self, message):
@@ -232,10 +251,10 @@ class Gateway:
             self._defer(message, result, temp, ok)
             if perm:
                 self.bounce(row, [(a, *result.replies[a]) for a in perm])
-        elif perm and not ok and self.session_waiting(row.id) and not self._delivered_before(row.id):
-            code, text = result.replies[perm[0]]
-            self.conclude(row.id, models.REJECTED, Reply(code if code >= 500 else 554, text),
-                          "next hop refused every recipient: " + summary)
+        elif perm and not ok and not self._delivered_before(row.id) and self.conclude(
+                row.id, models.REJECTED, Reply(*_permanent(result.replies[perm[0]])),
+                "next hop refused every recipient: " + summary, require_session=True):
+            pass    # Postfix got the 5xx and bounces
         else:
             if perm:
                 self.bounce(row, [(a, *result.replies[a]) for a in perm])

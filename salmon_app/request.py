@@ -45,7 +45,7 @@ class StoredMessage:
 
     @property
     def modified_path(self):
-        return self.path[:-4] + ".out"
+        return self.gateway.spool.variant_path(self.queue_id, "out")
 
     def xforward(self):
         """XFORWARD attributes to pass on, as received (already xtext-encoded)."""

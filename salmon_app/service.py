@@ -25,6 +25,7 @@ class Service:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._signal)
+            signal.signal(signal.SIGUSR1, self._reload)
         if block:
             while not self.stopped.wait(0.5):
                 pass
@@ -33,6 +34,11 @@ class Service:
     def _signal(self, signum, frame):
         LOG.info("signal %s received: shutting down", signal.Signals(signum).name)
         self.stopped.set()
+
+    def _reload(self, signum, frame):
+        LOG.info("SIGUSR1 received: reloading hooks")
+        if self.gateway is not None:
+            self.gateway.checks.reload()
 
     def stop(self):
         """Stop a service started with block=False (tests)."""

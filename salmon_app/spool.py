@@ -35,11 +35,31 @@ class Spool:
         return os.path.exists(self.path(queue_id))
 
     def remove(self, queue_id):
+        """Remove the message file and any modified copy; True if the message file existed."""
+        self.remove_variant(queue_id, "out")
         try:
             os.unlink(self.path(queue_id))
             return True
         except FileNotFoundError:
             return False
+
+    def variant_path(self, queue_id, kind):
+        return self.path(queue_id)[:-4] + "." + kind
+
+    def store_variant(self, queue_id, kind, data):
+        """A durable derived copy (``out``: the modified message to relay) beside the original."""
+        tmp = os.path.join(self.tmp, "%s.%s" % (queue_id, kind))
+        with open(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, self.variant_path(queue_id, kind))
+
+    def remove_variant(self, queue_id, kind):
+        try:
+            os.unlink(self.variant_path(queue_id, kind))
+        except FileNotFoundError:
+            pass
 
     def store(self, queue_id, data):
         """Write a whole message durably (notices, reports, modified copies)."""

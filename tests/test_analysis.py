@@ -3,7 +3,7 @@ import json
 import threading
 import time
 
-from conftest import EICAR, mail_with, pe_image, vxcube_params
+from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from salmon_app.analysis import FileCheck, Sample
 from salmon_app.models import Message
@@ -20,7 +20,7 @@ def wait_states(state, count, timeout=20):
 
 
 def test_verdicts_by_content_reach_the_record(vxgate, sink, vxsim):
-    gw = vxgate(**vxcube_params(vxsim))
+    gw = vxgate(**vxcube_params(vxsim), SmtpHook="")
     data = mail_with([("invoice.pdf", pe_image(EICAR)),             # an exe renamed .pdf, with EICAR
                       ("notes.exe", pe_image(b"VXGATE-TEST-SUSPICIOUS")),
                       ("readme.txt", b"just text, not a configured type")])
@@ -156,5 +156,5 @@ def test_api_key_never_logged(vxgate, sink, vxsim, caplog):
     vxsim.set_fault(status=500, count=3)
     gw.send("a@x.test", ["b@x.test"], mail_with([("x.exe", pe_image(b"key check"))]))
     wait_states("delivered", 1, timeout=30)
-    from conftest import VXCUBE_KEY
+    from support.mail import VXCUBE_KEY
     assert VXCUBE_KEY not in caplog.text

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import EICAR, mail_with, pe_image, vxcube_params
+from support.mail import EICAR, mail_with, pe_image, vxcube_params
 from support.sink import SinkServer
 
 from salmon_app.config import SocketAddr

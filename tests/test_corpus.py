@@ -5,7 +5,7 @@ import smtplib
 
 import pytest
 
-from conftest import CORPUS
+from support.mail import CORPUS
 
 FILES = sorted(p for p in glob.glob(os.path.join(CORPUS, "**", "*"), recursive=True)
                if os.path.isfile(p) and os.path.basename(p) not in

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from support.mail import ROOT
 
 SALMON = os.path.join(os.path.dirname(sys.executable), "salmon")
 VXGATE = os.path.join(os.path.dirname(sys.executable), "vxgate")

@@ -1,0 +1,145 @@
+"""Opening the quarantine (database and spool) for a command, and the release marker.
+
+``Store(config)`` binds the SQLite database named by ``DatabasePath`` (refusing to create one
+where none exists: a wrong path in a command must not invent an empty quarantine) and the
+spool of ``SpoolDir``; when this process already has that database open (the daemon calling
+``expire()``), it is reused instead of re-bound. ``Release`` is our own table (models.py is
+not ours to change): one row per released message with who, when, to whom and the next hop's
+reply; a row in state ``sending`` is a claim that makes concurrent releases of one message
+impossible. ``lookup()`` turns user input into a record or a clear "not found" error.
+"""
+import getpass
+import os
+import re
+import time
+
+import peewee
+
+from salmon_app import analysis  # noqa: F401  (defines FileCheck and adds it to models.MODELS)
+from salmon_app import models
+from salmon_app.models import BaseModel, Message
+from salmon_app.spool import Spool
+
+QUEUE_ID_RE = re.compile(r"^[A-Z0-9]{8,32}$")
+
+
+class QuarantineError(Exception):
+    """A failure to report as one line; ``status`` is the exit status (1: not found / failed)."""
+
+    def __init__(self, text, status=1):
+        super().__init__(text)
+        self.status = status
+
+
+class Release(BaseModel):
+    """The released marker of a message (the history keeps every release as an Event)."""
+    message = peewee.CharField(primary_key=True)
+    state = peewee.CharField(default="sending")       # sending (a claim), done
+    time = peewee.FloatField()
+    user = peewee.TextField(default="")
+    recipients = peewee.TextField(default="")         # comma-separated envelope recipients
+    reply = peewee.TextField(default="")
+    count = peewee.IntegerField(default=0)             # completed releases
+
+    class Meta:
+        table_name = "quarantine_release"
+
+
+models.MODELS.append(Release)
+CLAIM_STALE = 600.0     # a "sending" claim older than this was left by a crashed command
+
+
+def who():
+    """The Unix user running the command (and the real one behind sudo)."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "uid %d" % os.getuid()
+    sudo = os.environ.get("SUDO_USER")
+    if sudo and sudo != user:
+        user = "%s (sudo from %s)" % (user, sudo)
+    return user
+
+
+def bind_database(path):
+    """The peewee database for ``path``: this process's open one if it is that file, else open it."""
+    current = models.db.obj
+    if current is not None and os.path.abspath(current.database) == os.path.abspath(path):
+        database = current
+    else:
+        database = models.open_database(path)
+    if not database.table_exists(Release._meta.table_name):
+        with models.writing():
+            database.create_tables([Release])
+    return database
+
+
+class Store:
+    def __init__(self, config, *, must_exist=True):
+        self.config = config
+        path = config.DatabasePath
+        if must_exist and not os.path.exists(path):
+            raise QuarantineError("no quarantine database at %s (check DatabasePath in %s)"
+                                  % (os.path.abspath(path), config.path or "the configuration"))
+        try:
+            self.database = bind_database(path)
+        except peewee.PeeweeException as exc:
+            raise QuarantineError("cannot open the database %s: %s" % (path, exc)) from None
+        try:
+            self.spool = Spool(config.SpoolDir)
+        except OSError as exc:
+            raise QuarantineError("cannot use the spool %s: %s" % (config.SpoolDir, exc)) from None
+
+    def close(self):
+        if not self.database.is_closed():
+            self.database.close()
+
+    def lookup(self, queue_id):
+        """The Message of ``queue_id`` (any case), or QuarantineError "not found"."""
+        row = Message.get_or_none(Message.id == normalise_id(queue_id))
+        if row is None:
+            raise QuarantineError("%s: no such message" % queue_id)
+        return row
+
+    def file_path(self, queue_id):
+        return self.spool.path(queue_id)
+
+    def modified_path(self, queue_id):
+        """The modified copy a policy may have written beside the original (``<id>.out``)."""
+        return self.spool.path(queue_id)[:-4] + ".out"
+
+    def has_file(self, row):
+        return bool(row.has_file) and self.spool.exists(row.id)
+
+    def file_problem(self, row, verb):
+        """Why ``row`` has no file to ``verb`` (a sentence), or None when its file is there."""
+        if not row.has_file:
+            hint = (" (delivered mail is not kept unless KeepDeliveredMessages = Yes)"
+                    if row.state == models.DELIVERED else "")
+            return "%s: no stored file to %s: only its record is left%s" % (row.id, verb, hint)
+        if not self.spool.exists(row.id):
+            return ("%s: its file %s is missing from the spool; nothing to %s "
+                    "(vxgate quarantine check --repair records that)" % (row.id, self.file_path(row.id), verb))
+        return None
+
+    def released(self, ids):
+        """Release rows by message id for ``ids`` (completed releases only)."""
+        found = {}
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            for rel in Release.select().where(Release.message.in_(ids[start:start + 500]),
+                                              Release.state == "done"):
+                found[rel.message] = rel
+        return found
+
+
+def normalise_id(text):
+    """A queue id as stored (upper case) or ValueError: ids are 16 hex digits, never guessed."""
+    queue_id = str(text).strip().upper()
+    if not QUEUE_ID_RE.match(queue_id):
+        raise ValueError("%r is not a queue id (16 hexadecimal digits, as in the log)" % text)
+    return queue_id
+
+
+def now():
+    return time.time()
