@@ -6,9 +6,12 @@ the calling worker thread's own Lua runtime (one per thread: Lua states are not 
 and a runaway hook then stalls one worker, never the others). Without a hook every message
 is accepted unchanged.
 """
+import logging
 import threading
 
-from salmon_app.policy import Decision, Envelope, HookRuntime
+from salmon_app.policy import Decision, Envelope, HookError, HookRuntime
+
+LOG = logging.getLogger("vxgate.policy")
 
 
 class Checks:
@@ -28,14 +31,26 @@ class Checks:
             return None
         runtime = getattr(self.local, "runtime", None)
         if runtime is None:
-            runtime = self.local.runtime = HookRuntime(
-                config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
-                on_error=config.SmtpHookErrorAction.lower())
+            runtime = self.local.runtime = self._new_runtime(config)
             self.local.generation = self.generation
         elif self.local.generation != self.generation:
             runtime.reload()
             self.local.generation = self.generation
+        if runtime._source:
+            self.last_good = runtime._source
         return runtime
+
+    def _new_runtime(self, config):
+        options = dict(memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
+                       on_error=config.SmtpHookErrorAction.lower())
+        try:
+            return HookRuntime(config.SmtpHook, **options)
+        except HookError:
+            if not getattr(self, "last_good", None):
+                raise
+            # the file was broken after other threads loaded it: keep running the old hook here too
+            LOG.error("SmtpHook does not load; this worker uses the last version that did")
+            return HookRuntime(self.last_good.decode("utf-8", "replace"), **options)
 
     def decide(self, message, analysis):
         runtime = self.runtime()

@@ -18,11 +18,13 @@ from salmon_app.receiver import Reply
 
 
 def apply(gateway, message, decision, analysis):
-    fields = {"action": decision.action, "reason": decision.reason or decision.message or ""}
+    # without a hook or an analysis there is nothing to record: the pass-through path saves a commit
+    fields = {"action": decision.action, "reason": decision.reason or decision.message or ""} \
+        if gateway.config.SmtpHook else {}
     if analysis:
         fields.update(verdict=analysis["verdict"], analysis_json=json.dumps(analysis))
     action, queue_id = decision.action, message.queue_id
-    why = "hook: %s%s" % (action, " (%s)" % fields["reason"] if fields["reason"] else "")
+    why = "hook: %s%s" % (action, " (%s)" % fields["reason"] if fields.get("reason") else "")
     if action == "accept":
         return accept(gateway, message, decision, fields)
     if action == "quarantine":
@@ -61,10 +63,7 @@ def accept(gateway, message, decision, fields):
         data = apply_modifications(message.data(), decision, password=gateway.repack_password, queue_id=queue_id)
         gateway.spool.store_variant(queue_id, "out", data)
         message.log.info("modified: %s", ", ".join(_describe(m) for m in decision.modifications))
-    if fields.get("reason") or decision.modifications or recipients_changed or "verdict" in fields:
-        message.forward(models.RELAYING, **fields)
-    else:
-        message.forward(models.RELAYING)
+    message.forward(models.RELAYING, **fields)
     return True
 
 

@@ -145,7 +145,7 @@ class Gateway:
 
     def forward(self, message, state, **fields):
         """Move a held message to the stage of ``state`` (recording the state when asked)."""
-        if fields or state != message.state:
+        if fields:   # else the state lives in memory: after a crash the message simply repeats its check
             models.set_state(message.queue_id, state, None, **fields)
         message.state = message.row.state = state
         stage = self.stages[STAGE_OF[state]]
