@@ -34,6 +34,8 @@ def load_config(args):
 def check_config(args):
     config = load_config(args)
     if args.quiet:
+        if not _check_hook(config):
+            return 1
         print("%s: OK" % (config.path or "built-in defaults"))
         return 0
     print("; %s: OK" % (config.path or "no file, built-in defaults"))
@@ -43,15 +45,65 @@ def check_config(args):
             section = param.section
             print("[%s]" % section)
         value = getattr(config, param.name)
-        shown = "***" if param.kind == "secret" and value else vxconfig.format_value(param, value)
+        shown = "***" if param.kind == "secret" and value and value != "None" else vxconfig.format_value(param, value)
         print("%s = %s" % (param.name, shown))
-    return 0
+    return 0 if _check_hook(config) else 1
 
 
 @command("sample-config", "print a sample configuration with every parameter and its default")
 def sample_config(args):
     print(vxconfig.render_sample())
     return 0
+
+
+@command("vxcube-sim", "run the vxCube emulator (try vxgate without a licence; see --help)")
+def vxcube_sim(args):
+    from salmon_app.vxcube import sim
+    return sim.main(args.rest)
+
+
+@command("reload-hooks", "check SmtpHook and tell the running daemon to reload it (SIGUSR1)")
+def reload_hooks(args):
+    import os
+    import signal
+    config = load_config(args)
+    if not _check_hook(config):
+        return 1
+    try:
+        with open(args.pid) as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError) as exc:
+        print("vxgate: cannot signal the daemon via %s: %s (is it running?)" % (args.pid, exc), file=sys.stderr)
+        return 1
+    print("hook reload requested from vxgate (pid %d)" % pid)
+    return 0
+
+
+@command("repack-password", "print the archive password of a repacked message from its identifier")
+def repack_password(args):
+    from salmon_app.policy import RepackPassword
+    config = load_config(args)
+    password = RepackPassword.parse(config.RepackPassword).password_for(args.identifier)
+    if password is None:
+        print("vxgate: RepackPassword = None: the archive %s has no password" % args.identifier, file=sys.stderr)
+        return 1
+    print(password)
+    return 0
+
+
+def _check_hook(config):
+    if not config.SmtpHook:
+        print("SmtpHook: none (every message is accepted unchanged)")
+        return True
+    from salmon_app.policy import HookError, HookRuntime
+    try:
+        HookRuntime(config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout)
+    except HookError as exc:
+        print("vxgate: SmtpHook does not load: %s" % exc, file=sys.stderr)
+        return False
+    print("SmtpHook: %s loads" % ("inline code" if "smtp_hook" in config.SmtpHook else config.SmtpHook))
+    return True
 
 
 @command("demo", "run a self-contained demo: vxgate, a local next hop and a few messages")
@@ -68,6 +120,12 @@ def build_parser():
         _config_arg(child)
         if name == "check-config":
             child.add_argument("-q", "--quiet", action="store_true", help="print only OK or the error")
+        if name == "reload-hooks":
+            child.add_argument("--pid", default="run/smtp.pid", help="pid file of the daemon (default: run/smtp.pid)")
+        if name == "repack-password":
+            child.add_argument("identifier", help="the archive identifier shown to the recipient (<queue id>-<hex>)")
+        if name == "vxcube-sim":
+            child.add_argument("rest", nargs=argparse.REMAINDER, help="emulator options (--listen, --key, --analysis-time)")
         child.set_defaults(func=func)
     return parser
 
