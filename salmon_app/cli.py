@@ -106,6 +106,12 @@ def _check_hook(config):
     return True
 
 
+@command("doctor", "check a live installation: config, hook, sockets, storage, next hop, vxCube, report server")
+def doctor(args):
+    from salmon_app import doctor as doctor_module
+    return doctor_module.run(args.config)
+
+
 @command("demo", "run a self-contained demo: vxgate, a local next hop and a few messages")
 def demo(args):
     from salmon_app import demo as demo_module

@@ -96,7 +96,8 @@ def gw(vxgate, sink, tmp_path):
     return running
 
 
-SEED_STATES = ["quarantined", "delivered", "rejected", "held", "failed", "discarded", "deferred", "quarantined"]
+SEED_STATES = ["quarantined", "delivered", "rejected", "held", "failed", "discarded", "deferred", "quarantined",
+               "closed", "reported"]
 SEED_VERDICTS = ["none", "clean", "suspicious", "dangerous", "unchecked"]
 
 
@@ -114,7 +115,7 @@ def seed(spool, n, now=None, files_every=4, prefix="S"):
         if has_file:
             spool.store(queue_id, data)
         rows.append(dict(
-            id=queue_id, mode="bcc" if i % 10 == 9 else "smtp", state=state, answered=True,
+            id=queue_id, mode="bcc" if state in ("closed", "reported") else "notice" if i % 20 == 1 else "smtp", state=state, answered=True,
             created=created, updated=created + 1, mail_from="s%d@%s" % (i % 7, "spam.test" if i % 2 else "ok.test"),
             rcpt_json=json.dumps(["victim%d@q.test" % (i % 5)] + (["other@q.test"] if i % 4 == 1 else [])),
             size=len(data), sha256=hashlib.sha256(data).hexdigest(),
@@ -310,16 +311,18 @@ def test_release_sends_the_original_bytes_once(gw, sink):
 
 
 def test_release_refuses_in_flight_fileless_and_unreachable(gw, sink):
-    rows = seed(gw.spool, 8, files_every=2)
+    rows = seed(gw.spool, 10, files_every=2)
     deferred = next(r for r in rows if r["state"] == "deferred")
     fileless = next(r for r in rows if not r["has_file"] and r["state"] != "deferred")
     busy = q(gw.config_path, "release", deferred["id"], check=1)
     assert "still in flight (state deferred)" in busy.stderr
     nofile = q(gw.config_path, "release", fileless["id"], check=1)
     assert "no stored file to release" in nofile.stderr
-    delivered_without_file = next(r for r in rows if r["state"] == "delivered")
-    if not delivered_without_file["has_file"]:
-        assert "KeepDeliveredMessages" in q(gw.config_path, "release", delivered_without_file["id"], check=1).stderr
+    delivered_without_file = next(r for r in rows if r["state"] == "delivered" and not r["has_file"])
+    assert "KeepDeliveredMessages" in q(gw.config_path, "release", delivered_without_file["id"], check=1).stderr
+
+    copy = next(r for r in rows if r["state"] == "reported" or r["mode"] == "bcc")
+    assert "a BCC copy is never delivered" in q(gw.config_path, "release", copy["id"], check=1).stderr
 
     row, _ = _rejected_message(gw, sink)
     sink.stop()
@@ -410,25 +413,32 @@ def test_purge_by_age_never_touches_messages_in_flight(gw):
 
 
 def test_expire_applies_retention_per_state(gw):
-    from salmon_app.quarantine.expire import expire, expiry_hook
+    from salmon_app.quarantine.expire import expire
     now = time.time()
     rows = seed(gw.spool, 160, now, files_every=2)
     config = gw.gateway.config.replace(DeliveredRetention=7 * DAY, QuarantineRetention=30 * DAY)
     counts = expire(config, now=now)
-    short = ("delivered", "discarded", "dropped", "tempfailed")
+    short = ("delivered", "discarded", "dropped", "tempfailed", "closed")
     expected = [r for r in rows if r["state"] != "deferred"
                 and r["updated"] < now - (7 * DAY if r["state"] in short else 30 * DAY)]
     assert counts["messages"] == len(expected) > 0
     assert counts["files"] == sum(r["has_file"] for r in expected)
-    assert set(counts["by_state"]) <= {"delivered", "discarded", "quarantined", "rejected", "held", "failed"}
+    assert set(counts["by_state"]) == set(SEED_STATES) - {"deferred"}
     left = {r.id for r in Message.select(Message.id)}
     assert left == {r["id"] for r in rows} - {r["id"] for r in expected}
     assert all(r["id"] in left for r in rows if r["state"] == "deferred")
     assert expire(config, now=now)["messages"] == 0
-    ticks = iter([0.0, 0.0, 10.0, 10.0, 3601.0, 3601.0])
-    hook = expiry_hook(config, interval=3600, clock=lambda: next(ticks))
-    hook(), hook(), hook()        # runs at once, then not before an hour has passed
-    assert gw.gateway.database.is_closed() is False
+
+
+def test_expiry_hook_runs_hourly(monkeypatch):
+    from salmon_app.quarantine import expire as expire_module
+    calls, clock = [], [1000.0]
+    monkeypatch.setattr(expire_module, "expire", lambda config: calls.append(config))
+    hook = expire_module.expiry_hook("config", interval=3600, clock=lambda: clock[0])
+    for now in (1000.0, 1001.0, 4599.0, 4600.0, 4700.0, 8200.0):
+        clock[0] = now
+        hook()
+    assert len(calls) == 3                      # at once, after an hour, after another hour
 
 
 # ---------------------------------------------------------------- check
@@ -511,14 +521,17 @@ def test_commands_while_mail_flows(gw, sink):
             proc = q(gw.config_path, "list", "--limit", "20")
         elif kind == 1:
             proc = q(gw.config_path, "show", real[0])
-        else:
+        elif to_release:
             proc = q(gw.config_path, "release", to_release.pop())
+        else:
+            proc = q(gw.config_path, "stats")
         runs.append((any(t.is_alive() for t in threads), proc))
     for t in threads:
         t.join(60)
     assert not errors and len(replies) == 320
     during = [p for alive, p in runs if alive]
     assert len(during) >= 3, "the commands should overlap the load"
+    print("%d commands, %d during the load" % (len(runs), len(during)))
     for _, proc in runs:
         assert proc.returncode == 0, (proc.args, proc.stderr)
         assert "locked" not in proc.stderr.lower()

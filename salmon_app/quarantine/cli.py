@@ -170,6 +170,9 @@ def cmd_release(args, store):
 
 def cmd_export(args, store):
     from salmon_app.quarantine import export
+    if args.output is None and sys.stdout.isatty():
+        raise QuarantineError("not writing a raw message to the terminal: use -o FILE, a pipe, "
+                              "or -o - to insist", status=2)
     size = export.export(store, args.id, args.output)
     if args.output not in (None, "-"):
         print("%s: %d bytes written to %s" % (args.id, size, args.output), file=sys.stderr)
@@ -293,7 +296,7 @@ def build(parser):
 
     p = child("export", cmd_export, "write the original .eml bytes of a message to stdout or a file")
     p.add_argument("id", type=queue_id_arg, help="queue id")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600) instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600) instead of stdout ('-': stdout, even a terminal)")
 
     p = child("delete", cmd_delete, "delete messages: file and records together")
     p.add_argument("ids", nargs="+", type=queue_id_arg, metavar="ID", help="queue id(s)")

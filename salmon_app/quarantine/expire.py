@@ -2,9 +2,10 @@
 
 ``purge`` removes finished messages received before a point in time (``--older-than 30d``),
 optionally only in some states. ``expire(config)`` applies the configured retention per
-state: ``DeliveredRetention`` to delivered, discarded, dropped and tempfailed records and
-``QuarantineRetention`` to quarantined, rejected, failed and held messages, counted from the
-moment the message reached that state (its last update). Both remove records and files
+state: ``DeliveredRetention`` to delivered, discarded, dropped and tempfailed records (and
+BCC copies closed with nothing to report) and ``QuarantineRetention`` to every other final
+state (quarantined, rejected, failed, held, and BCC copies that were reported), counted from
+the moment the message reached that state (its last update). Both remove records and files
 together through ``remove.remove_messages`` in short batches, and neither ever touches a
 message in flight: the state is checked again inside each delete transaction. The daemon
 calls ``expiry_hook(config)`` from its sweeper: it runs ``expire()`` at start and then once
@@ -19,8 +20,10 @@ from salmon_app.quarantine.remove import remove_messages
 from salmon_app.quarantine.store import Store
 
 LOG = logging.getLogger("vxgate.quarantine")
-DELIVERED_STATES = (models.DELIVERED, models.DISCARDED, models.DROPPED, models.TEMPFAILED)
-QUARANTINE_STATES = (models.QUARANTINED, models.REJECTED, models.FAILED, models.HELD)
+DELIVERED_STATES = (models.DELIVERED, models.DISCARDED, models.DROPPED, models.TEMPFAILED,
+                    getattr(models, "CLOSED", "closed"))
+# every other final state: nothing final may stay forever because it was forgotten here
+QUARANTINE_STATES = tuple(s for s in models.FINAL if s not in DELIVERED_STATES)
 SCAN = 5000        # ids selected per round; removal itself goes in batches of remove.BATCH
 
 

@@ -20,7 +20,7 @@ from salmon_app.analysis import FileCheck
 from salmon_app.models import Event, Message, Recipient
 from salmon_app.quarantine import render
 from salmon_app.quarantine.query import release_dict
-from salmon_app.quarantine.store import Release
+from salmon_app.quarantine.store import Release, client_of
 
 HEADER_LIMIT = 1024 * 1024    # read at most this much looking for the end of the headers
 PART_LIMIT = 500              # list at most this many MIME parts
@@ -37,7 +37,7 @@ def describe(store, queue_id):
         release = Release.get_or_none(Release.message == row.id, Release.state == "done")
         children = list(Message.select(Message.id, Message.mode, Message.state, Message.subject)
                         .where(Message.parent == row.id).order_by(Message.created))
-    client = _json(row.client_json, {})
+    client = client_of(row)
     info = {
         "id": row.id, "mode": row.mode, "state": row.state, "answered": bool(row.answered),
         "created": render.iso(row.created), "updated": render.iso(row.updated),

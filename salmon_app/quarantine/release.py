@@ -17,7 +17,7 @@ import time
 from salmon_app import models
 from salmon_app.models import Message
 from salmon_app.quarantine import render
-from salmon_app.quarantine.store import CLAIM_STALE, QuarantineError, Release, who
+from salmon_app.quarantine.store import CLAIM_STALE, QuarantineError, Release, client_of, who
 from salmon_app.relay import Relay, RelayResult
 
 
@@ -55,6 +55,9 @@ def release(store, queue_id, relay, *, to=None, force=False, user=None):
     reason = refuse_reason(store, row)
     if reason:
         raise QuarantineError(reason)
+    if row.mode == "bcc" and not to:
+        raise QuarantineError("%s: a BCC copy is never delivered to its monitoring address; "
+                              "give --to ADDR to send it somewhere" % row.id)
     user = user or who()
     recipients = list(to) if to else row.rcpt_to
     previous = _claim(row.id, user, force)
@@ -65,7 +68,7 @@ def release(store, queue_id, relay, *, to=None, force=False, user=None):
     except OSError as exc:
         _unclaim(row.id, previous)
         raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
-    client = row.client
+    client = client_of(row)
     mail_params = client.get("_mail_params") or {}
     rcpt_params = client.get("_rcpt_params") or {}
     xforward = {k.upper(): v for k, v in client.items()

@@ -9,6 +9,7 @@ reply; a row in state ``sending`` is a claim that makes concurrent releases of o
 impossible. ``lookup()`` turns user input into a record or a clear "not found" error.
 """
 import getpass
+import json
 import os
 import re
 import time
@@ -96,7 +97,11 @@ class Store:
 
     def lookup(self, queue_id):
         """The Message of ``queue_id`` (any case), or QuarantineError "not found"."""
-        row = Message.get_or_none(Message.id == normalise_id(queue_id))
+        try:
+            queue_id = normalise_id(queue_id)
+        except ValueError as exc:
+            raise QuarantineError(str(exc), status=2) from None
+        row = Message.get_or_none(Message.id == queue_id)
         if row is None:
             raise QuarantineError("%s: no such message" % queue_id)
         return row
@@ -131,6 +136,15 @@ class Store:
                                               Release.state == "done"):
                 found[rel.message] = rel
         return found
+
+
+def client_of(row):
+    """The message's client dict (XFORWARD attributes, peer, and "_" internal keys); {} if unreadable."""
+    try:
+        value = json.loads(row.client_json or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def normalise_id(text):
