@@ -110,16 +110,18 @@ def seed(spool, n, now=None, files_every=4, prefix="S"):
         state = SEED_STATES[i % len(SEED_STATES)]
         created = now - (i * 60 * DAY / n) - 30
         queue_id = "%s%015X" % (prefix, rng.getrandbits(60))
-        data = mail("seed %d %s" % (i, "invoice" if i % 3 == 0 else "report"), sender="s%d@%s" % (i % 7, "spam.test" if i % 2 else "ok.test"))
+        sender = "s%d@%s" % (i % 7, "spam.test" if i % 2 else "ok.test")
+        subject = "seed %d %s" % (i, "invoice" if i % 3 == 0 else "report")
+        data = mail(subject, sender=sender)
         has_file = i % files_every == 0
         if has_file:
             spool.store(queue_id, data)
         rows.append(dict(
-            id=queue_id, mode="bcc" if state in ("closed", "reported") else "notice" if i % 20 == 1 else "smtp", state=state, answered=True,
-            created=created, updated=created + 1, mail_from="s%d@%s" % (i % 7, "spam.test" if i % 2 else "ok.test"),
+            id=queue_id, mode="bcc" if state in ("closed", "reported") else "notice" if i % 20 == 1 else "smtp",
+            state=state, answered=True, created=created, updated=created + 1, mail_from=sender,
             rcpt_json=json.dumps(["victim%d@q.test" % (i % 5)] + (["other@q.test"] if i % 4 == 1 else [])),
             size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            subject="seed %d %s" % (i, "invoice" if i % 3 == 0 else "report"),
+            subject=subject,
             verdict=SEED_VERDICTS[i % len(SEED_VERDICTS)], has_file=has_file,
             next_attempt=now + 1e6, action="quarantine" if state == "quarantined" else "",
             reason="seeded" if state == "quarantined" else ""))
@@ -127,7 +129,8 @@ def seed(spool, n, now=None, files_every=4, prefix="S"):
         for start in range(0, n, 100):
             Message.insert_many(rows[start:start + 100]).execute()
         Recipient.insert_many([{"message": r["id"], "address": a} for r in rows for a in json.loads(r["rcpt_json"])]).execute()
-        Event.insert_many([{"message": r["id"], "time": r["updated"], "kind": r["state"], "text": "seeded"} for r in rows]).execute()
+        Event.insert_many([{"message": r["id"], "time": r["updated"], "kind": r["state"], "text": "seeded"}
+                           for r in rows]).execute()
     return rows
 
 

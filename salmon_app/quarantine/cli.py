@@ -139,7 +139,7 @@ def cmd_release(args, store):
             except QuarantineError as exc:
                 _error(exc)
                 continue
-            reason = release.refuse_reason(store, row)
+            reason = release.refuse_reason(store, row, to)
             print("%s: %s" % (row.id, "would be released to %s" % ", ".join(to or row.rcpt_to)
                               if not reason else "would be refused: " + reason.split(": ", 1)[1]))
         print("%d message(s) selected; nothing sent (--dry-run)" % len(ids))
@@ -182,8 +182,8 @@ def cmd_delete(args, store):
     from salmon_app.quarantine.remove import remove_messages
     removed, skipped = remove_messages(store, args.ids, allow_in_flight=args.force)
     for item in removed:
-        print("%s: deleted (%s%s)" % (item.queue_id, item.state,
-                                      ", %d file%s" % (item.files, "s" if item.files > 1 else "") if item.files else ", no file"))
+        files = "%d file%s" % (item.files, "s" if item.files > 1 else "") if item.files else "no file"
+        print("%s: deleted (%s, %s)" % (item.queue_id, item.state, files))
     for queue_id, state in skipped.items():
         if state is None:
             _error("%s: no such message" % queue_id)
@@ -210,9 +210,10 @@ def cmd_purge(args, store):
     print("%s %d message%s received before %s%s: %d file%s, %s" % (
         verb, summary["messages"], "" if summary["messages"] == 1 else "s", render.when(args.older_than),
         " (%s)" % detail if detail else "", summary["files"], "" if summary["files"] == 1 else "s",
-        render.size(summary["bytes"])))
+        render.amount(summary["bytes"])))
     if args.dry_run and summary["messages"]:
-        print("(list them with: vxgate quarantine list --until %s --state final)" % render.when(args.older_than).replace(" ", "T"))
+        print("(list them with: vxgate quarantine list --until %s --state %s)"
+              % (render.when(args.older_than).replace(" ", "T"), ",".join(states) or "final"))
 
 
 def cmd_check(args, store):
@@ -296,7 +297,8 @@ def build(parser):
 
     p = child("export", cmd_export, "write the original .eml bytes of a message to stdout or a file")
     p.add_argument("id", type=queue_id_arg, help="queue id")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600) instead of stdout ('-': stdout, even a terminal)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE (mode 0600) instead of stdout ('-': stdout, even a terminal)")
 
     p = child("delete", cmd_delete, "delete messages: file and records together")
     p.add_argument("ids", nargs="+", type=queue_id_arg, metavar="ID", help="queue id(s)")

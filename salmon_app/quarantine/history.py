@@ -205,15 +205,15 @@ def render_show(info):
     state = info["state"]
     if info["released"]:
         rel = info["released"]
-        state += " (released %s by %s%s)" % (rel["time"], c(rel["user"]),
+        state += " (released %s by %s%s)" % (_local(rel["time"]), c(rel["user"]),
                                               ", %d times" % rel["count"] if rel["count"] > 1 else "")
+    flags = "".join(text for text, on in ((", 8BITMIME", info["body_8bit"]), (", SMTPUTF8", info["smtputf8"])) if on)
     fields = [
         ("State", state),
         ("Mode", info["mode"]),
         ("Received", "%s%s" % (_local(info["created"]), "  (250 sent before the outcome)" if info["answered"] else "")),
         ("Updated", _local(info["updated"])),
-        ("Size", "%s (%d bytes)%s" % (render.size(info["size"]), info["size"],
-                                      "".join(f for f, on in ((", 8BITMIME", info["body_8bit"]), (", SMTPUTF8", info["smtputf8"])) if on))),
+        ("Size", "%s (%d bytes)%s" % (render.size(info["size"]), info["size"], flags)),
         ("SHA-256", info["sha256"] or "-"),
         ("From", c(info["header_from"]) or "-"),
         ("Subject", c(info["subject"]) or "-"),
@@ -228,7 +228,7 @@ def render_show(info):
         ("Reason", c(info["reason"]) or "-"),
         ("Last reply", c(info["last_reply"]) or "-"),
         ("Next hop id", c(info["next_hop_id"]) or "-"),
-        ("Attempts", "%d relay attempt(s)%s" % (info["attempts"], ", %d recoveries" % info["recoveries"] if info["recoveries"] else "")),
+        ("Retries", "%d%s" % (info["attempts"], " (in flight at %d start-ups)" % info["recoveries"] if info["recoveries"] else "")),
     ]
     if info["parent"]:
         fields.append(("About", info["parent"]))
@@ -291,8 +291,8 @@ def render_show(info):
         if f["analysis_id"]:
             add("    vxCube analysis %s" % c(f["analysis_id"]))
         for t in f["tasks"]:
-            add("    task %s on %s: %s, %s%s" % (t["id"], c(t["platform"]) or "?", c(t["status"]), c(t["verdict"]),
-                                               " (maliciousness %s)" % t["maliciousness"] if t["maliciousness"] is not None else ""))
+            score = " (maliciousness %s)" % t["maliciousness"] if t["maliciousness"] is not None else ""
+            add("    task %s on %s: %s, %s%s" % (t["id"], c(t["platform"]) or "?", c(t["status"]), c(t["verdict"]), score))
         if f["reason"]:
             add("    reason: %s" % c(f["reason"]))
 

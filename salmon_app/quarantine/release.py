@@ -41,23 +41,23 @@ def make_relay(config):
                  hostname=config.SmtpHostname or socket.getfqdn(), tls="off")
 
 
-def refuse_reason(store, row):
+def refuse_reason(store, row, to=None):
     """Why ``row`` cannot be released (text), or None."""
     if row.state in models.IN_FLIGHT:
         return ("%s: still in flight (state %s): vxgate is handling it; release works on finished "
                 "messages (see vxgate quarantine show %s)" % (row.id, row.state, row.id))
+    if row.mode == "bcc" and not to:
+        return ("%s: a BCC copy is never delivered to its monitoring address; "
+                "give --to ADDR to send it somewhere" % row.id)
     return store.file_problem(row, "release")
 
 
 def release(store, queue_id, relay, *, to=None, force=False, user=None):
     """Release one message; returns an Outcome or raises QuarantineError."""
     row = store.lookup(queue_id)
-    reason = refuse_reason(store, row)
+    reason = refuse_reason(store, row, to)
     if reason:
         raise QuarantineError(reason)
-    if row.mode == "bcc" and not to:
-        raise QuarantineError("%s: a BCC copy is never delivered to its monitoring address; "
-                              "give --to ADDR to send it somewhere" % row.id)
     user = user or who()
     recipients = list(to) if to else row.rcpt_to
     previous = _claim(row.id, user, force)

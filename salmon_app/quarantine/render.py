@@ -73,10 +73,17 @@ def size(n):
         return "-"
     value = float(n)
     for unit in ("", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return "%d" % value if unit == "" else ("%.1f%s" % (value, unit) if value < 10 else "%d%s" % (value + 0.5, unit))
+        if value < 1023.5 or unit == "T":
+            break
         value /= 1024
-    return str(n)
+    if unit == "":
+        return "%d" % value
+    return "%.1f%s" % (value, unit) if value < 9.95 else "%d%s" % (round(value), unit)
+
+
+def amount(n):
+    """A size for a sentence: "512 bytes", "1.2K"."""
+    return "%d bytes" % n if (n or 0) < 1024 else size(n)
 
 
 def when(ts, seconds=True):

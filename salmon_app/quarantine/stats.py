@@ -61,7 +61,7 @@ def render_stats(data, label=None):
     lines = []
     period = "since %s%s" % (data["since"][:16].replace("T", " "), " (%s)" % label if label else "") \
         if data["since"] else "all records"
-    lines.append("Messages received %s: %d (%s)" % (period, data["messages"], render.size(data["bytes_received"])))
+    lines.append("Messages received %s: %d (%s)" % (period, data["messages"], render.amount(data["bytes_received"])))
     for title, key in (("By state", "by_state"), ("By verdict", "by_verdict"), ("By mode", "by_mode")):
         lines.append("")
         lines.append(title)
@@ -80,7 +80,7 @@ def render_stats(data, label=None):
         ("Uploads saved by the cache", "%d (%d cached verdicts, %d waited for a shared analysis)"
          % (f["uploads_saved"], f["cached_verdicts"], f["shared_analyses"])),
         ("Samples uploaded", "%d" % f["samples_uploaded"]),
-        ("Stored now", "%d files, %s (%d records in all)" % (s["files"], render.size(s["bytes"]), s["records"])),
+        ("Stored now", "%d files, %s (%d records in all)" % (s["files"], render.amount(s["bytes"]), s["records"])),
     ]
     size = max(len(k) for k, _ in facts) + 1
     lines.extend("%-*s %s" % (size, k + ":", v) for k, v in facts)

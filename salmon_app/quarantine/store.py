@@ -12,7 +12,6 @@ import getpass
 import json
 import os
 import re
-import time
 
 import peewee
 
@@ -113,9 +112,6 @@ class Store:
         """The modified copy a policy may have written beside the original (``<id>.out``)."""
         return self.spool.path(queue_id)[:-4] + ".out"
 
-    def has_file(self, row):
-        return bool(row.has_file) and self.spool.exists(row.id)
-
     def file_problem(self, row, verb):
         """Why ``row`` has no file to ``verb`` (a sentence), or None when its file is there."""
         if not row.has_file:
@@ -153,7 +149,3 @@ def normalise_id(text):
     if not QUEUE_ID_RE.match(queue_id):
         raise ValueError("%r is not a queue id (16 hexadecimal digits, as in the log)" % text)
     return queue_id
-
-
-def now():
-    return time.time()
