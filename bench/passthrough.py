@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import smtplib
@@ -58,6 +59,8 @@ REFERENCE = {
     "Amavis pass-through": {"new": 100, "reused": 195},
     "bare threaded Python filter, fsync per message": {"new": 400, "reused": 700},
 }
+VXGATE_STOP_TIMEOUT = 90.0
+OTHER_CPU_WARNING = 20.0   # percent of one core used by processes that are not part of the benchmark
 TARGETS = {"new": 250, "reused": 450, "peak_memory_multiple": 4.0}
 
 
@@ -137,6 +140,54 @@ def cpu_seconds(pid):
         return float("nan")
 
 
+def system_busy_seconds():
+    """CPU seconds the whole machine spent busy since boot (all CPUs; idle and iowait excluded)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])   # guest time is already counted in user
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Splits the machine's busy CPU time into ours (this script, its children, vxgate, the sink)
+    and everybody else's, so that a run disturbed by other work on the machine is visible."""
+
+    def __init__(self, pids):
+        self.pids = pids
+
+    def _ours(self):
+        own = os.times()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)   # waited-for smtp-source runs
+        return (own.user + own.system + children.ru_utime + children.ru_stime
+                + sum(cpu_seconds(pid) for pid in self.pids() if pid))
+
+    def start(self):
+        self.t0, self.busy0, self.ours0 = time.monotonic(), system_busy_seconds(), self._ours()
+
+    def stop(self):
+        elapsed = time.monotonic() - self.t0
+        busy, ours = system_busy_seconds() - self.busy0, self._ours() - self.ours0
+        return {"machine_busy_percent": round(100 * busy / elapsed, 1),
+                "other_processes_percent": round(max(0.0, 100 * (busy - ours) / elapsed), 1)}
+
+
+def source_digest():
+    """SHA-256 over vxgate's Python sources as they are on disk (the work tree may be ahead of HEAD)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for top in ("salmon_app", "handlers", "config"):
+        for folder, dirs, files in sorted(os.walk(os.path.join(REPO, top))):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith((".py", ".conf", ".ini", ".lua")):
+                    path = os.path.join(folder, name)
+                    digest.update(os.path.relpath(path, REPO).encode() + b"\0")
+                    with open(path, "rb") as handle:
+                        digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
 def git_revision():
     """The checked-out commit, read from .git without running git."""
     try:
@@ -200,10 +251,15 @@ class Processes:
                 pass
         return proc.returncode
 
+    def stop_named(self, name):
+        for candidate, proc, _ in self.procs:
+            if candidate == name and proc.poll() is None:
+                self.stop(proc, timeout=5.0)
+
     def stop_all(self):
         for name, proc, _ in reversed(self.procs):
             if proc.poll() is None:
-                self.stop(proc, timeout=30.0 if name == "vxgate" else 5.0)
+                self.stop(proc, timeout=VXGATE_STOP_TIMEOUT if name == "vxgate" else 5.0)
         for name, proc, _ in self.procs:
             if proc.poll() is None:   # last resort
                 proc.kill()
@@ -373,6 +429,8 @@ def measure_cell(target, port, sink, cell, sessions, processes, vx=None, repeats
         before_cpu = cpu_seconds(vx.pid) if vx else None
         # Generous but bounded: no cell may hang the benchmark.
         timeout = max(120, cell["count"] // 5)
+        meter = CpuMeter(lambda: (sink.proc.pid, vx.pid if vx else None))
+        meter.start()
         elapsed, status, text = run_source(port, cell["count"], cell["size"], cell["rcpts"],
                                            cell["mode"] == "reused", sessions, processes, timeout)
         expected = before_sink + cell["count"]
@@ -380,6 +438,7 @@ def measure_cell(target, port, sink, cell, sessions, processes, vx=None, repeats
         seen = sink.wait_for(expected, 5 if status == 0 else 2) - before_sink
         run = {"seconds": round(elapsed, 4), "rate": cell["count"] / elapsed if elapsed > 0 else float("nan"),
                "source_status": status, "sink_received": seen}
+        run.update(meter.stop())
         if text:
             run["source_output"] = text[-2000:]
         if vx:
@@ -405,7 +464,8 @@ def measure_cell(target, port, sink, cell, sessions, processes, vx=None, repeats
             break
     rates = [r["rate"] for r in runs if not r["problems"]]
     result = {"runs": runs, "rate": statistics.median(rates) if rates else float("nan"),
-              "problems": [p for r in runs for p in r["problems"]]}
+              "problems": [p for r in runs for p in r["problems"]],
+              "other_processes_percent": max(r["other_processes_percent"] for r in runs)}
     if vx and runs:
         cpu = sum(r["vxgate_cpu_seconds"] for r in runs) / sum(r["seconds"] for r in runs)
         result["vxgate_cpu_percent"] = round(100 * cpu, 1)
@@ -526,19 +586,21 @@ def measure_memory(vx, sink, port, size_mb):
 
 # ------------------------------------------------------------------ report
 def print_table(cells, out=sys.stdout):
-    header = ("%-6s %-5s %-7s %6s %12s %12s %7s %9s %9s  %s"
-              % ("size", "rcpt", "conn", "msgs", "base msg/s", "vxgate msg/s", "ratio", "vx CPU%", "ms CPU/m", "check"))
+    header = ("%-6s %-5s %-7s %6s %12s %12s %7s %9s %9s %8s  %s"
+              % ("size", "rcpt", "conn", "msgs", "base msg/s", "vxgate msg/s", "ratio", "vx CPU%", "ms CPU/m",
+                 "other%", "check"))
     print(header, file=out)
     print("-" * len(header), file=out)
     for cell in cells:
         base, vx = cell["baseline"], cell.get("vxgate") or {}
         ratio = vx.get("rate", float("nan")) / base["rate"] if base.get("rate") else float("nan")
         problems = base["problems"] + vx.get("problems", [])
-        print("%-6s %-5d %-7s %6d %12s %12s %7s %9s %9s  %s" % (
+        other = max(base.get("other_processes_percent", 0), vx.get("other_processes_percent", 0))
+        print("%-6s %-5d %-7s %6d %12s %12s %7s %9s %9s %8s  %s" % (
             cell["size_label"], cell["rcpts"], cell["mode"], cell["count"], fmt_rate(base["rate"]),
             fmt_rate(vx.get("rate", float("nan"))), ("%.3f" % ratio) if ratio == ratio else "n/a",
             vx.get("vxgate_cpu_percent", "n/a"), vx.get("vxgate_cpu_ms_per_message", "n/a"),
-            "ok" if not problems else "PROBLEM"), file=out)
+            "%.0f" % other, "ok" if not problems else "PROBLEM"), file=out)
 
 
 def main():
@@ -567,14 +629,15 @@ def main():
               "sessions": args.sessions, "baseline_repeats": args.baseline_repeats,
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                           "postfix": _postfix_version()},
-              "vxgate_commit": git_revision(), "reference_msgs_per_s": REFERENCE, "targets": TARGETS,
-              "cells": cells, "memory": None, "problems": []}
+              "vxgate_commit": git_revision(), "vxgate_source_digest": source_digest(),
+              "loadavg_at_start": os.getloadavg(), "reference_msgs_per_s": REFERENCE, "targets": TARGETS,
+              "cells": cells, "memory": None, "problems": [], "warnings": []}
     vx = None
 
     def on_signal(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)   # SIGINT too: it is ignored when started in the background
     exit_status = 0
     try:
         sink_port, vx_port = free_port(), free_port()
@@ -625,19 +688,21 @@ def main():
         report["problems"].append("interrupted by %s" % exc)
         print("\ninterrupted (%s): stopping everything" % exc, file=sys.stderr)
         exit_status = 130
-    except KeyboardInterrupt:
-        report["problems"].append("interrupted by SIGINT")
-        print("\ninterrupted: stopping everything", file=sys.stderr)
-        exit_status = 130
     except BenchError as exc:
         report["problems"].append(str(exc))
         print("\nERROR: %s" % exc, file=sys.stderr)
         exit_status = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # let the clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)   # let the clean-up finish
+        processes.stop_named("smtp-source")   # the load first, so vxgate stops an idle gateway
         if vx is not None:
-            status = processes.stop(vx.proc, timeout=30)
+            # SIGHUP, as `salmon stop` sends it. Sessions waiting for an outcome may hold vxgate up
+            # to SmtpReplyTimeout (60 s by default), so allow for that before killing it.
+            print("stopping vxgate (SIGHUP)...", flush=True)
+            stop_started = time.monotonic()
+            status = processes.stop(vx.proc, timeout=VXGATE_STOP_TIMEOUT)
+            report["vxgate"]["stop_seconds"] = round(time.monotonic() - stop_started, 2)
             report["vxgate"]["exit_status"] = status
             report["vxgate"]["states_final"] = vx.states()
             counts, examples = vx.log_problems()
@@ -664,6 +729,15 @@ def main():
     if report["memory"]:
         report["problems"] += ["memory probe: " + p for p in report["memory"]["problems"]]
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report["loadavg_at_end"] = os.getloadavg()
+    busy = [(c, side, c[side]["other_processes_percent"]) for c in cells for side in ("baseline", "vxgate")
+            if c.get(side) and c[side].get("other_processes_percent", 0) > OTHER_CPU_WARNING]
+    if busy:
+        report["warnings"].append(
+            "other processes used the CPU during %d measurement(s) (up to %.0f%% of one core, column other%%): "
+            "those figures are low; rerun on a quiet machine" % (len(busy), max(b[2] for b in busy)))
+    if report.get("vxgate", {}).get("stop_seconds", 0) > 10:
+        report["warnings"].append("vxgate took %.1fs to stop on SIGHUP" % report["vxgate"]["stop_seconds"])
 
     print("\n== results (%d sessions%s; msg/s; ratio = vxgate / baseline, same run)"
           % (args.sessions, ", --quick" if args.quick else ""))
@@ -681,6 +755,8 @@ def main():
             TARGETS["peak_memory_multiple"], memory["peak_multiple"], mib(memory["peak_hwm_bytes"]),
             mib(memory["message_bytes"]),
             "met" if memory["peak_multiple"] < TARGETS["peak_memory_multiple"] else "NOT met"))
+    for warning in report["warnings"]:
+        print("WARNING: " + warning)
     if report["problems"]:
         print("\nPROBLEMS:")
         for problem in report["problems"]:

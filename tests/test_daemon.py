@@ -170,3 +170,12 @@ def test_configuration_values(tmp_path):
     # the shipped sample parses and equals the built-in defaults
     sample = config.load(os.path.join(ROOT, "config", "vxgate.ini"))
     assert dict(sample.items()) == dict(config.Config(config.defaults()).items())
+
+
+def test_readme_and_sample_document_every_parameter():
+    from salmon_app import config
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    sample = open(os.path.join(ROOT, "config", "vxgate.ini")).read()
+    for param in config.SCHEMA:
+        assert "| `%s` |" % param.name in readme, param.name
+        assert "; %s = " % param.name in sample, param.name

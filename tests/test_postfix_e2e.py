@@ -228,7 +228,7 @@ def test_clean_mail_delivered_intact_with_xforward_and_postfix_log(chain, sink):
     row = wait_until(lambda: Message.get_or_none(Message.mode == "smtp", Message.state == "delivered"),
                      what="vxgate's record 'delivered'")
     assert row.mail_from == SENDER and row.rcpt_to == ["bob@dest.test"]
-    client = row.client
+    client = row.client; print(row.client_json); print(pf.log_text())
     assert client["addr"] == "127.0.0.1"                    # XFORWARD ADDR: the original client
     assert client.get("helo") == "client.test"
     assert row.next_hop_id
@@ -284,6 +284,7 @@ def test_hook_reject_becomes_postfix_bounce(chain, sink):
     assert "Undelivered Mail Returned to Sender" in parsed["Subject"]
     assert b"policy says no" in dsn.data and b"5.7.1" in dsn.data
     assert b"bob@dest.test" in dsn.data
+    assert b"Diagnostic-Code: smtp; 550 5.7.1 policy says no" in dsn.data
     assert len(sink.messages) == len(sink.attempts) == 1  # the original was not delivered
     assert parsed.get_payload()[2].get_content_type() in ("message/rfc822", "text/rfc822-headers")
 
@@ -379,6 +380,11 @@ def bcc_params(vxsim, report_server):
 
 
 def test_bcc_and_smtp_mode_together(vxgate, postfix, sink, vxsim, report_server):
+    """One vxgate in both modes behind one Postfix.  With no_address_mappings before the
+    filter, always_bcc is applied at re-injection (postfix.md), so the monitor's copy is the
+    message as vxgate's SMTP mode let it through: a dangerous file arrives already repacked
+    (the emulator finds the deflated archive clean: no report), while a suspicious file, which
+    the default hook only tags, is in the copy too and gets reported."""
     from salmon_app.models import Message
     reinject = free_port()
     gw = vxgate(SmtpSenderRelay=SocketAddr("127.0.0.1", reinject), SmtpHook="config/hooks/default.lua",
@@ -388,20 +394,40 @@ def test_bcc_and_smtp_mode_together(vxgate, postfix, sink, vxsim, report_server)
                  relay_to=("127.0.0.1", sink.port),
                  bcc={"always_bcc": MONITOR, "bcc_socket": ("127.0.0.1", bcc_port)})
 
-    payload = pe_image(EICAR)
-    data = mail_with([("invoice.exe", payload)], subject="Your invoice", sender=SENDER)
-    pf.send(SENDER, "bob@dest.test", data)
+    # 1) EICAR: repacked for the recipient, and the copy is the repacked message
+    pf.send(SENDER, "bob@dest.test", mail_with([("invoice.exe", pe_image(EICAR))], subject="Your invoice",
+                                               sender=SENDER))
     (got,) = sink.wait_for(1, timeout=30)
     parsed = email.message_from_bytes(got.data)
     assert got.rcpt_tos == ["bob@dest.test"]
     assert parsed["X-Vxgate-Verdict"] == "dangerous"
-    assert [p.get_filename() for p in parsed.walk() if p.get_filename() == "invoice.exe"] == []
-    assert any(p.get_content_type() == "application/zip" for p in parsed.walk())
+    names = [p.get_filename() for p in parsed.walk() if p.get_filename()]
+    assert "invoice.exe" not in names and "invoice.exe.zip" in names
+    copy = wait_until(lambda: Message.get_or_none(Message.mode == "bcc", Message.state.in_(("closed", "reported"))),
+                      timeout=30, what="the BCC copy of the dangerous message")
+    assert copy.rcpt_to == [MONITOR] and copy.mail_from == SENDER
+    copied = email.message_from_bytes(gw.gateway.spool.read(copy.id))
+    assert copied["X-Vxgate-Verdict"] == "dangerous"        # filtered before the copy was made
+    assert [p.get_filename() for p in copied.walk() if p.get_filename()] == ["invoice.exe.zip"]
+    smtp_row = Message.get(Message.mode == "smtp", Message.subject == "Your invoice")
+    assert smtp_row.state == "delivered" and smtp_row.verdict == "dangerous"
 
+    # 2) suspicious: tagged for the recipient, file kept, so the copy is reported
+    pf.send(SENDER, "carol@dest.test", mail_with([("odd.exe", pe_image(b"VXGATE-TEST-SUSPICIOUS"))],
+                                                 subject="Quarterly report", sender=SENDER))
     report = report_server.wait_for(1, timeout=30)[0]
+    tagged = wait_until(lambda: [m for m in sink.messages if m.rcpt_tos == ["carol@dest.test"]], timeout=30,
+                        what="the suspicious message at the recipient")[0]
+    assert email.message_from_bytes(tagged.data)["Subject"] == "[SUSPICIOUS] Quarterly report"
     assert report_server.auth_seen[0] == ("reporter@corp.test", REPORT_PASSWORD)
     assert report.mail_from == "reporter@corp.test" and report.rcpt_tos == ["admin@corp.test"]
+    assert email.message_from_bytes(report.data)["Subject"] == "[vxgate] SUSPICIOUS: [SUSPICIOUS] Quarterly report"
+    assert b"odd.exe" in report.data
     pf.wait_queue_empty(15)
+    time.sleep(1)
+    assert len(report_server.messages) == 1                  # nothing about the repacked copy
+    assert copy.__class__.get_by_id(copy.id).state == "closed"
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == ["bob@dest.test", "carol@dest.test"]
 
 
 def test_bcc_mode_alone_reports_the_original(vxgate, postfix, sink, vxsim, report_server):
@@ -411,8 +437,9 @@ def test_bcc_mode_alone_reports_the_original(vxgate, postfix, sink, vxsim, repor
     pf = postfix(relay_to=("127.0.0.1", sink.port),
                  bcc={"always_bcc": MONITOR, "bcc_socket": ("127.0.0.1", bcc_port)})
 
-    payload = pe_image(EICAR)
-    data = mail_with([("invoice.exe", payload)], subject="Your invoice", sender=SENDER)
+    # with a Date: of its own, or Postfix's cleanup adds one for this local client
+    data = b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n" + mail_with(
+        [("invoice.exe", pe_image(EICAR))], subject="Your invoice", sender=SENDER)
     pf.send(SENDER, "bob@dest.test", data)
     (got,) = sink.wait_for(1, timeout=30)
     assert got.rcpt_tos == ["bob@dest.test"] and strip_received(got.data) == data   # untouched
