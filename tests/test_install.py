@@ -3,6 +3,7 @@ own Postfix, mail through it, then the filter turned off again. Needs root and P
 import os
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,10 @@ def system_postfix():
         pytest.skip(reason)
     if subprocess.run(["postfix", "status"], capture_output=True).returncode == 0:
         pytest.skip("the system Postfix is running; this test only uses a stopped one")
+    for port in (25, 10025, 10026):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip("127.0.0.1:%d is in use; the installed services need it" % port)
     saved = {name: open("/etc/postfix/" + name).read() for name in ("main.cf", "master.cf")}
     yield
     subprocess.run(["postfix", "stop"], capture_output=True)

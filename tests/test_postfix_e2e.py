@@ -228,22 +228,25 @@ def test_clean_mail_delivered_intact_with_xforward_and_postfix_log(chain, sink):
     row = wait_until(lambda: Message.get_or_none(Message.mode == "smtp", Message.state == "delivered"),
                      what="vxgate's record 'delivered'")
     assert row.mail_from == SENDER and row.rcpt_to == ["bob@dest.test"]
-    client = row.client; print(row.client_json); print(pf.log_text())
-    assert client["addr"] == "127.0.0.1"                    # XFORWARD ADDR: the original client
-    assert client.get("helo") == "client.test"
-    assert row.next_hop_id
+    client = row.client
+    # XFORWARD from Postfix's scan transport: the original client, not Postfix's own session
+    assert client["addr"] == "127.0.0.1" and client["name"] == "localhost"
+    assert client["helo"] == "client.test"                  # Postfix itself says EHLO <myhostname>
+    assert client["proto"] == "ESMTP" and client["ident"] == queue_id
+    assert row.next_hop_id and row.last_reply.startswith("250")
 
-    # the re-injected copy carries the original client too (vxgate passes XFORWARD on)
-    log = pf.log_text()
-    sent = [l for l in log.splitlines() if l.split(": ", 2)[1:2] == [queue_id] and "status=sent" in l]
+    log = pf.log_text().splitlines()
+    sent = [l for l in log if l.split(": ", 2)[1:2] == [queue_id] and "status=sent" in l]
     assert len(sent) == 1, log
-    assert "relay=127.0.0.1[127.0.0.1]:%d" % gw.port in sent[0]
+    assert "to=<bob@dest.test>, relay=127.0.0.1[127.0.0.1]:%d," % gw.port in sent[0]
     assert "status=sent (250 2.0.0 Ok: queued as %s (next hop: %s))" % (row.id, row.next_hop_id) in sent[0]
-    # the next hop id is Postfix's re-injection queue id, and that one went to the sink
-    assert "%s: client=localhost[127.0.0.1], orig_queue_id=%s" % (row.next_hop_id, queue_id) in log \
-        or "%s: client=" % row.next_hop_id in log
-    assert any(l.split(": ", 2)[1:2] == [row.next_hop_id] and "relay=127.0.0.1[127.0.0.1]:%d" % sink.port in l
-               and "status=sent" in l for l in log.splitlines()), log
+    # the next hop id is the re-injection's queue id; vxgate passed the original client on
+    # (XFORWARD IDENT/NAME/ADDR) and that copy is what reached the sink
+    reinjected = "%s: client=localhost[127.0.0.1], orig_queue_id=%s, orig_client=localhost[127.0.0.1]" % (
+        row.next_hop_id, queue_id)
+    assert any("/reinject/smtpd[" in l and l.endswith(reinjected) for l in log), log
+    assert any(l.split(": ", 2)[1:2] == [row.next_hop_id] and "relay=127.0.0.1[127.0.0.1]:%d," % sink.port in l
+               and "status=sent" in l for l in log), log
 
 
 # ------------------------------------------------------------------------------ 2. many recipients
@@ -253,7 +256,7 @@ def test_five_recipients_one_vxgate_transaction(chain, sink):
     gw, pf = chain()
     rcpts = ["r%d@dest%d.test" % (n, n % 2) for n in range(1, 6)]
     data = message("multi")
-    pf.send(SENDER, rcpts, data)
+    queue_id = pf.send(SENDER, rcpts, data)
     wait_until(lambda: sorted(r for m in sink.messages for r in m.rcpt_tos) == sorted(rcpts),
                timeout=20, what="all five recipients at the sink")
     pf.wait_queue_empty(15)
@@ -265,6 +268,10 @@ def test_five_recipients_one_vxgate_transaction(chain, sink):
     rows = list(Message.select().where(Message.mode == "smtp"))
     assert len(rows) == 1, [(r.id, r.rcpt_to) for r in rows]
     assert sorted(rows[0].rcpt_to) == sorted(rcpts) and rows[0].state == "delivered"
+    # Postfix logs each recipient as sent in that one transaction: the same vxgate queue id
+    sent = [l for l in pf.log_text().splitlines() if l.split(": ", 2)[1:2] == [queue_id] and "status=sent" in l]
+    assert sorted(l.split("to=<")[1].split(">")[0] for l in sent) == sorted(rcpts)
+    assert all("queued as %s (next hop: %s)" % (rows[0].id, rows[0].next_hop_id) in l for l in sent), sent
 
 
 # ------------------------------------------------------------------------------ 3. reject -> bounce

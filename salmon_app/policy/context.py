@@ -58,7 +58,7 @@ def _task_view(task):
     raw = task.get("verdict")
     # A task already on our scale is taken as it is; vxCube's own verdicts count only for
     # a successful task, as everywhere else.
-    label = raw if raw in _LABELS else task_verdict(task).label
+    label = raw if raw in _LABELS and raw != "none" else task_verdict(task).label
     rules = task.get("rules") or {}
     return {"platform": task.get("platform"), "status": task.get("status"), "verdict": label,
             "vxcube_verdict": raw, "maliciousness": task.get("maliciousness"),
@@ -99,14 +99,24 @@ def _text(value):
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
+# Room a callback leaves in the Lua state: lupa hangs when pushing a value the state has no
+# memory for, so a result that does not fit is refused as Lua's own memory error.
+MEMORY_RESERVE = 1 << 20
+OUT_OF_MEMORY = b"not enough memory"   # Lua's message, which the host treats as a kill
+
+
 def _exported(method):
     """Never let an exception (a Python object) into Lua: report it as an error text."""
     @functools.wraps(method)
     def call(self, *args):
         try:
-            return (True,) + tuple(to_lua_plain(v) for v in method(self, *args))
+            values = tuple(to_lua_plain(v) for v in method(self, *args))
         except Exception as exc:   # noqa: BLE001 - the hook gets the text, Lua raises it
             return False, to_lua_plain(str(exc) or type(exc).__name__)
+        size = sum(len(v) for v in values if type(v) is bytes)
+        if size + MEMORY_RESERVE > self.memory_left():
+            return False, OUT_OF_MEMORY
+        return (True,) + values
     return call
 
 
@@ -123,6 +133,7 @@ class Bridge:
     def __init__(self, base_dir, max_file_bytes):
         self.base_dir, self.max_file_bytes = base_dir, max_file_bytes
         self._raw, self._message, self.queue_id = None, None, ""
+        self.memory_left = lambda: 0   # set by the runtime to its Lua state's free memory
 
     @property
     def message(self):

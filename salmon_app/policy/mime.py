@@ -62,16 +62,14 @@ class Part:
 
     def __init__(self, raw, start, end, path, depth=0):
         self.raw, self.start, self.end, self.path, self.depth = raw, start, end, path, depth
-        blank = _BLANK_LINE.search(raw, start, end)
-        if raw.startswith((b"\n", b"\r\n"), start):   # no header fields at all
-            blank = None
-            self.header_end = start
-            self.body_start = start + (1 if raw[start:start + 1] == b"\n" else 2)
-        elif blank is None:
-            self.header_end = self.body_start = end
+        if raw.startswith((b"\r\n", b"\n"), start, end):   # no header fields at all
+            self.header_end, self.body_start = start, start + (2 if raw[start] == 13 else 1)
         else:
-            self.header_end = blank.start() + (2 if raw[blank.start()] == 13 else 1)
-            self.body_start = blank.end()
+            blank = _BLANK_LINE.search(raw, start, end)
+            # The header block keeps its last field's line break, not the empty line.
+            self.header_end = blank.start() + (2 if raw[blank.start()] == 13 else 1) \
+                if blank else end
+            self.body_start = blank.end() if blank else end
         self._fields = self._info = self._children = self._decoded = None
 
     # --- headers ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 ACTIONS = ("accept", "reject", "tempfail", "discard", "replycode", "quarantine")
-ON_ERROR_ACTIONS = ("tempfail", "accept")
+ON_ERROR_ACTIONS = ("tempfail", "accept", "quarantine")
 HEADER_OPS = ("add_header_field", "change_header_field")
 _KEYS = {"action", "message", "code", "text", "added_recipients", "deleted_recipients",
          "modifications"}

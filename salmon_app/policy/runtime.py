@@ -35,6 +35,8 @@ class HookRuntime:
         if on_error not in result.ON_ERROR_ACTIONS:
             raise ValueError("on_error must be one of %s, not %r"
                              % (", ".join(result.ON_ERROR_ACTIONS), on_error))
+        if memory_limit < 4 * context.MEMORY_RESERVE or not time_limit > 0:
+            raise ValueError("a hook needs memory_limit >= 4 MB and a positive time_limit")
         self.memory_limit, self.time_limit, self.on_error = memory_limit, time_limit, on_error
         self.path = None if is_source(hook_spec) else os.path.abspath(hook_spec)
         self._source = hook_spec.encode() if self.path is None else None
@@ -50,7 +52,9 @@ class HookRuntime:
     # --- loading -----------------------------------------------------------------------
 
     def _new_host(self):
-        return sandbox.Host(self.memory_limit, self._bridge.callbacks(), _RANKS)
+        host = sandbox.Host(self.memory_limit, self._bridge.callbacks(), _RANKS)
+        self._bridge.memory_left = host.memory_left
+        return host
 
     def _read(self):
         if self.path is None:
@@ -103,7 +107,9 @@ class HookRuntime:
 
     def run(self, envelope, raw, analysis):
         """The Decision of the hook for one message (bytes) and its analysis dict."""
-        if self._broken:
+        # Creating ctx needs free memory in the state (see context.MEMORY_RESERVE); a hook
+        # whose globals fill it is started afresh.
+        if self._broken or self._host.memory_left() < 2 * context.MEMORY_RESERVE:
             self._rebuild()
         self._maybe_reload()
         queue_id = envelope.queue_id

@@ -197,7 +197,6 @@ local function filters(f)
 end
 
 local BODY_KEYS = {raw = true, decoded = true, text = true, md5 = true, sha1 = true, sha256 = true}
-local LOCKED = {__metatable = false}
 
 local function new_message(vx_by_path)
   local cache, meta = {}, {__metatable = false}
@@ -362,7 +361,8 @@ end
 local function plain(v, depth)
   local t = type(v)
   if t == "string" or t == "number" or t == "boolean" or t == "nil" then return v end
-  if t ~= "table" or depth == 0 then return "<" .. t .. ">" end
+  -- Anything else arrives in Python as a table, which no field accepts: an error there.
+  if t ~= "table" or depth == 0 then return {["<lua>"] = t} end
   local c = {}
   for k, x in next, v do
     local kt = type(k)
@@ -436,3 +436,6 @@ class Host:
 
     def memory_used(self):
         return self.lua.get_memory_used()
+
+    def memory_left(self):
+        return self.lua.get_max_memory() - self.lua.get_memory_used()
