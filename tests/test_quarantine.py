@@ -82,10 +82,21 @@ def _header(data, name):
     return None
 
 
+QUARANTINE_HOOK = """
+function smtp_hook(ctx)
+  if string.find(ctx.message.header.value("Subject") or "", "quarantine me", 1, true) then
+    return {action = "quarantine", message = "held for review"}
+  end
+  return {action = "accept"}
+end
+"""
+
+
 @pytest.fixture
 def gw(vxgate, sink, tmp_path):
-    """A running gateway that keeps delivered files, and the configuration file the commands use."""
-    running = vxgate(KeepDeliveredMessages=True)
+    """A running gateway (a hook quarantines subjects with "quarantine me"; delivered files are
+    kept) and the configuration file the commands use."""
+    running = vxgate(KeepDeliveredMessages=True, SmtpHook=QUARANTINE_HOOK)
     config_path = tmp_path / "vxgate.ini"
     config_path.write_text(
         "[MailD]\nSmtpSocket = 127.0.0.1:%d\nSmtpSenderRelay = 127.0.0.1:%d\nSmtpHostname = vxgate.test\n"
@@ -215,33 +226,32 @@ def test_usage_errors_and_missing_messages(gw, tmp_path):
 # ---------------------------------------------------------------- show
 def test_show_everything_about_a_message(gw, sink):
     payload = b"MZ" + os.urandom(200)
-    data = mail("Quarterly \x1b[2Jfigures", [("figures.exe", payload)], to="bob@y.test")
+    data = mail("quarantine me \x1b[2Jfigures", [("figures.exe", payload)], to="bob@y.test")
     send(gw, "alice@x.test", ["bob@y.test", "carol@y.test"], data,
          xforward="NAME=mail.example.net ADDR=192.0.2.7 PROTO=ESMTP HELO=mx.example.net")
-    row = message_of(sink.wait_for(1)[0])
-    wait_until(lambda: Message.get_by_id(row.id).state == "delivered", what="delivered")
+    row = Message.get(Message.mode == "smtp")
+    assert row.state == "quarantined"
     tasks = [{"id": 11, "platform_code": "winxpx86", "status": "successful", "verdict": "malware1", "maliciousness": 90},
              {"id": 12, "platform_code": "win10x64", "status": "failed", "verdict": None, "maliciousness": None}]
     with models.writing():
-        Message.update(state="quarantined", verdict="dangerous", action="quarantine",
-                       reason="dangerous file figures.exe").where(Message.id == row.id).execute()
         FileCheck.create(message=row.id, path="2", name="figures.exe", type="exe", size=len(payload),
                          sha256=hashlib.sha256(payload).hexdigest(), verdict="dangerous", maliciousness=90,
                          analysis_id="A-77", tasks_json=json.dumps(tasks))
 
     out = q(gw.config_path, "show", row.id.lower(), check=0).stdout
     assert out.startswith("Message %s\n" % row.id)
-    for expected in ("State:       quarantined", "Action:      quarantine", "Reason:      dangerous file figures.exe",
+    for expected in ("State:       quarantined", "Action:      quarantine", "Reason:      held for review",
                      "MAIL FROM:<alice@x.test>", "RCPT TO:<carol@y.test>", "addr:      192.0.2.7",
-                     "name:      mail.example.net", "Subject: Quarterly ?[2Jfigures",
+                     "name:      mail.example.net", "Subject: quarantine me ?[2Jfigures",
                      "application/octet-stream", hashlib.sha256(payload).hexdigest(), "attachment figures.exe",
                      "figures.exe  dangerous maliciousness 90", "vxCube analysis A-77",
                      "task 11 on winxpx86: successful, malware1 (maliciousness 90)", "task 12 on win10x64: failed, none",
-                     "bob@y.test    delivered  250 2.0.0 Ok: queued as SINK", "History"):
+                     "bob@y.test    pending", "History"):
         assert expected in out, expected
     assert "_mail_params" not in out and "\x1b" not in out
     history = out.split("\nHistory\n")[1].splitlines()
-    assert [line.split()[2] for line in history] == ["received", "relay", "delivered"]
+    assert [line.split()[2] for line in history] == ["received", "quarantined"]
+    assert "hook: quarantine (held for review)" in history[1]
 
     info = qjson(gw.config_path, "show", row.id)
     assert info["client"]["addr"] == "192.0.2.7" and not any(k.startswith("_") for k in info["client"])
@@ -249,7 +259,7 @@ def test_show_everything_about_a_message(gw, sink):
     assert [p["type"] for p in info["parts"]] == ["multipart/mixed", "text/plain", "application/octet-stream"]
     assert info["parts"][2]["size"] == len(payload) and info["problems"] == []
     assert info["files"][0]["tasks"][0]["platform"] == "winxpx86"
-    assert [h["kind"] for h in info["history"]] == ["received", "relay", "delivered"]
+    assert [h["kind"] for h in info["history"]] == ["received", "quarantined"]
 
 
 def test_show_survives_broken_mime_and_a_missing_file(gw):
@@ -271,20 +281,23 @@ def test_show_survives_broken_mime_and_a_missing_file(gw):
 
 
 # ---------------------------------------------------------------- release
-def _rejected_message(gw, sink, subject="refused"):
-    """A real message the next hop refused for every recipient: state rejected, file kept."""
-    sink.rcpt_reply = {"bob@y.test": (550, "5.1.1 no such user"), "carol@y.test": (550, "5.1.1 no such user")}
+def _quarantined_message(gw, subject="quarantine me"):
+    """A real message the hook quarantined: answered 250, file kept, nothing relayed."""
     data = mail(subject, [("a.pdf", b"%PDF-1.4 " + os.urandom(64))])
-    with pytest.raises(smtplib.SMTPException):
-        send(gw, "alice@x.test", ["bob@y.test", "carol@y.test"], data)
-    sink.rcpt_reply = {}
+    with gw.client() as client:
+        client.ehlo()
+        client.mail("alice@x.test")
+        client.rcpt("bob@y.test")
+        client.rcpt("carol@y.test")
+        code, text = client.data(data)
+    assert code == 250 and b"held in quarantine" in text
     row = Message.get(Message.subject == subject)
-    assert row.state == "rejected" and gw.spool.exists(row.id)
+    assert row.state == "quarantined" and gw.spool.exists(row.id)
     return row, data
 
 
 def test_release_sends_the_original_bytes_once(gw, sink):
-    row, data = _rejected_message(gw, sink)
+    row, data = _quarantined_message(gw)
     stored = gw.spool.read(row.id)
     assert stored == data
 
@@ -295,7 +308,7 @@ def test_release_sends_the_original_bytes_once(gw, sink):
     assert released.mail_from == "alice@x.test" and released.rcpt_tos == ["bob@y.test", "carol@y.test"]
     event = Event.get(Event.message == row.id, Event.kind == "released")
     assert "by " in event.text and "250 2.0.0" in event.text
-    assert Message.get_by_id(row.id).state == "rejected"  # the history stays true; the marker says released
+    assert Message.get_by_id(row.id).state == "quarantined"  # the history stays true; the marker says released
 
     again = q(gw.config_path, "release", row.id, check=0).stdout
     assert "already released" in again and "--force" in again
@@ -309,7 +322,7 @@ def test_release_sends_the_original_bytes_once(gw, sink):
     info = qjson(gw.config_path, "show", row.id)
     assert info["released"]["count"] == 2 and info["released"]["recipients"] == "analyst@z.test"
     assert [h["kind"] for h in info["history"]].count("released") == 2
-    listed = qjson(gw.config_path, "list", "--state", "rejected")["messages"][0]
+    listed = qjson(gw.config_path, "list", "--state", "quarantined")["messages"][0]
     assert listed["released"]["user"]
 
 
@@ -327,7 +340,7 @@ def test_release_refuses_in_flight_fileless_and_unreachable(gw, sink):
     copy = next(r for r in rows if r["state"] == "reported" or r["mode"] == "bcc")
     assert "a BCC copy is never delivered" in q(gw.config_path, "release", copy["id"], check=1).stderr
 
-    row, _ = _rejected_message(gw, sink)
+    row, _ = _quarantined_message(gw)
     sink.stop()
     down = q(gw.config_path, "release", row.id, check=1)
     assert "release failed, nothing was sent" in down.stderr
@@ -366,7 +379,7 @@ def test_export_is_byte_identical(gw, sink, tmp_path):
 
 
 def test_delete_removes_file_and_every_record(gw, sink):
-    row, _ = _rejected_message(gw, sink)
+    row, _ = _quarantined_message(gw)
     q(gw.config_path, "release", row.id, check=0)
     with models.writing():
         FileCheck.create(message=row.id, name="a.pdf", sha256="0" * 64, verdict="clean")
@@ -374,7 +387,7 @@ def test_delete_removes_file_and_every_record(gw, sink):
     deferred = next(r for r in rows if r["state"] == "deferred")
 
     out = q(gw.config_path, "delete", row.id, deferred["id"], "0123456789ABCDEF", check=1)
-    assert out.stdout.strip() == "%s: deleted (rejected, 1 file)" % row.id
+    assert out.stdout.strip() == "%s: deleted (quarantined, 1 file)" % row.id
     assert "%s: still in flight (state deferred): not deleted" % deferred["id"] in out.stderr
     assert "0123456789ABCDEF: no such message" in out.stderr
     assert not gw.spool.exists(row.id)
@@ -446,7 +459,7 @@ def test_expiry_hook_runs_hourly(monkeypatch):
 
 # ---------------------------------------------------------------- check
 def test_check_and_repair(gw, sink):
-    row, _ = _rejected_message(gw, sink)
+    row, _ = _quarantined_message(gw)
     rows = seed(gw.spool, 4, files_every=1)
     os.unlink(gw.spool.path(row.id))                              # removed by hand
     old_orphan, new_orphan = "ABCDEF0123456789", "ABCDEF0123456788"

@@ -19,6 +19,8 @@ import hashlib
 import quopri
 import re
 
+from salmon_app.vxcube.extract import is_file_part
+
 # Deeper nesting is an attack on the parser, not mail (the extractor uses the same bound).
 MAX_DEPTH = 32
 
@@ -203,10 +205,8 @@ class Part:
 
     @property
     def is_file(self):
-        # Mirrors the extractor: a leaf that names a file, asks to be saved or declares
-        # application data is a file, so every analysed file is found by files{}.
-        return self.is_leaf and (bool(self.name) or self.disposition == "attachment"
-                                 or self.info.get_content_maintype() == "application")
+        # the extractor's rule, so every analysed file is found by files{}
+        return self.is_leaf and is_file_part(self.name, self.disposition, self.info.get_content_maintype())
 
     @property
     def is_attachment(self):

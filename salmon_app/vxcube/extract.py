@@ -260,10 +260,15 @@ def _take_leaf(part, path, types, result):
 
 
 def _is_file(part, name):
-    # Message text is text/*; a part that names a file, asks to be saved or declares
-    # application data is a file even when a sender leaves out the other markers.
-    return bool(name) or part.get_content_disposition() == "attachment" \
-        or part.get_content_maintype() == "application"
+    return is_file_part(name, part.get_content_disposition(), part.get_content_maintype())
+
+
+def is_file_part(name, disposition, maintype):
+    """The one rule for "this leaf is a file" (the extractor's and the hook's ``files{}``).
+
+    Message text is text/*; a part that names a file, asks to be saved or declares
+    application data is a file even when a sender leaves out the other markers."""
+    return bool(name) or disposition == "attachment" or maintype == "application"
 
 
 def _filename(part):

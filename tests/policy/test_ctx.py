@@ -3,7 +3,7 @@ import hashlib
 import logging
 
 import pytest
-from conftest import EXE, PLAIN, analysis, multipart
+from support.policy_data import EXE, PLAIN, analysis, multipart
 
 MESSAGE = multipart([("report.pdf", b"%PDF-1.4 fake"), ("Setup.EXE", EXE)],
                     subject="=?utf-8?b?0J/RgNC40LLQtdGC?= there")

@@ -1,6 +1,6 @@
 """The shipped hooks: the default policy per verdict, the examples, and the default's cost."""
 import pytest
-from conftest import EXE, HOOKS, analysis, multipart
+from support.policy_data import EXE, HOOKS, analysis, multipart
 
 from salmon_app.policy import Envelope, HookRuntime, apply_modifications, parse_mime
 from salmon_app.policy.bench import measure

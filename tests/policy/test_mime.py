@@ -1,6 +1,6 @@
 """The byte-offset MIME tree behind ctx.message and the repacker, on awkward input."""
 import pytest
-from conftest import EXE, multipart
+from support.policy_data import EXE, multipart
 
 from salmon_app.policy import parse_mime
 

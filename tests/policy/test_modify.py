@@ -6,7 +6,7 @@ import re
 
 import pyzipper
 import pytest
-from conftest import EXE, PLAIN, multipart
+from support.policy_data import EXE, PLAIN, multipart
 
 from salmon_app.policy import Decision, RepackPassword, apply_modifications, parse_mime
 

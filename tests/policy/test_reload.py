@@ -2,7 +2,7 @@
 import os
 
 import pytest
-from conftest import PLAIN
+from support.policy_data import PLAIN
 
 from salmon_app.policy import HookRuntime, runtime as runtime_module
 
