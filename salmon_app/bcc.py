@@ -16,7 +16,7 @@ from email.mime.text import MIMEText
 
 import jinja2
 
-from salmon_app import models
+from salmon_app import headers, models
 from salmon_app.receiver import Reply
 from salmon_app.verdict import Verdict
 
@@ -62,13 +62,13 @@ def render(gateway, row, analysis):
     config = gateway.config
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(config.BccTemplateDir or TEMPLATES),
                              autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
-    headers = _headers(gateway.headers_of(row.id))
+    found = headers.fields(gateway.headers_of(row.id), ("To", "Cc", "Date"))
     files = [_file_view(f, config.VxcubeApiAddress) for f in analysis.get("files", [])]
     values = {
         "verdict": analysis.get("verdict"), "counts": analysis.get("counts", {}), "files": files,
         "subject": row.subject, "header_from": row.header_from, "message_id": row.message_id,
-        "header_rcpts": ", ".join(v for v in (headers.get("to"), headers.get("cc")) if v) or "(not shown)",
-        "date": headers.get("date", ""), "mail_from": row.mail_from, "rcpt_to": row.rcpt_to,
+        "header_rcpts": ", ".join(v for v in (found.get("to"), found.get("cc")) if v) or "(not shown)",
+        "date": found.get("date", ""), "mail_from": row.mail_from, "rcpt_to": row.rcpt_to,
         "client": _client(row.client), "queue_id": row.id, "hostname": gateway.hostname,
     }
     report = MIMEMultipart("alternative")
@@ -99,16 +99,6 @@ def _file_view(item, api_address):
 def _base(address):
     address = address.rstrip("/")
     return address if "://" in address else "https://" + address
-
-
-def _headers(block):
-    from email.parser import BytesHeaderParser
-    from email import policy
-    try:
-        parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
-        return {k: str(parsed.get(k, "")) for k in ("to", "cc", "date") if parsed.get(k)}
-    except Exception:
-        return {}
 
 
 def _client(info):

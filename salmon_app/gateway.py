@@ -14,7 +14,7 @@ import time
 
 import tenacity
 
-from salmon_app import dsn, models
+from salmon_app import dsn, headers, models
 from salmon_app.log import qlog
 from salmon_app.models import Message, Recipient
 from salmon_app.pipeline import Registry, Stage
@@ -393,20 +393,7 @@ class Intake:
 
 
 def parse_headers(block):
-    """Subject, From and Message-ID of a header block, decoded for people; never raises."""
-    from email.header import decode_header, make_header
-    from email.parser import BytesHeaderParser
-    from email import policy
-    fields = {"subject": "", "header_from": "", "message_id": ""}
-    try:
-        parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
-        for key, name in (("subject", "Subject"), ("header_from", "From"), ("message_id", "Message-ID")):
-            value = parsed.get(name)
-            if value is not None:
-                try:
-                    fields[key] = str(make_header(decode_header(str(value))))[:500]
-                except Exception:
-                    fields[key] = str(value)[:500]
-    except Exception:
-        pass
-    return fields
+    """Subject, From and Message-ID for the record."""
+    found = headers.fields(block, ("Subject", "From", "Message-ID"))
+    return {"subject": found.get("subject", ""), "header_from": found.get("from", ""),
+            "message_id": found.get("message-id", "")}
