@@ -163,6 +163,7 @@ class Session:
         self.peer = peer if isinstance(peer, tuple) else ("unix", 0)
         self.done = threading.Event()
         self.waiting = False      # inside intake.accept(): do not cut the connection
+        self.lmtp = False
         self.helo = ""
         self.esmtp = False
         self.xforward = {}
@@ -240,6 +241,11 @@ class Session:
             raise Reply(500, "5.5.2 Command not recognized")
         arg = line[len(verb):].strip()
         return handler(arg, line)
+
+    def smtp_LHLO(self, arg, line):
+        """LMTP (RFC 2033), for Postfix's lmtp transport to a UNIX SmtpSocket: one reply per recipient."""
+        self.lmtp = True
+        return self.smtp_EHLO(arg, line)
 
     def smtp_EHLO(self, arg, line):
         if not arg:
@@ -325,10 +331,15 @@ class Session:
                 raise problem
             self.waiting = True
             reply = self.server.intake.accept(envelope, writer)
+        except Reply as refusal:
+            if not self.lmtp:
+                raise
+            reply = refusal
         finally:
             self.waiting = False
             writer.abort()
-        self.conn.sendall(reply.line())
+        # LMTP wants a reply per recipient; vxgate decides per message, so they are all the same
+        self.conn.sendall(reply.line() * (len(envelope.rcpt_to) if self.lmtp else 1))
 
     def _receive(self, writer, envelope):
         """Stream DATA into the spool; return a Reply refusing the message, or None."""

@@ -173,3 +173,19 @@ def test_protocol_errors(vxgate, raw):
     assert client.cmd(b"DATA")[0] == 554
     assert client.cmd(b"RSET")[0] == 250
     assert client.cmd(b"MAIL FROM:<a@x.test> FOO=BAR")[0] == 555
+
+
+def test_lmtp_on_a_unix_socket_replies_per_recipient(vxgate, sink, tmp_path):
+    from salmon_app.config import SocketAddr
+    path = str(tmp_path / "smtp.sock")
+    gw = vxgate(SmtpSocket=SocketAddr(path=path))
+    client = smtplib.LMTP(path)
+    try:
+        code, _ = client.ehlo("postfix.test")
+        assert code == 250
+        refused = client.sendmail("a@x.test", ["b@x.test", "c@x.test"], body())
+        assert refused == {}
+    finally:
+        client.quit()
+    got = sink.wait_for(1, 10)[0]
+    assert got.rcpt_tos == ["b@x.test", "c@x.test"] and got.data == body()
