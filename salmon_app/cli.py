@@ -133,6 +133,8 @@ def build_parser():
         if name == "vxcube-sim":
             child.add_argument("rest", nargs=argparse.REMAINDER, help="emulator options (--listen, --key, --analysis-time)")
         child.set_defaults(func=func)
+    from salmon_app.quarantine.cli import register as register_quarantine
+    register_quarantine(sub)
     return parser
 
 

@@ -222,8 +222,8 @@ SCHEMA = [
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
     _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
-    _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered mail this long.", minimum=0),
-    _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected and failed messages this long.", minimum=0),
+    _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered, discarded and tempfailed mail and closed BCC copies this long.", minimum=0),
+    _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected, failed and held messages and reported BCC copies this long.", minimum=0),
     _p("Quarantine", "KeepDeliveredMessages", "bool", False, "Keep the files of delivered mail (until DeliveredRetention) for export/release."),
 ]
 _BY_KEY = {(p.section.lower(), p.name.lower()): p for p in SCHEMA}

@@ -18,6 +18,7 @@ from salmon_app import dsn, headers, models
 from salmon_app.log import qlog
 from salmon_app.models import Message, Recipient
 from salmon_app.pipeline import Registry, Stage
+from salmon_app.quarantine.expire import expiry_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
 from salmon_app.request import StoredMessage
@@ -94,6 +95,7 @@ class Gateway:
         for stage in self.stages.values():
             stage.start()
         self.sweeper = Sweeper(self)
+        self.sweeper.hooks.append(expiry_hook(self.config))
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:

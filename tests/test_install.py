@@ -44,7 +44,9 @@ def system_postfix():
 def test_install_on_a_vm_then_turn_off(system_postfix, sink):
     base = tempfile.mkdtemp(prefix="vxgate-vm-")
     os.chmod(base, 0o755)
-    env = dict(os.environ, VXGATE_PREFIX=base + "/opt/vxgate", VXGATE_ETC=base + "/etc/vxgate",
+    # an administrator's shell: none of the test boot's settings (config/testing.py sets VXGATE_LOGGING)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VXGATE_")}
+    env.update(VXGATE_PREFIX=base + "/opt/vxgate", VXGATE_ETC=base + "/etc/vxgate",
                VXGATE_STATE=base + "/var/lib/vxgate")
     prefix = env["VXGATE_PREFIX"]
     try:

@@ -12,18 +12,25 @@ Postfix's re-injection smtpd (``SmtpSenderRelay``), and Postfix delivers to the 
 4. a hook tempfail keeps the mail deferred in Postfix with vxgate's 4xx text; once the hook
    accepts, a flush delivers it;
 5. vxgate (a real ``salmon start`` process) stopped: Postfix keeps the mail deferred; vxgate
-   back and a flush: delivered exactly once;
-6. BCC mode with SMTP mode: Postfix's always_bcc copy reaches vxgate's BccSocket, the
-   recipient gets the repacked message and the administrator a report; and BCC mode alone
-   (Postfix without a content filter) with the original message.
+   back and a flush: delivered exactly once; and ``kill -9`` while Postfix streams 120
+   messages through it (SmtpReplyTimeout 10 s and 0.05 s): every message delivered,
+   duplicates only within the in-flight window;
+6. BCC mode with SMTP mode on one Postfix: always_bcc is applied at re-injection, so the
+   monitor's copy is the filtered message (a dangerous file arrives repacked: no report; a
+   suspicious one, only tagged, is reported through the AUTH report server); and BCC mode
+   alone (Postfix without a content filter): the original is delivered untouched and the
+   EICAR copy is reported;
+7. a known vxgate bug, as a strict xfail: a next-hop connection kept by the relay is reused
+   unchecked within 5 s, so a message right after the re-injection smtpd went away is
+   deferred although the next hop is up.
 
 Every Postfix instance, vxgate process, sink and emulator is stopped in fixture teardown,
 also when a test fails.  Postfix's retry times are short (harness defaults: 1-2 s back-off).
 """
 from __future__ import annotations
 
+import contextlib
 import email
-import json
 import os
 import signal
 import socket
@@ -40,6 +47,7 @@ from support.postfix import PostfixInstance, free_port, postfix_skip_reason
 from support.sink import SinkServer
 
 from salmon_app.config import SocketAddr
+from salmon_app.models import Message
 
 SKIP_REASON = postfix_skip_reason()
 pytestmark = [pytest.mark.postfix,
@@ -113,8 +121,13 @@ def postfix(tmp_path):
         return inst.start()
 
     yield make
+    errors = []
     for inst in started:
-        inst.stop()
+        try:
+            inst.stop()
+        except Exception as exc:    # stop the others all the same
+            errors.append(exc)
+    assert errors == []
     for inst in started:
         assert inst.pids() == [], "processes left behind by %s" % inst.name
 
@@ -193,7 +206,7 @@ class VxgateProcess:
         return proc.returncode
 
     def rows(self):
-        with sqlite3.connect("file:%s?mode=ro" % self.db, uri=True) as db:
+        with contextlib.closing(sqlite3.connect("file:%s?mode=ro" % self.db, uri=True)) as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("select * from message order by created")]
 
@@ -209,12 +222,13 @@ def vxgate_process(tmp_path):
     yield make
     for proc in procs:
         proc.stop()     # SIGTERM, SIGKILL after 20 s
+    for proc in procs:
+        assert proc.proc is None
 
 
 # ------------------------------------------------------------------------------ 1. clean mail
 
 def test_clean_mail_delivered_intact_with_xforward_and_postfix_log(chain, sink):
-    from salmon_app.models import Message
     gw, pf = chain()
     data = message("clean")
     queue_id = pf.send(SENDER, "bob@dest.test", data, helo="client.test")
@@ -253,7 +267,6 @@ def test_clean_mail_delivered_intact_with_xforward_and_postfix_log(chain, sink):
 # ------------------------------------------------------------------------------ 2. many recipients
 
 def test_five_recipients_one_vxgate_transaction(chain, sink):
-    from salmon_app.models import Message
     gw, pf = chain()
     rcpts = ["r%d@dest%d.test" % (n, n % 2) for n in range(1, 6)]
     data = message("multi")
@@ -278,7 +291,6 @@ def test_five_recipients_one_vxgate_transaction(chain, sink):
 # ------------------------------------------------------------------------------ 3. reject -> bounce
 
 def test_hook_reject_becomes_postfix_bounce(chain, sink):
-    from salmon_app.models import Message
     gw, pf = chain(SmtpHook=hook('return {action="reject", message="5.7.1 policy says no"}'))
     data = message("reject")
     queue_id = pf.send(SENDER, "bob@dest.test", data)
@@ -308,7 +320,6 @@ def test_hook_reject_becomes_postfix_bounce(chain, sink):
 # ------------------------------------------------------------------------------ 4. tempfail -> deferred
 
 def test_hook_tempfail_keeps_mail_deferred_until_hook_accepts(chain, sink):
-    from salmon_app.models import Message
     gw, pf = chain(SmtpHook=hook('return {action = "tempfail", message = "try later, scanner busy"}'))
     data = message("tempfail")
     queue_id = pf.send(SENDER, ["bob@dest.test", "carol@dest.test"], data)
@@ -338,7 +349,7 @@ def test_hook_tempfail_keeps_mail_deferred_until_hook_accepts(chain, sink):
                for l in pf.log_text().splitlines())
 
 
-# ------------------------------------------------------------------------------ 5. vxgate down
+# ------------------------------------------------------------------------------ 5. vxgate down / killed
 
 def test_vxgate_down_mail_waits_in_postfix_then_delivered_once(postfix, vxgate_process, sink):
     filter_port, reinject = free_port(), free_port()
@@ -433,7 +444,6 @@ def test_vxgate_killed_under_load_every_message_delivered(postfix, vxgate_proces
     "next hop were down: 250 '(next hop deferred, vxgate retries)', delivered only after "
     "SmtpRelayRetryMin (default 1 min) although the next hop was up"))
 def test_reinjection_smtpd_gone_next_message_still_relayed_at_once(chain, sink):
-    from salmon_app.models import Message
     gw, pf = chain(SmtpRelayWorkers=1)          # one relay thread: it holds the kept connection
     pf.send(SENDER, "bob@dest.test", message("first"))
     sink.wait_for(1, timeout=20)
@@ -476,7 +486,6 @@ def test_bcc_and_smtp_mode_together(vxgate, postfix, sink, vxsim, report_server)
     message as vxgate's SMTP mode let it through: a dangerous file arrives already repacked
     (the emulator finds the deflated archive clean: no report), while a suspicious file, which
     the default hook only tags, is in the copy too and gets reported."""
-    from salmon_app.models import Message
     reinject = free_port()
     gw = vxgate(SmtpSenderRelay=SocketAddr("127.0.0.1", reinject), SmtpHook="config/hooks/default.lua",
                 **bcc_params(vxsim, report_server))
@@ -517,12 +526,11 @@ def test_bcc_and_smtp_mode_together(vxgate, postfix, sink, vxsim, report_server)
     pf.wait_queue_empty(15)
     time.sleep(1)
     assert len(report_server.messages) == 1                  # nothing about the repacked copy
-    assert copy.__class__.get_by_id(copy.id).state == "closed"
+    assert Message.get_by_id(copy.id).state == "closed"
     assert sorted(m.rcpt_tos[0] for m in sink.messages) == ["bob@dest.test", "carol@dest.test"]
 
 
 def test_bcc_mode_alone_reports_the_original(vxgate, postfix, sink, vxsim, report_server):
-    from salmon_app.models import Message
     gw = vxgate(**bcc_params(vxsim, report_server))
     bcc_port = gw.gateway.servers[1].port
     pf = postfix(relay_to=("127.0.0.1", sink.port),

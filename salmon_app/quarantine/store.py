@@ -62,16 +62,21 @@ def who():
 
 
 def bind_database(path):
-    """The peewee database for ``path``: this process's open one if it is that file, else open it."""
+    """(database, opened): this process's open database if it is ``path``, else ``path`` opened now.
+
+    Never re-binds a process already using another database (that would pull it from under the
+    daemon's threads)."""
     current = models.db.obj
-    if current is not None and os.path.abspath(current.database) == os.path.abspath(path):
-        database = current
+    if current is not None:
+        if os.path.abspath(current.database) != os.path.abspath(path):
+            raise QuarantineError("this process already uses the database %s, not %s" % (current.database, path))
+        database, opened = current, False
     else:
-        database = models.open_database(path)
+        database, opened = models.open_database(path), True
     if not database.table_exists(Release._meta.table_name):
         with models.writing():
             database.create_tables([Release])
-    return database
+    return database, opened
 
 
 class Store:
@@ -82,7 +87,7 @@ class Store:
             raise QuarantineError("no quarantine database at %s (check DatabasePath in %s)"
                                   % (os.path.abspath(path), config.path or "the configuration"))
         try:
-            self.database = bind_database(path)
+            self.database, self._opened = bind_database(path)
         except peewee.PeeweeException as exc:
             raise QuarantineError("cannot open the database %s: %s" % (path, exc)) from None
         try:
@@ -91,7 +96,8 @@ class Store:
             raise QuarantineError("cannot use the spool %s: %s" % (config.SpoolDir, exc)) from None
 
     def close(self):
-        if not self.database.is_closed():
+        """Close the database if this store opened it (a daemon's own stays open)."""
+        if self._opened and not self.database.is_closed():
             self.database.close()
 
     def lookup(self, queue_id):
