@@ -68,29 +68,39 @@ class Relay:
 
         Connection problems become temporary replies for every recipient."""
         rcpt_params = rcpt_params or [{}] * len(recipients)
+        args = (mail_from, recipients, source, size, mail_params or {}, rcpt_params, xforward or {})
         try:
-            client = self._connection()
-            return self._transaction(client, mail_from, recipients, source, size, mail_params or {},
-                                     rcpt_params, xforward or {})
+            client, reused = self._connection()
+            try:
+                return self._transaction(client, *args)
+            except (OSError, smtplib.SMTPServerDisconnected):
+                if not reused or self._local.data_sent:
+                    raise
+                # a kept connection the next hop had closed (restart, idle time-out): nothing
+                # was sent yet, so a fresh connection may try at once instead of deferring
+                self.close()
+                client, _ = self._connection()
+                return self._transaction(client, *args)
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             text = "4.4.1 next hop %s: %s" % (self.address, _describe(exc))
             return RelayResult({addr: (0, text) for addr in recipients}, (0, text))
 
     def _connection(self):
+        """(client, reused): the thread's kept connection when it still answers, else a new one."""
         client = getattr(self._local, "client", None)
         if client is not None:
             if time.monotonic() - self._local.used < _IDLE_CHECK:
-                return client
+                return client, True
             try:
                 if client.noop()[0] == 250:
-                    return client
+                    return client, True
             except (OSError, smtplib.SMTPException):
                 pass
             self.close()
         client = self._connect()
         self._local.client = client
-        return client
+        return client, False
 
     def _connect(self):
         host, port = (self.address.path, 0) if self.address.is_unix else (self.address.host, self.address.port)
@@ -119,6 +129,7 @@ class Relay:
 
     def _transaction(self, client, mail_from, recipients, source, size, mail_params, rcpt_params, xforward):
         self._local.used = time.monotonic()
+        self._local.data_sent = False
         if xforward and client.has_extn("xforward"):
             offered = set(client.esmtp_features["xforward"].upper().split())
             attrs = " ".join("%s=%s" % (k, v) for k, v in xforward.items() if k in offered)
@@ -137,6 +148,7 @@ class Relay:
         if not accepted:
             client.rset()
             return RelayResult(replies)
+        self._local.data_sent = True
         code, text = client.docmd("DATA")
         if code != 354:
             client.rset()

@@ -20,9 +20,8 @@ Postfix's re-injection smtpd (``SmtpSenderRelay``), and Postfix delivers to the 
    suspicious one, only tagged, is reported through the AUTH report server); and BCC mode
    alone (Postfix without a content filter): the original is delivered untouched and the
    EICAR copy is reported;
-7. a known vxgate bug, as a strict xfail: a next-hop connection kept by the relay is reused
-   unchecked within 5 s, so a message right after the re-injection smtpd went away is
-   deferred although the next hop is up.
+7. a next-hop connection kept by the relay that the re-injection smtpd closed meanwhile
+   (Postfix restarted) is replaced at once: the next message is relayed, not deferred.
 
 Every Postfix instance, vxgate process, sink and emulator is stopped in fixture teardown,
 also when a test fails.  Postfix's retry times are short (harness defaults: 1-2 s back-off).
@@ -435,14 +434,8 @@ def test_vxgate_killed_under_load_every_message_delivered(postfix, vxgate_proces
     assert states <= {"delivered", "dropped"}, states      # dropped: never answered, Postfix retried
 
 
-# ------------------------------------------------------------------------------ 7. known bug
+# ------------------------------------------------------------------------------ 7. stale kept connection
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vxgate bug: Relay reuses a kept next-hop connection without a check when it was used less "
-    "than _IDLE_CHECK (5 s) ago; when the re-injection smtpd went away meanwhile (Postfix "
-    "restarted), the next message fails with SMTPServerDisconnected and is deferred as if the "
-    "next hop were down: 250 '(next hop deferred, vxgate retries)', delivered only after "
-    "SmtpRelayRetryMin (default 1 min) although the next hop was up"))
 def test_reinjection_smtpd_gone_next_message_still_relayed_at_once(chain, sink):
     gw, pf = chain(SmtpRelayWorkers=1)          # one relay thread: it holds the kept connection
     pf.send(SENDER, "bob@dest.test", message("first"))
