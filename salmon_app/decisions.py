@@ -81,6 +81,7 @@ def change_recipients(message, added, deleted):
         Message.update(rcpt_json=json.dumps(rcpts), updated=time.time()).where(Message.id == queue_id).execute()
         models.log_event(queue_id, "recipients", "added %s; removed %s" % (", ".join(added) or "-", ", ".join(deleted) or "-"))
     message.row.rcpt_json = json.dumps(rcpts)
+    message.recipients = None      # re-read: the record now says who is left
 
 
 def retry_later(gateway, message, why, fields):

@@ -105,8 +105,8 @@ class Gateway:
         """Stop listening, answer waiting sessions, let workers finish; the rest resumes at start."""
         for server in self.servers:
             server.stopping.set()
-        for queue_id, waiter in self.registry.open_waiters():
-            waiter.wait(0, on_timeout=lambda q=queue_id: self.mark_answered(q))
+        for _, waiter in self.registry.open_waiters():
+            waiter.wake()
         for server in self.servers:
             server.stop(timeout)
         if self.sweeper:
@@ -119,51 +119,66 @@ class Gateway:
         self.database.close()
 
     # ------------------------------------------------------------ moving messages
-    def submit(self, queue_id, state):
-        """Queue a message for the stage serving ``state``; False leaves it to the sweeper."""
+    def submit(self, item, state):
+        """Queue a message (its id, or the StoredMessage in hand) for the stage serving ``state``;
+        False leaves it to the sweeper."""
+        queue_id = item if isinstance(item, str) else item.queue_id
         if not self.registry.hold(queue_id):
             return False
-        if self.stages[STAGE_OF[state]].submit(queue_id):
+        if self.stages[STAGE_OF[state]].submit(item):
             return True
         self.registry.release(queue_id)
         return False
 
-    def run_step(self, queue_id):
+    def run_step(self, item):
         """Stage worker body: one step of one message, through Salmon's Router."""
         message = None
+        queue_id = item if isinstance(item, str) else item.queue_id
         try:
-            row = Message.get_or_none(Message.id == queue_id)
-            if row is None or row.state not in STAGE_OF:
-                return
-            message = StoredMessage(self, row)
+            if isinstance(item, str):
+                row = Message.get_or_none(Message.id == queue_id)
+                if row is None or row.state not in STAGE_OF:
+                    return
+                message = StoredMessage(self, row)
+            else:
+                message = item       # handed over in memory by the previous stage: no reload
+            message.handled, message.next_state = False, None
             self.router.deliver(message)
             if not message.handled:
                 raise RuntimeError("no handler routes %s" % message.To)
         except Exception as exc:
+            if message is not None:
+                message.next_state = None
             self.internal_error(queue_id, exc)
         finally:
-            if message is None or not message.forwarded:
+            # the hand-over happens only now, so no two workers ever touch one message at once
+            if not (message is not None and message.next_state and self._hand_over(message)):
                 self.registry.release(queue_id)
 
     def forward(self, message, state, **fields):
-        """Move a held message to the stage of ``state`` (recording the state when asked)."""
-        if fields:   # else the state lives in memory: after a crash the message simply repeats its check
-            models.set_state(message.queue_id, state, None, **fields)
-        message.state = message.row.state = state
-        stage = self.stages[STAGE_OF[state]]
-        message.forwarded = True
-        if not stage.submit(message.queue_id):
-            models.set_state(message.queue_id, state, None)   # persist so the sweeper finds it
-            message.forwarded = False
+        """Send a held message on to the stage of ``state`` when its current step ends.
 
-    def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False, **fields):
+        ``fields`` (the hook's action, the verdict) are written with the message's outcome, in
+        the same transaction; after a crash the message simply repeats its check."""
+        message.pending.update(fields)
+        message.state = message.row.state = state
+        message.next_state = state
+
+    def _hand_over(self, message):
+        if self.stages[STAGE_OF[message.next_state]].submit(message):
+            return True
+        models.set_state(message.queue_id, message.next_state, None, **message.pending)   # the sweeper finds it
+        return False
+
+    def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False,
+                 recipients=(), **fields):
         """Record an outcome and give ``reply`` to the waiting session; True if the session got it.
 
         With ``require_session`` nothing is recorded unless the session takes the reply: a 4xx
         or 5xx that nobody hears must not end a message vxgate already owns.
         """
         def record():
-            models.set_state(queue_id, state, event, last_reply=str(reply) if reply else "",
+            models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
                              **dict(fields, has_file=False) if remove_file else fields)
             if remove_file:
                 self.spool.remove(queue_id)
@@ -173,12 +188,13 @@ class Gateway:
             if require_session:
                 return False
             record()
-        qlog(queue_id).info("%s: %s", state, event)
+        if state != models.DELIVERED:     # a delivery has its summary line instead
+            qlog(queue_id).info("%s: %s", state, event)
         return told
 
     def mark_answered(self, queue_id):
         with models.writing():
-            Message.update(answered=True, updated=time.time()).where(Message.id == queue_id).execute()
+            models.update_message(queue_id, answered=True, updated=time.time())
             models.log_event(queue_id, "answered", "250 sent before the outcome was known; finishing in the background")
 
     def session_waiting(self, queue_id):
@@ -220,42 +236,38 @@ class Gateway:
     # ------------------------------------------------------------ relaying
     def relay(self, message):
         row, log = message.row, message.log
-        recipients = list(Recipient.select().where(Recipient.message == row.id,
-                                                   Recipient.state.in_(("pending", "deferred"))))
-        addresses = [r.address for r in recipients]
-        params = json.loads(row.client_json).get("_rcpt_params", {})
+        addresses = message.recipients if message.recipients is not None else models.pending_recipients(row.id)
+        params = row.params
+        rcpt_params = params.get("rcpt", {})
         relay = self.relays[RELAY_OF[row.mode]]
         started = time.monotonic()
         with message.open_output() as source:
             result = relay.send(row.mail_from, addresses, source, message.output_size(),
-                                mail_params=json.loads(row.client_json).get("_mail_params", {}),
-                                rcpt_params=[params.get(a, {}) for a in addresses],
+                                mail_params=params.get("mail", {}),
+                                rcpt_params=[rcpt_params.get(a, {}) for a in addresses],
                                 xforward=message.xforward())
+        message.recipients = None          # what is left is read from the record from now on
         now = time.time()
         ok, temp, perm = result.recipients("ok"), result.recipients("temp"), result.recipients("perm")
-        expired = temp and now - row.created > self.config.SmtpRelayMaxAge
-        if expired:
+        if temp and now - row.created > self.config.SmtpRelayMaxAge:
             for address in temp:
                 result.replies[address] = (554, "5.4.7 Delivery time expired: " + result.replies[address][1])
             perm, temp = perm + temp, []
-        by_state = {a: "delivered" for a in ok}
-        by_state.update({a: "deferred" for a in temp})
-        by_state.update({a: "bounced" for a in perm})
-        summary = "; ".join("%s: %d %s" % (a, *result.replies[a]) for a in addresses)
-        with models.writing():
-            for rcpt in recipients:
-                Recipient.update(state=by_state[rcpt.address], reply="%d %s" % result.replies[rcpt.address]).where(
-                    Recipient.id == rcpt.id).execute()
-            models.log_event(row.id, "relay", "%s in %.3fs: %s" % (relay.address, time.monotonic() - started, summary))
-        if ok:
-            log.info("relayed to %s: %s", relay.address, ", ".join(ok) + (" (%s)" % result.next_hop_id if result.next_hop_id else ""))
+        outcome = {a: "delivered" for a in ok}
+        outcome.update({a: "deferred" for a in temp})
+        outcome.update({a: "bounced" for a in perm})
+        recipients = [(a, outcome[a], "%d %s" % result.replies[a]) for a in addresses]
+        summary = "%s in %.3fs: %s" % (relay.address, time.monotonic() - started,
+                                       "; ".join("%s: %d %s" % (a, *result.replies[a]) for a in addresses))
+        fields = dict(message.pending)
         if temp:
-            self._defer(message, result, temp, ok)
+            self._defer(message, result, temp, recipients, summary, fields)
             if perm:
                 self.bounce(row, [(a, *result.replies[a]) for a in perm])
         elif perm and not ok and not self._delivered_before(row.id) and self.conclude(
                 row.id, models.REJECTED, Reply(*_permanent(result.replies[perm[0]])),
-                "next hop refused every recipient: " + summary, require_session=True):
+                "next hop refused every recipient: " + summary, require_session=True,
+                recipients=recipients, **fields):
             pass    # Postfix got the 5xx and bounces
         else:
             if perm:
@@ -264,31 +276,30 @@ class Gateway:
             next_hop = result.next_hop_id
             reply = Reply(250, "2.0.0 Ok: queued as %s%s" % (row.id, " (next hop: %s)" % next_hop if next_hop else ""))
             self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id,
-                          remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages)
+                          remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages,
+                          recipients=recipients, **fields)
+        message.pending.clear()
         self.summary(message, result, started)
 
     def _delivered_before(self, queue_id):
         return Recipient.select().where(Recipient.message == queue_id, Recipient.state == "delivered").exists()
 
-    def _defer(self, message, result, temp, ok):
+    def _defer(self, message, result, temp, recipients, summary, fields):
         row = message.row
         attempts = row.attempts + 1
         delay = self.retry_delay(attempts)
         reason = result.replies[temp[0]][1]
-        fields = dict(attempts=attempts, next_attempt=time.time() + delay, last_reply=reason)
-        event = "deferred %s for %.1fs: %s" % (", ".join(temp), delay, reason)
+        fields = dict(fields, attempts=attempts, next_attempt=time.time() + delay, last_reply=reason)
+        event = "deferred %s for %.1fs: %s" % (", ".join(temp), delay, summary)
 
         def record(answered=False):
-            with models.writing():
-                extra = {"answered": True} if answered else {}
-                Message.update(state=models.DEFERRED, updated=time.time(), **fields, **extra).where(
-                    Message.id == row.id).execute()
-                models.log_event(row.id, models.DEFERRED, event)
+            models.set_state(row.id, models.DEFERRED, event, recipients, **dict(fields, answered=True) if answered else fields)
         waiter = self.registry.waiter(row.id)
         reply = Reply(250, "2.0.0 Ok: queued as %s (next hop deferred, vxgate retries)" % row.id)
         if not (waiter and waiter.offer(reply, before=lambda: record(True))):
             record()
-        message.log.warning("%s", event)
+        row.attempts = attempts
+        message.log.warning("deferred %s for %.1fs: %s", ", ".join(temp), delay, reason)
 
     def bounce(self, row, failures):
         """Tell the sender which recipients failed for good (never for a null sender)."""
@@ -346,7 +357,7 @@ class Intake:
         waiter = gateway.registry.add_waiter(queue_id) if not own else None
         try:
             writer.commit()
-            self._record(envelope, writer, answered=own)
+            message = self._record(envelope, writer, answered=own)
         except Exception as exc:
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
@@ -356,7 +367,7 @@ class Intake:
         log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
                  ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,
                  envelope.xforward.get("ADDR") or envelope.peer[0])
-        gateway.submit(queue_id, models.STORED)
+        gateway.submit(message, models.STORED)
         if own:
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
         failed = []
@@ -379,19 +390,19 @@ class Intake:
         return reply
 
     def _record(self, envelope, writer, answered=False):
-        headers = parse_headers(envelope.headers)
-        client = envelope.client
-        client["_mail_params"] = envelope.mail_params
-        client["_rcpt_params"] = {a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}
         now = time.time()
-        with models.writing():
-            Message.create(
-                id=writer.queue_id, mode=self.mode, state=models.STORED, answered=answered, created=now, updated=now,
-                mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
-                client_json=json.dumps(client), size=writer.size, sha256=writer.sha256,
-                body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",
-                smtputf8=bool(envelope.mail_params.get("SMTPUTF8")), **headers)
-            Recipient.insert_many([{"message": writer.queue_id, "address": a} for a in envelope.rcpt_to]).execute()
+        row = models.insert_message(dict(
+            id=writer.queue_id, mode=self.mode, state=models.STORED, answered=answered, created=now,
+            updated=now, mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
+            client_json=json.dumps(envelope.client), size=writer.size, sha256=writer.sha256,
+            params_json=json.dumps({"mail": envelope.mail_params, "rcpt": {
+                a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}}),
+            body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",
+            smtputf8=bool(envelope.mail_params.get("SMTPUTF8")), **parse_headers(envelope.headers)),
+            envelope.rcpt_to)
+        message = StoredMessage(self.gateway, row)
+        message.recipients = list(envelope.rcpt_to)
+        return message
 
 
 def parse_headers(block):

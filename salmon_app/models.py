@@ -40,6 +40,7 @@ class Message(BaseModel):
     mail_from = peewee.TextField()
     rcpt_json = peewee.TextField()
     client_json = peewee.TextField(default="{}")      # XFORWARD attributes and the peer
+    params_json = peewee.TextField(default="{}")      # MAIL/RCPT parameters (BODY, SMTPUTF8, DSN)
     size = peewee.IntegerField()
     sha256 = peewee.CharField()
     body_8bit = peewee.BooleanField(default=False)
@@ -66,6 +67,10 @@ class Message(BaseModel):
     @property
     def client(self):
         return json.loads(self.client_json)
+
+    @property
+    def params(self):
+        return json.loads(self.params_json)
 
 
 class Recipient(BaseModel):
@@ -147,14 +152,71 @@ def writing():
             yield
 
 
+# The per-message statements below run several times for every message, so they are plain
+# SQL built once: peewee spent a third of vxgate's CPU composing the same statements again.
+_SQL = {}
+
+
+def _execute(sql, params=()):
+    return db.execute_sql(sql, params)
+
+
+def _update_sql(columns):
+    key = ("update",) + columns
+    if key not in _SQL:
+        _SQL[key] = 'UPDATE "message" SET %s WHERE "id" = ?' % ", ".join('"%s" = ?' % c for c in columns)
+    return _SQL[key]
+
+
+_MESSAGE_DEFAULTS = None
+
+
+def insert_message(values, recipients):
+    """Insert a message record (missing columns take their model defaults) and its recipients."""
+    global _MESSAGE_DEFAULTS
+    if _MESSAGE_DEFAULTS is None:
+        _MESSAGE_DEFAULTS = {f.column_name: f.default for f in Message._meta.sorted_fields
+                             if f.default is not None and not callable(f.default)}
+    row = dict(_MESSAGE_DEFAULTS, **values)
+    columns = tuple(row)
+    key = ("insert",) + columns
+    if key not in _SQL:
+        _SQL[key] = 'INSERT INTO "message" (%s) VALUES (%s)' % (
+            ", ".join('"%s"' % c for c in columns), ", ".join("?" * len(columns)))
+    with writing():
+        _execute(_SQL[key], tuple(row.values()))
+        db.cursor().executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
+                                "VALUES (?, ?, 'pending', '')", [(values["id"], a) for a in recipients])
+    return Message(**row)
+
+
 def log_event(queue_id, kind, text="", when=None):
-    Event.create(message=queue_id, time=when or time.time(), kind=kind, text=text)
+    _execute('INSERT INTO "event" ("message", "time", "kind", "text") VALUES (?, ?, ?, ?)',
+             (queue_id, when or time.time(), kind, text))
 
 
-def set_state(queue_id, state, event=None, **fields):
-    """Move a message to ``state`` with an optional history line, in one transaction."""
+def update_message(queue_id, **fields):
+    columns = tuple(fields)
+    _execute(_update_sql(columns), tuple(fields.values()) + (queue_id,))
+
+
+def set_state(queue_id, state, event=None, recipients=(), **fields):
+    """Move a message to ``state`` with an optional history line and recipient outcomes
+    [(address, state, reply)], all in one transaction."""
     now = time.time()
     with writing():
-        Message.update(state=state, updated=now, **fields).where(Message.id == queue_id).execute()
+        update_message(queue_id, state=state, updated=now, **fields)
+        if recipients:
+            db.cursor().executemany(
+                'UPDATE "recipient" SET "state" = ?, "reply" = ? WHERE "message" = ? AND "address" = ? '
+                "AND \"state\" IN ('pending', 'deferred')",
+                [(rstate, reply, queue_id, address) for address, rstate, reply in recipients])
         if event:
             log_event(queue_id, state, event, now)
+
+
+def pending_recipients(queue_id):
+    """Recipients still to be delivered, in envelope order."""
+    cursor = _execute('SELECT "address" FROM "recipient" WHERE "message" = ? '
+                      "AND \"state\" IN ('pending', 'deferred') ORDER BY \"id\"", (queue_id,))
+    return [address for (address,) in cursor.fetchall()]

@@ -80,6 +80,10 @@ class Waiter:
         self._event.set()
         return True
 
+    def wake(self):
+        """Stop waiting now (shutdown): the session takes over the message as on a time-out."""
+        self._event.set()
+
     def wait(self, timeout, on_timeout=None):
         """The reply, or None after ``timeout``; ``on_timeout()`` runs under the lock before giving up."""
         self._event.wait(timeout)

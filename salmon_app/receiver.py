@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import threading
+import time
 
 LOG = logging.getLogger("vxgate.smtpd")
 
@@ -115,8 +116,9 @@ class SmtpServer:
             sessions = list(self.sessions)
         for session in sessions:
             session.interrupt()
+        deadline = time.monotonic() + timeout
         for session in sessions:
-            session.done.wait(timeout)
+            session.done.wait(max(0.0, deadline - time.monotonic()))
 
     def forget(self, session):
         with self.lock:

@@ -20,8 +20,10 @@ class StoredMessage:
         self.Peer = row.client.get("addr") or row.client.get("peer_ip", "")
         self.log = qlog(row.id)
         self.handled = False       # a handler ran (an unrouted message is an internal error)
-        self.forwarded = False     # handed to another stage, which now holds it
+        self.next_state = None     # set by forward(): the stage it goes to when this step ends
         self.output = None         # modified bytes to relay instead of the stored file
+        self.pending = {}          # fields to record with the outcome (hook action, verdict)
+        self.recipients = None     # recipients to relay to, when known without asking the database
 
     @property
     def path(self):

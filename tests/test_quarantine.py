@@ -96,7 +96,8 @@ end
 def gw(vxgate, sink, tmp_path):
     """A running gateway (a hook quarantines subjects with "quarantine me"; delivered files are
     kept) and the configuration file the commands use."""
-    running = vxgate(KeepDeliveredMessages=True, SmtpHook=QUARANTINE_HOOK)
+    running = vxgate(KeepDeliveredMessages=True, SmtpHook=QUARANTINE_HOOK,
+                     DeliveredRetention=3650 * 86400.0, QuarantineRetention=3650 * 86400.0)  # seeded history must stay
     config_path = tmp_path / "vxgate.ini"
     config_path.write_text(
         "[MailD]\nSmtpSocket = 127.0.0.1:%d\nSmtpSenderRelay = 127.0.0.1:%d\nSmtpHostname = vxgate.test\n"

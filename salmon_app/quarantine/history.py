@@ -47,8 +47,8 @@ def describe(store, queue_id):
         "next_hop_id": row.next_hop_id, "last_reply": row.last_reply, "parent": row.parent,
         "subject": row.subject, "header_from": row.header_from, "message_id": row.message_id,
         "envelope": {
-            "mail_from": row.mail_from, "mail_params": client.get("_mail_params") or {},
-            "rcpt_to": row.rcpt_to, "rcpt_params": client.get("_rcpt_params") or {},
+            "mail_from": row.mail_from, "mail_params": row.params.get("mail") or {},
+            "rcpt_to": row.rcpt_to, "rcpt_params": row.params.get("rcpt") or {},
         },
         "client": {k: v for k, v in client.items() if not str(k).startswith("_")},
         "file": _file_info(store, row),

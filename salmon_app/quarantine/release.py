@@ -69,8 +69,8 @@ def release(store, queue_id, relay, *, to=None, force=False, user=None):
         _unclaim(row.id, previous)
         raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
     client = client_of(row)
-    mail_params = client.get("_mail_params") or {}
-    rcpt_params = client.get("_rcpt_params") or {}
+    mail_params = row.params.get("mail") or {}
+    rcpt_params = row.params.get("rcpt") or {}
     xforward = {k.upper(): v for k, v in client.items()
                 if k.upper() in ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")}
     try:
