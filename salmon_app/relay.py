@@ -32,7 +32,24 @@ class RelayResult:
         return [addr for addr, (code, _) in self.replies.items() if test(code)]
 
 
-class _Client(smtplib.SMTP):
+class _Verbatim:
+    """MAIL/RCPT with the address exactly as received: smtplib's quoteaddr() runs it through
+    email.utils.parseaddr, which rewrites quoted local parts (and costs a parse per recipient)."""
+
+    def mail(self, sender, options=()):
+        if any(o.lower() == "smtputf8" for o in options):
+            if not self.has_extn("smtputf8"):
+                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by the next hop")
+            self.command_encoding = "utf-8"
+        self.putcmd("mail", "FROM:<%s>%s" % (sender, "".join(" " + o for o in options)))
+        return self.getreply()
+
+    def rcpt(self, recip, options=()):
+        self.putcmd("rcpt", "TO:<%s>%s" % (recip, "".join(" " + o for o in options)))
+        return self.getreply()
+
+
+class _Client(_Verbatim, smtplib.SMTP):
     """smtplib.SMTP that can also connect to a UNIX socket and sets TCP_NODELAY."""
 
     def __init__(self, address, timeout, local_hostname):
@@ -48,6 +65,10 @@ class _Client(smtplib.SMTP):
         sock = socket.create_connection((host, port), timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+class _ClientSSL(_Verbatim, smtplib.SMTP_SSL):
+    """Implicit TLS (port 465) with the same verbatim envelope."""
 
 
 class Relay:
@@ -105,8 +126,8 @@ class Relay:
     def _connect(self):
         host, port = (self.address.path, 0) if self.address.is_unix else (self.address.host, self.address.port)
         if self.tls == "implicit":
-            client = smtplib.SMTP_SSL(host, port, local_hostname=self.hostname, timeout=self.timeout,
-                                      context=ssl.create_default_context())
+            client = _ClientSSL(host, port, local_hostname=self.hostname, timeout=self.timeout,
+                                context=ssl.create_default_context())
         else:
             client = _Client(self.address, self.timeout, self.hostname)
             client.connect(host, port)
@@ -135,6 +156,7 @@ class Relay:
             attrs = " ".join("%s=%s" % (k, v) for k, v in xforward.items() if k in offered)
             if attrs:
                 client.docmd("XFORWARD", attrs)
+        client.command_encoding = "ascii"
         options = _mail_options(client, mail_params, size)
         code, text = client.mail(mail_from, options)
         if code != 250:

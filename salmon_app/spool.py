@@ -8,7 +8,6 @@ import hashlib
 import os
 import re
 
-_ID_RE = re.compile(r"^[A-Z0-9]{8,32}$")
 
 
 class Spool:
@@ -20,7 +19,7 @@ class Spool:
             os.chmod(path, 0o700)
 
     def path(self, queue_id):
-        if not _ID_RE.match(queue_id):
+        if not (8 <= len(queue_id) <= 32 and queue_id.isalnum() and queue_id.isascii()):
             raise ValueError("not a queue id: %r" % queue_id)
         return os.path.join(self.directory, queue_id[:2], queue_id + ".eml")
 
