@@ -189,3 +189,15 @@ def test_lmtp_on_a_unix_socket_replies_per_recipient(vxgate, sink, tmp_path):
         client.quit()
     got = sink.wait_for(1, 10)[0]
     assert got.rcpt_tos == ["b@x.test", "c@x.test"] and got.data == body()
+
+
+def test_quoted_local_parts_relayed_verbatim(vxgate, sink, raw):
+    gw = vxgate()
+    client = raw(gw.port)
+    client.cmd(b"EHLO t")
+    assert client.cmd(b'MAIL FROM:<"john doe"@x.test>')[0] == 250
+    assert client.cmd(b'RCPT TO:<"a..b"@y.test>')[0] == 250
+    client.cmd(b"DATA")
+    assert client.cmd(b"Subject: q\r\n\r\nx\r\n.\r\n")[0] == 250
+    got = sink.wait_for(1, 10)[0]
+    assert got.mail_from == '"john doe"@x.test' and got.rcpt_tos == ['"a..b"@y.test']
