@@ -66,7 +66,10 @@ class Message(BaseModel):
 
     @property
     def client(self):
-        return json.loads(self.client_json)
+        cached = self.__dict__.get("_client")
+        if cached is None or cached[0] is not self.client_json:
+            cached = self.__dict__["_client"] = (self.client_json, json.loads(self.client_json))
+        return cached[1]
 
     @property
     def params(self):
@@ -160,13 +163,14 @@ def writing():
             if depth:
                 yield
                 return
-            db.execute_sql("BEGIN IMMEDIATE")
+            connection = db.connection()
+            connection.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                db.execute_sql("ROLLBACK")
+                connection.execute("ROLLBACK")
                 raise
-            db.execute_sql("COMMIT")
+            connection.execute("COMMIT")
         finally:
             _DEPTH.n = depth
 
@@ -177,7 +181,8 @@ _SQL = {}
 
 
 def _execute(sql, params=()):
-    return db.execute_sql(sql, params)
+    # the sqlite3 connection itself: peewee's execute_sql adds a cursor and a log call per statement
+    return db.connection().execute(sql, params)
 
 
 def _update_sql(columns):
@@ -204,7 +209,7 @@ def insert_message(values, recipients):
             ", ".join('"%s"' % c for c in columns), ", ".join("?" * len(columns)))
     with writing():
         _execute(_SQL[key], tuple(row.values()))
-        db.cursor().executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
+        db.connection().executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
                                 "VALUES (?, ?, 'pending', '')", [(values["id"], a) for a in recipients])
     return Message(**row)
 
@@ -226,7 +231,7 @@ def set_state(queue_id, state, event=None, recipients=(), **fields):
     with writing():
         update_message(queue_id, state=state, updated=now, **fields)
         if recipients:
-            db.cursor().executemany(
+            db.connection().executemany(
                 'UPDATE "recipient" SET "state" = ?, "reply" = ? WHERE "message" = ? AND "address" = ? '
                 "AND \"state\" IN ('pending', 'deferred')",
                 [(rstate, reply, queue_id, address) for address, rstate, reply in recipients])
