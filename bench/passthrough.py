@@ -318,7 +318,8 @@ class Sink:
 class Vxgate:
     """vxgate under ``salmon start --no-daemon`` with its own spool, database and log."""
 
-    def __init__(self, processes, workdir, port, relay_port, max_connections, log_level=None):
+    def __init__(self, processes, workdir, port, relay_port, max_connections, log_level=None,
+                 maild="", root=""):
         self.workdir, self.port = workdir, port
         os.makedirs(workdir, exist_ok=True)
         self.config_path = os.path.join(workdir, "vxgate.ini")
@@ -326,10 +327,11 @@ class Vxgate:
         self.log_path = os.path.join(workdir, "vxgate.log")
         self.pid_path = os.path.join(workdir, "vxgate.pid")
         with open(self.config_path, "w") as handle:
-            handle.write("[MailD]\nSmtpSocket = 127.0.0.1:%d\nSmtpSenderRelay = 127.0.0.1:%d\n"
-                         "SmtpMaxConnections = %d\nSmtpHostname = vxgate.bench.example\n\n"
+            handle.write("[Root]\n%s\n[MailD]\nSmtpSocket = 127.0.0.1:%d\nSmtpSenderRelay = 127.0.0.1:%d\n"
+                         "SmtpMaxConnections = %d\nSmtpHostname = vxgate.bench.example\n%s\n"
                          "[Quarantine]\nSpoolDir = %s\nDatabasePath = %s\n"
-                         % (port, relay_port, max_connections, os.path.join(workdir, "spool"), self.db_path))
+                         % (root, port, relay_port, max_connections, maild, os.path.join(workdir, "spool"),
+                            self.db_path))
         logging_conf = os.path.join(workdir, "logging.conf")
         with open(os.path.join(REPO, "config", "logging.conf")) as handle:
             template = handle.read()

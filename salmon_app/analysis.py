@@ -14,7 +14,7 @@ import json
 import logging
 import time
 
-from salmon_app import models
+from salmon_app import headers, models
 from salmon_app.log import qlog
 from salmon_app.models import FileCheck, Message, Sample
 from salmon_app.pipeline import Stage
@@ -77,8 +77,8 @@ class Analyser:
         if not self.enabled:
             return {}
         queue_id = message.queue_id
-        if message.state == models.STORED:
-            self._start_message(message)
+        if message.state == models.STORED and not self._start_message(message):
+            return {}     # nothing to analyse: no query, no write
         checks = list(FileCheck.select().where(FileCheck.message == queue_id).order_by(FileCheck.id))
         if any(not c.verdict for c in checks):
             if message.state != models.ANALYSING:
@@ -90,6 +90,8 @@ class Analyser:
     def _start_message(self, message):
         """Record the message's files and make sure each has a sample decided or on its way."""
         raw = message.data()
+        if not may_carry_files(raw):
+            return False
         if self.config.VxcubeSendMode == "Message":
             items = [_WholeMessage(raw, message.queue_id)]
             problems = []
@@ -98,6 +100,8 @@ class Analyser:
             items, problems = extraction.selected, extraction.problems
         for problem in problems:
             message.log.warning("extraction: %s", problem)
+        if not items:
+            return False
         now = time.time()
         for item in items:    # content first, outside the write lock: fsync is slow
             known = Sample.get_or_none(Sample.sha256 == item.sha256)
@@ -128,6 +132,7 @@ class Analyser:
                                  check.verdict + (" (cached)" if check.cached else "") if check.verdict else "queued for vxCube")
         for sha256 in to_queue:
             self.submit(sha256)
+        return bool(items)
 
     # ------------------------------------------------------------ per sample (vxCube workers)
     def step(self, sha256):
@@ -267,6 +272,18 @@ class Analyser:
             if row is not None and row.state == models.ANALYSING:
                 qlog(queue_id).info("analyses finished")
                 self.gateway.submit(queue_id, models.ANALYSING)
+
+
+def may_carry_files(raw):
+    """False for a single-part text message (most mail): no parse, no upload is needed.
+
+    Only the top header block is looked at; anything multipart, non-text, named or marked as
+    an attachment is extracted as usual."""
+    end = raw.find(b"\r\n\r\n")
+    found = headers.fields(raw[:end + 2] if end >= 0 else raw, ("Content-Type", "Content-Disposition"))
+    ctype = found.get("content-type", "text/plain").strip().lower()
+    disposition = found.get("content-disposition", "").lower()
+    return not ctype.startswith("text/") or "name=" in ctype or "attachment" in disposition or "name=" in disposition
 
 
 def _fresh(sample, now, ttl):

@@ -158,3 +158,13 @@ def test_api_key_never_logged(vxgate, sink, vxsim, caplog):
     wait_states("delivered", 1, timeout=30)
     from support.mail import VXCUBE_KEY
     assert VXCUBE_KEY not in caplog.text
+
+
+def test_only_mail_that_may_carry_files_is_parsed():
+    from salmon_app.analysis import may_carry_files
+    assert not may_carry_files(b"Subject: x\r\n\r\nplain\r\n")
+    assert not may_carry_files(b"Content-Type: text/plain; charset=utf-8\r\n\r\nx\r\n")
+    assert may_carry_files(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b--\r\n")
+    assert may_carry_files(b"Content-Type: application/pdf\r\n\r\n%PDF\r\n")
+    assert may_carry_files(b"Content-Type: text/plain; name=run.js\r\n\r\nx\r\n")
+    assert may_carry_files(b"Content-Type: text/html\r\nContent-Disposition: attachment\r\n\r\nx\r\n")
