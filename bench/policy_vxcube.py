@@ -73,7 +73,8 @@ def throughput(label, processes, sink, sink_port, workdir, count, maild="", root
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages (300 per cell, 100 analyses)")
-    parser.add_argument("--analysis-time", type=float, default=5.0, help="emulator analysis time (5 s)")
+    parser.add_argument("--analysis-time", type=float, default=30.0,
+                        help="emulator analysis time (30 s: the analyses stay pending through the clean load)")
     args = parser.parse_args()
     count = 300 if args.quick else 1500
     pending_files = 100 if args.quick else 200
@@ -104,8 +105,7 @@ def main():
 
         print("\n== 3. vxCube on (emulator, analysis %.0f s): clean mail with and without %d analyses pending"
               % (args.analysis_time, pending_files))
-        root = ("UseVxcube = Yes\nVxcubeApiAddress = %s\nVxcubeApiKey = %s\nVxcubePollInterval = 0.5s\n"
-                "VxcubeWorkers = 4\n" % (sim.url, KEY))
+        root = "UseVxcube = Yes\nVxcubeApiAddress = %s\nVxcubeApiKey = %s\n" % (sim.url, KEY)   # default polling
         vx, port, idle = throughput("vxCube on, none pending", processes, sink, sink_port, workdir, count,
                                     maild="SmtpReplyTimeout = 0.5s\n", root=root)
         errors = []

@@ -46,7 +46,8 @@ class Analyser:
                                                          maximum=config.VxcubeRetryMax,
                                                          max_elapsed=config.VxcubeRequestTimeout * config.VxcubeRetryAttempts
                                                          + config.VxcubeRetryMax * config.VxcubeRetryAttempts))
-        self.held = set()
+        self.due = {}       # sha256 -> when to poll next (in memory, see later())
+        self.polls = {}     # sha256 -> polls or failed calls so far (for the back-off)
 
     # ------------------------------------------------------------ life cycle
     def start(self):
@@ -63,7 +64,13 @@ class Analyser:
         now = time.time()
         for row in (Sample.select(Sample.sha256).where(Sample.state != "done", Sample.next_step <= now)
                     .order_by(Sample.next_step).limit(2000)):
-            self.submit(row.sha256)
+            if self.due.get(row.sha256, 0) <= now:
+                self.submit(row.sha256)
+
+    def later(self, sample, delay):
+        """Come back to a sample after ``delay``: kept in memory, since a poll that changes
+        nothing must not cost a commit (after a restart every sample is simply polled at once)."""
+        self.due[sample.sha256] = time.time() + delay
 
     def submit(self, sha256):
         registry = self.gateway.registry
@@ -200,10 +207,9 @@ class Analyser:
                                 if all(task_verdict(t) == Verdict.UNCHECKED for t in tasks) else "")
         if now - (sample.started or sample.created) > self.config.VxcubeTimeout:
             return self._finish(sample, Verdict.UNCHECKED, tasks=tasks, reason="analysis timed out")
-        sample.polls += 1
-        interval = self.config.VxcubePollInterval
-        sample.next_step = now + min(interval * 2 ** min(sample.polls, 3), interval * 6)
-        sample.save()
+        interval, polls = self.config.VxcubePollInterval, self.polls.get(sample.sha256, 0) + 1
+        self.polls[sample.sha256] = polls
+        self.later(sample, min(interval * 2 ** min(polls, 3), interval * 6))
 
     def _split(self, sample, samples):
         """A whole-message upload: vxCube returned the files it found; analyse each of them."""
@@ -239,13 +245,15 @@ class Analyser:
         now = time.time()
         if exc.transient and now - sample.created < self.config.VxcubeTimeout:
             LOG.warning("sample %s: vxCube unavailable (%s); trying again", sample.sha256[:16], exc)
-            sample.polls += 1
-            sample.next_step = now + min(self.config.VxcubePollInterval * 2 ** min(sample.polls, 4), 300)
-            sample.save()
+            failures = self.polls.get(sample.sha256, 0) + 1
+            self.polls[sample.sha256] = failures
+            self.later(sample, min(self.config.VxcubePollInterval * 2 ** min(failures, 4), 300))
             return
         self._finish(sample, Verdict.UNCHECKED, reason="vxCube error: %s" % exc)
 
     def _finish(self, sample, verdict, *, tasks=(), maliciousness=None, reason=""):
+        self.due.pop(sample.sha256, None)
+        self.polls.pop(sample.sha256, None)
         sample.state, sample.verdict, sample.reason = "done", verdict.label, reason
         sample.tasks_json = json.dumps(list(tasks))
         sample.maliciousness = maliciousness
