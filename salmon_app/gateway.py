@@ -235,7 +235,7 @@ class Gateway:
 
     # ------------------------------------------------------------ relaying
     def relay(self, message):
-        row, log = message.row, message.log
+        row = message.row
         addresses = message.recipients if message.recipients is not None else models.pending_recipients(row.id)
         params = row.params
         rcpt_params = params.get("rcpt", {})

@@ -2,8 +2,6 @@
 recipients, hook failures and sandbox escapes (the server stays alive, the message tempfails)."""
 import email
 import io
-import json
-import smtplib
 import time
 
 import pytest

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-import smtplib
 import subprocess
 import sys
 import threading

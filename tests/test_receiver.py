@@ -178,7 +178,7 @@ def test_protocol_errors(vxgate, raw):
 def test_lmtp_on_a_unix_socket_replies_per_recipient(vxgate, sink, tmp_path):
     from salmon_app.config import SocketAddr
     path = str(tmp_path / "smtp.sock")
-    gw = vxgate(SmtpSocket=SocketAddr(path=path))
+    vxgate(SmtpSocket=SocketAddr(path=path))
     client = smtplib.LMTP(path)
     try:
         code, _ = client.ehlo("postfix.test")

@@ -1,5 +1,7 @@
 """Shared test data: the corpus location, EICAR, vxCube test settings, messages with files."""
+import io
 import os
+import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
@@ -39,3 +41,12 @@ def pe_image(extra=b""):
     struct.pack_into("<HH", image, 0x84, 0x14C, 1)
     struct.pack_into("<H", image, 0x96, 0x0102)
     return bytes(image) + extra
+
+
+def zip_bytes(members):
+    """A zip archive of {name: bytes}."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -9,17 +9,12 @@ import pytest
 from salmon_app.vxcube import extract as extract_module
 from salmon_app.vxcube.extract import (FileItem, describe, detect_type, extract, extract_files,
                                        is_email, not_analysable_reason)
+from support.mail import zip_bytes
 
 PDF = b"%PDF-1.4\n1 0 obj << >> endobj\n"
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(200)
 
 
-def zip_bytes(members):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def by_name(files):

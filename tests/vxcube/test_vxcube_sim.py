@@ -13,6 +13,7 @@ import requests
 
 from salmon_app.vxcube.sim import (DEFAULT_API_KEY, EICAR, VxcubeSim, parse_duration,
                                    parse_listen)
+from support.mail import zip_bytes
 
 # a hung socket must fail the test, not the whole run
 pytestmark = pytest.mark.timeout(30)
@@ -87,12 +88,6 @@ def test_unknown_things_are_404_with_a_json_body(api):
 
 # --- samples, formats and analyses ---------------------------------------------------
 
-def zip_bytes(members):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("name, content, fmt", [
