@@ -153,7 +153,10 @@ class Gateway:
         finally:
             # the hand-over happens only now, so no two workers ever touch one message at once
             if not (message is not None and message.next_state and self._hand_over(message)):
-                self.registry.release(queue_id)
+                if self.registry.release(queue_id):
+                    row = Message.get_or_none(Message.id == queue_id)
+                    if row is not None and row.state in STAGE_OF:
+                        self.submit(queue_id, row.state)
 
     def forward(self, message, state, **fields):
         """Send a held message on to the stage of ``state`` when its current step ends.

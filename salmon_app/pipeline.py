@@ -102,6 +102,7 @@ class Registry:
         self._lock = threading.Lock()
         self.waiters = {}
         self.held = set()
+        self.again = set()     # asked for while held: run once more when released
 
     def add_waiter(self, queue_id):
         waiter = Waiter()
@@ -118,16 +119,24 @@ class Registry:
             self.waiters.pop(queue_id, None)
 
     def hold(self, queue_id):
-        """Claim a message for the pipeline; False if it is already held."""
+        """Claim a message for the pipeline; False if it is already held (it then runs once
+        more when released: news that arrives during a step, such as finished analyses, is
+        never lost)."""
         with self._lock:
             if queue_id in self.held:
+                self.again.add(queue_id)
                 return False
             self.held.add(queue_id)
             return True
 
     def release(self, queue_id):
+        """Give a message up; True if it was asked for meanwhile and should run again."""
         with self._lock:
             self.held.discard(queue_id)
+            if queue_id in self.again:
+                self.again.discard(queue_id)
+                return True
+            return False
 
     def is_held(self, queue_id):
         with self._lock:
