@@ -30,9 +30,10 @@ class Checks:
         if not config.SmtpHook:
             return None
         runtime = getattr(self.local, "runtime", None)
-        if runtime is None:
-            runtime = self.local.runtime = self._new_runtime(config)
-            self.local.generation = self.generation
+        if runtime is None or self.local.spec != config.SmtpHook:
+            # first use in this thread, or SmtpHook now names other code: build it afresh
+            runtime = self.local.runtime = self._new_runtime(config, runtime)
+            self.local.spec, self.local.generation = config.SmtpHook, self.generation
         elif self.local.generation != self.generation:
             runtime.reload()
             self.local.generation = self.generation
@@ -40,12 +41,15 @@ class Checks:
             self.last_good = runtime._source
         return runtime
 
-    def _new_runtime(self, config):
+    def _new_runtime(self, config, previous=None):
         options = dict(memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
                        on_error=config.SmtpHookErrorAction.lower())
         try:
             return HookRuntime(config.SmtpHook, **options)
         except HookError:
+            if previous is not None:
+                LOG.error("SmtpHook does not load; this worker keeps the hook it had")
+                return previous
             if not getattr(self, "last_good", None):
                 raise
             # the file was broken after other threads loaded it: keep running the old hook here too

@@ -346,6 +346,9 @@ def _check_together(config, seen, filename):
                 fail("BccSocket", "BccSocket is set, so %s is required" % name)
     if not re.fullmatch(r"(?i)none|plain\(.+\)|hmac\(.+\)", config.RepackPassword.strip()):
         fail("RepackPassword", "bad RepackPassword, expected None, Plain(<password>) or HMAC(<secret>)")
+    if config.SmtpSocket is not None and config.SmtpSocket in (config.SmtpSenderRelay, config.BccSmtpServer):
+        fail("SmtpSenderRelay", "vxgate would relay to its own SmtpSocket %s (a mail loop); SmtpSenderRelay is "
+             "the MTA's re-injection socket" % config.SmtpSocket)
     if config.SmtpSocket is None:
         fail("SmtpSocket", "SmtpSocket is required: IP:port or a UNIX socket path")
     if config.SmtpSenderRelay is None:

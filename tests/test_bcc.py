@@ -105,8 +105,8 @@ def test_recipient_outside_the_monitoring_addresses_is_refused(bcc):
 
 
 def test_report_server_down_then_up_delivers_once(bcc, report_server):
+    gw = bcc()               # first: a stopped server's port could be handed to vxgate's own listener
     report_server.stop()
-    gw = bcc()
     send_copy(gw, mail_with([("bad.exe", pe_image(EICAR))]))
     wait_closed(1)
     deadline = time.time() + 10

@@ -179,3 +179,9 @@ def test_readme_and_sample_document_every_parameter():
     for param in config.SCHEMA:
         assert "| `%s` |" % param.name in readme, param.name
         assert "; %s = " % param.name in sample, param.name
+
+
+def test_relay_to_itself_is_a_configuration_error():
+    from salmon_app import config
+    with pytest.raises(config.ConfigError, match="mail loop"):
+        config.parse_text("[MailD]\nSmtpSocket = 127.0.0.1:10025\nSmtpSenderRelay = 127.0.0.1:10025\n", "x.ini")

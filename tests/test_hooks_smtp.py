@@ -182,3 +182,12 @@ def test_reload_keeps_old_hook_on_syntax_error(vxgate, sink, tmp_path):
     path.write_text(hook('return {action = "accept"}'))
     gw.gateway.checks.reload()
     assert send(gw)[0] == 250
+
+
+def test_changed_inline_hook_reaches_every_worker(vxgate, sink):
+    gw = vxgate(SmtpHook=hook('return {action = "tempfail"}'), SmtpWorkers=2)
+    for _ in range(4):                       # every check worker builds its runtime
+        assert send(gw)[0] == 451
+    gw.gateway.config = gw.gateway.config.replace(SmtpHook=hook('return {action = "accept"}'))
+    gw.gateway.checks.reload()
+    assert [send(gw)[0] for _ in range(4)] == [250] * 4

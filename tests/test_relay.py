@@ -35,8 +35,8 @@ def test_reply_carries_next_hop_id(vxgate, sink):
 
 
 def test_next_hop_down_then_up_nothing_lost(vxgate, sink):
+    gw = vxgate()            # first: a stopped sink's port could be handed to vxgate's own listener
     sink.stop()
-    gw = vxgate()
     for n in range(5):
         with gw.client() as client:
             client.ehlo()
@@ -102,8 +102,8 @@ def test_data_4xx_then_accepted(vxgate, sink):
 
 
 def test_max_age_bounces(vxgate, sink):
-    sink.stop()
     gw = vxgate(SmtpRelayMaxAge=0.5)
+    sink.stop()
     gw.send("sender@x.test", ["b@x.test"], body())
     row = wait_state(Message.mode == "smtp", "failed")[0]   # a retry after the maximum age failed
     sink.start()
