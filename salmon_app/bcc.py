@@ -17,6 +17,7 @@ from email.mime.text import MIMEText
 import jinja2
 
 from salmon_app import headers, models
+from salmon_app.policy.modify import zip_archive
 from salmon_app.receiver import Reply
 from salmon_app.verdict import Verdict
 
@@ -71,7 +72,10 @@ def render(gateway, row, analysis):
         "date": found.get("date", ""), "mail_from": row.mail_from, "rcpt_to": row.rcpt_to,
         "client": _client(row.client), "queue_id": row.id, "hostname": gateway.hostname,
     }
-    report = MIMEMultipart("alternative")
+    body = MIMEMultipart("alternative")
+    report = body
+    if config.BccAttachOriginal:
+        report = MIMEMultipart("mixed")
     report["From"] = config.BccReporterAddress
     report["To"] = config.BccReportRecipientAddress
     report["Subject"] = "[vxgate] %s: %s" % (analysis.get("verdict", "").upper(), row.subject or "(no subject)")
@@ -82,8 +86,21 @@ def render(gateway, row, analysis):
     for name, subtype in (("bcc_report.txt", "plain"), ("bcc_report.html", "html")):
         part = MIMEText("", subtype)
         part.set_payload(env.get_template(name).render(values), _QP_UTF8)   # readable in the raw source
-        report.attach(part)
+        body.attach(part)
+    if report is not body:
+        report.attach(body)
+        report.attach(_original(gateway, row))
     return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _original(gateway, row):
+    """The copy as original.zip: protected like a repacked threat (the identifier is the queue id)."""
+    from email.mime.application import MIMEApplication
+    password = gateway.repack_password.password_for(row.id)
+    archive = zip_archive("%s.eml" % row.id, gateway.spool.read(row.id), password)
+    part = MIMEApplication(archive, "zip")
+    part.add_header("Content-Disposition", "attachment", filename="original.zip")
+    return part
 
 
 def _file_view(item, api_address):

@@ -218,6 +218,7 @@ SCHEMA = [
     _p("MailD", "BccReportRecipientAddress", "str", "", "The administrator who receives the reports."),
     _p("MailD", "BccSmtpServer", "hostsocket", None, "MTA that sends the reports: host, host:port, IP or UNIX socket."),
     _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off.", choices=("Auto", "Implicit", "StartTls", "Off")),
+    _p("MailD", "BccAttachOriginal", "bool", False, "Attach the copy to the report as original.zip, protected by RepackPassword (the identifier is the queue id)."),
     _p("MailD", "BccTemplateDir", "str", "", "Directory with bcc_report.txt and bcc_report.html (empty: config/templates)."),
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),

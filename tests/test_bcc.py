@@ -143,3 +143,19 @@ def test_own_report_copied_back_is_not_analysed(bcc, report_server, vxsim):
     assert sorted(r.state for r in rows) == ["closed", "reported"]
     time.sleep(1)
     assert len(report_server.messages) == 1
+
+
+def test_original_attached_as_protected_archive_when_asked(bcc, report_server):
+    import io
+    import pyzipper
+    from salmon_app.policy import RepackPassword
+    gw = bcc(BccAttachOriginal=True, RepackPassword="HMAC(report-secret)")
+    data = mail_with([("bad.exe", pe_image(EICAR))], subject="with original")
+    send_copy(gw, data)
+    row = wait_closed(1)[0]
+    parsed = email.message_from_bytes(report_server.wait_for(1, 10)[0].data)
+    (archive,) = [p for p in parsed.walk() if p.get_filename() == "original.zip"]
+    with pyzipper.AESZipFile(io.BytesIO(archive.get_payload(decode=True))) as zf:
+        zf.setpassword(RepackPassword.parse("HMAC(report-secret)").password_for(row.id).encode())
+        assert zf.read(row.id + ".eml") == data
+    assert {"text/plain", "text/html"} <= {p.get_content_type() for p in parsed.walk()}

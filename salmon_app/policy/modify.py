@@ -165,6 +165,11 @@ def _notice(name, archive, identifier, kind, message):
     return "\n\n".join(lines) + "\n"
 
 
+def zip_archive(name, content, password):
+    """An AES-encrypted zip holding ``content`` as ``name`` (no encryption without a password)."""
+    return _zip(name, content, password)
+
+
 def _zip(name, content, password):
     buffer = io.BytesIO()
     encryption = {"encryption": pyzipper.WZ_AES} if password else {}
