@@ -13,7 +13,7 @@ import time
 
 from salmon_app import models
 from salmon_app.models import Message, Recipient
-from salmon_app.policy import RepackPassword, apply_modifications
+from salmon_app.policy import apply_modifications
 from salmon_app.receiver import Reply
 
 
@@ -96,10 +96,6 @@ def retry_later(gateway, message, why, fields):
     models.set_state(row.id, models.STORED, "%s; checking again in %.1fs" % (why, delay), attempts=attempts,
                      next_attempt=time.time() + delay, **fields)
     return False
-
-
-def repack_password(config):
-    return RepackPassword.parse(config.RepackPassword)
 
 
 def _enhanced(code, text):

@@ -137,35 +137,24 @@ def check_storage(report, config):
 
 
 def check_smtp(report, name, address, timeout, fix, login=None, tls="off"):
+    """Connect the way vxgate's relay does (same TLS choice, same AUTH) and report what happened."""
+    from salmon_app.relay import Relay, describe
     if address is None:
         report.add(FAIL, name, "not set", fix)
         return
+    user, password = login if login and login[0] else (None, None)
     try:
-        if tls == "implicit" or (tls == "auto" and not address.is_unix and address.port == 465):
-            import ssl
-            client = smtplib.SMTP_SSL(address.host, address.port, timeout=timeout,
-                                      context=ssl.create_default_context())
-        else:
-            from salmon_app.relay import _Client
-            client = _Client(address, timeout, socket.getfqdn())
-            client.connect(address.path or address.host, 0 if address.is_unix else address.port)
-        with client:
-            code, text = client.ehlo()
-            if code != 250:
-                raise smtplib.SMTPResponseException(code, text)
-            if tls in ("auto", "starttls") and client.has_extn("starttls"):
-                import ssl
-                client.starttls(context=ssl.create_default_context())
-                client.ehlo()
-            seen = "%s answers: %s" % (address, text.decode("utf-8", "replace").splitlines()[0])
-            if login and login[0]:
-                client.login(login[0], login[1] or "")
-                seen += "; AUTH as %s accepted" % login[0]
+        with Relay(address, timeout=timeout, hostname=socket.getfqdn(), username=user, password=password,
+                   tls=tls).connect() as client:
+            greeting = client.ehlo_resp or client.helo_resp or b""
+            seen = "%s answers: %s" % (address, greeting.decode("utf-8", "replace").splitlines()[0])
+            if user:
+                seen += "; AUTH as %s accepted" % user
         report.add(OK, name, seen)
     except smtplib.SMTPAuthenticationError as exc:
-        report.add(FAIL, name, "%s refused the credentials of %s (%d)" % (address, login[0], exc.smtp_code), fix)
+        report.add(FAIL, name, "%s refused the credentials of %s (%d)" % (address, user, exc.smtp_code), fix)
     except (OSError, smtplib.SMTPException) as exc:
-        report.add(FAIL, name, "%s: %s" % (address, _describe(exc)), fix)
+        report.add(FAIL, name, "%s: %s" % (address, describe(exc)), fix)
 
 
 def check_vxcube(report, config, timeout):
@@ -190,9 +179,3 @@ def check_vxcube(report, config, timeout):
         report.add(WARN, "vxCube", seen + ": less than 10% left", "plan a larger licence")
     else:
         report.add(OK, "vxCube", seen)
-
-
-def _describe(exc):
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return "%d %s" % (exc.smtp_code, exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error)
-    return "%s: %s" % (type(exc).__name__, exc)

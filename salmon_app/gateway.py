@@ -8,6 +8,7 @@ message to Salmon's Router; the handlers in ``handlers/`` decide which step runs
 """
 import json
 import logging
+import os
 import secrets
 import socket
 import time
@@ -244,8 +245,9 @@ class Gateway:
         rcpt_params = params.get("rcpt", {})
         relay = self.relays[RELAY_OF[row.mode]]
         started = time.monotonic()
-        with message.open_output() as source:
-            result = relay.send(row.mail_from, addresses, source, message.output_size(),
+        output = message.output_path()
+        with open(output, "rb") as source:
+            result = relay.send(row.mail_from, addresses, source, os.fstat(source.fileno()).st_size,
                                 mail_params=params.get("mail", {}),
                                 rcpt_params=[rcpt_params.get(a, {}) for a in addresses],
                                 xforward=message.xforward())

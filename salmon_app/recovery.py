@@ -57,6 +57,7 @@ class Sweeper:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
         self.hooks = []    # callables run each round (expiry, analysis resumption)
+        self.rounds = -1
 
     def start(self):
         self.thread.start()
@@ -77,7 +78,7 @@ class Sweeper:
     def sweep(self):
         # Messages waiting for vxCube are resumed by the analyser; look at them only now and then.
         gateway, now = self.gateway, time.time()
-        self.rounds = getattr(self, "rounds", -1) + 1
+        self.rounds += 1
         states = models.IN_FLIGHT if self.rounds % 60 == 0 else [
             s for s in models.IN_FLIGHT if s != models.ANALYSING]
         rows = (Message.select(Message.id, Message.state, Message.answered)

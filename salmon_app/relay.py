@@ -104,7 +104,7 @@ class Relay:
                 return self._transaction(client, *args)
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
-            text = "4.4.1 next hop %s: %s" % (self.address, _describe(exc))
+            text = "4.4.1 next hop %s: %s" % (self.address, describe(exc))
             return RelayResult({addr: (0, text) for addr in recipients}, (0, text))
 
     def _connection(self):
@@ -119,11 +119,12 @@ class Relay:
             except (OSError, smtplib.SMTPException):
                 pass
             self.close()
-        client = self._connect()
+        client = self.connect()
         self._local.client = client
         return client, False
 
-    def _connect(self):
+    def connect(self):
+        """A new connection: TLS as configured, EHLO done, logged in when credentials are set."""
         host, port = (self.address.path, 0) if self.address.is_unix else (self.address.host, self.address.port)
         if self.tls == "implicit":
             client = _ClientSSL(host, port, local_hostname=self.hostname, timeout=self.timeout,
@@ -227,7 +228,8 @@ def _text(text):
     return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
 
-def _describe(exc):
+def describe(exc):
+    """One line about an SMTP or socket error, for replies, logs and doctor."""
     if isinstance(exc, smtplib.SMTPResponseException):
         return "%s %s" % (exc.smtp_code, _text(exc.smtp_error))
     return "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__

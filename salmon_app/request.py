@@ -5,7 +5,6 @@ fatal for malformed mail and for DKIM), so the Router gets this light stand-in i
 ``To`` is a routing address ``<queue id>@<mode>.vxgate``: the handler for the listener that
 received the message matches it, whatever the real recipients are.
 """
-import io
 import os
 
 from salmon_app.log import qlog
@@ -21,7 +20,6 @@ class StoredMessage:
         self.log = qlog(row.id)
         self.handled = False       # a handler ran (an unrouted message is an internal error)
         self.next_state = None     # set by forward(): the stage it goes to when this step ends
-        self.output = None         # modified bytes to relay instead of the stored file
         self.pending = {}          # fields to record with the outcome (hook action, verdict)
         self.recipients = None     # recipients to relay to, when known without asking the database
 
@@ -32,22 +30,10 @@ class StoredMessage:
     def data(self):
         return self.gateway.spool.read(self.queue_id)
 
-    def open_output(self):
-        """The bytes to relay: the stored file unchanged, or its modified copy."""
-        if self.output is not None:
-            return io.BytesIO(self.output)
-        modified = self.modified_path
-        return open(modified if os.path.exists(modified) else self.path, "rb")
-
-    def output_size(self):
-        if self.output is not None:
-            return len(self.output)
-        modified = self.modified_path
-        return os.path.getsize(modified if os.path.exists(modified) else self.path)
-
-    @property
-    def modified_path(self):
-        return self.gateway.spool.variant_path(self.queue_id, "out")
+    def output_path(self):
+        """The file to relay: the modified copy when the hook changed the message, else the original."""
+        modified = self.gateway.spool.variant_path(self.queue_id, "out")
+        return modified if os.path.exists(modified) else self.path
 
     def xforward(self):
         """XFORWARD attributes to pass on, as received (already xtext-encoded)."""

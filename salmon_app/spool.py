@@ -47,12 +47,7 @@ class Spool:
 
     def store_variant(self, queue_id, kind, data):
         """A durable derived copy (``out``: the modified message to relay) beside the original."""
-        tmp = os.path.join(self.tmp, "%s.%s" % (queue_id, kind))
-        with open(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.variant_path(queue_id, kind))
+        self._write_durably(self.variant_path(queue_id, kind), data)
 
     def remove_variant(self, queue_id, kind):
         try:
@@ -81,8 +76,12 @@ class Spool:
         if os.path.exists(path):
             return
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = os.path.join(self.tmp, "sample-%s-%s" % (sha256, os.urandom(4).hex()))
-        with open(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as handle:
+        self._write_durably(path, data)
+
+    def _write_durably(self, path, data):
+        """Write ``data`` to a unique name in tmp/, fsync, rename to ``path`` (0600)."""
+        tmp = os.path.join(self.tmp, "%s-%s" % (os.path.basename(path), os.urandom(4).hex()))
+        with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
