@@ -208,6 +208,7 @@ SCHEMA = [
     _p("MailD", "SmtpRelayRetryMin", "duration", 60.0, "First back-off after the next hop failed (jittered, doubling).", minimum=0),
     _p("MailD", "SmtpRelayRetryMax", "duration", 1800.0, "Longest back-off between relay attempts.", minimum=0),
     _p("MailD", "SmtpRelayMaxAge", "duration", 5 * 86400.0, "Bounce what the next hop has not accepted after this long.", minimum=0),
+    _p("MailD", "SmtpErrorLimit", "int", 5, "Internal errors a message vxgate owns may meet before it is set aside as held and SmtpAdminAddress is told.", minimum=1),
     _p("MailD", "SmtpRecoveryLimit", "int", 3, "Start-ups a message may be in flight at before it is set aside as poisonous.", minimum=1),
     _p("MailD", "RepackPassword", "secret", "None", "Archive password for repacked threats: None, Plain(<password>) or HMAC(<secret>)."),
     # [MailD]: BCC mode
@@ -223,6 +224,7 @@ SCHEMA = [
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
     _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
+    _p("Quarantine", "DatabaseBusyTimeout", "duration", 30.0, "How long a write waits for a database lock held by another process before it counts as a storage failure.", minimum=0.1),
     _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered, discarded and tempfailed mail and closed BCC copies this long.", minimum=0),
     _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected, failed and held messages and reported BCC copies this long.", minimum=0),
     _p("Quarantine", "KeepDeliveredMessages", "bool", False, "Keep the files of delivered mail (until DeliveredRetention) for export/release."),

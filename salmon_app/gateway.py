@@ -16,8 +16,9 @@ import time
 import tenacity
 
 from salmon_app import dsn, headers, models
+from salmon_app.durability import StorageGuard, is_storage_error
 from salmon_app.log import qlog
-from salmon_app.models import Message, Recipient
+from salmon_app.models import Event, Message, Recipient
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine.expire import expiry_hook
 from salmon_app.receiver import Reply, SmtpServer
@@ -59,8 +60,9 @@ class Gateway:
         self.config, self.router = config, router
         self.hostname = config.SmtpHostname or socket.getfqdn()
         self.spool = Spool(config.SpoolDir)
-        self.database = models.open_database(config.DatabasePath)
+        self.database = models.open_database(config.DatabasePath, busy_timeout=config.DatabaseBusyTimeout)
         self.registry = Registry()
+        self.storage = StorageGuard(self.spool, self.registry)
         self.stages = {
             "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step),
             "relay": Stage("relay", config.SmtpRelayWorkers, config.SmtpQueueSize, self.run_step),
@@ -152,8 +154,10 @@ class Gateway:
                 message.next_state = None
             self.internal_error(queue_id, exc)
         finally:
-            # the hand-over happens only now, so no two workers ever touch one message at once
-            if not (message is not None and message.next_state and self._hand_over(message)):
+            # the hand-over happens only now, so no two workers ever touch one message at once;
+            # a message whose outcome waits in memory for storage stays held (never run again)
+            if not (message is not None and message.next_state and self._hand_over(message)) \
+                    and not self.storage.holds(queue_id):
                 if self.registry.release(queue_id):
                     row = Message.get_or_none(Message.id == queue_id)
                     if row is not None and row.state in STAGE_OF:
@@ -175,23 +179,28 @@ class Gateway:
         return False
 
     def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False,
-                 recipients=(), **fields):
+                 recipients=(), settled=False, **fields):
         """Record an outcome and give ``reply`` to the waiting session; True if the session got it.
 
         With ``require_session`` nothing is recorded unless the session takes the reply: a 4xx
-        or 5xx that nobody hears must not end a message vxgate already owns.
+        or 5xx that nobody hears must not end a message vxgate already owns. A ``settled``
+        outcome (the next hop decided) that cannot be recorded is kept in memory and recorded
+        later; the reply still goes out, and the message is never relayed again.
         """
         def record():
             models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
                              **dict(fields, has_file=False) if remove_file else fields)
             if remove_file:
                 self.spool.remove(queue_id)
+
+        def guarded():
+            self.storage.write(queue_id, record, settled=settled)
         waiter = self.registry.waiter(queue_id)
-        told = bool(waiter and reply and waiter.offer(reply, before=record))
+        told = bool(waiter and reply and waiter.offer(reply, before=guarded))
         if not told:
             if require_session:
                 return False
-            record()
+            guarded()
         if state != models.DELIVERED:     # a delivery has its summary line instead
             qlog(queue_id).info("%s: %s", state, event)
         return told
@@ -206,21 +215,34 @@ class Gateway:
         return bool(waiter and not waiter.closed)
 
     def internal_error(self, queue_id, exc):
-        """Every internal error is temporary: 451 to a waiting session, or a later retry."""
+        """Every internal error is temporary: 451 to a waiting session, or a later retry; a
+        message vxgate owns that fails SmtpErrorLimit times is set aside and the administrator told."""
         log = qlog(queue_id)
-        log.error("internal error: %s", exc, exc_info=exc)
+        storage = is_storage_error(exc)
+        if storage:
+            self.storage.failed(exc)
+            log.error("storage error: %s", exc)     # no traceback: the cause is the disk or the lock
+        else:
+            log.error("internal error: %s", exc, exc_info=exc)
         reason = "internal error: %s: %s" % (type(exc).__name__, exc)
         try:
             row = Message.get_by_id(queue_id)
             told = self.conclude(queue_id, models.TEMPFAILED, Reply(451, "4.3.0 Internal error, try again later"),
-                                 reason, remove_file=True, require_session=True)
-            if not told:
-                attempts = row.attempts + 1
-                retry_state = row.state if row.state in STAGE_OF else models.STORED
-                models.set_state(queue_id, retry_state, reason, attempts=attempts,
-                                 next_attempt=time.time() + self.retry_delay(attempts))
-        except Exception:
-            log.exception("could not record the internal error; the message stays as it was")
+                                 reason, remove_file=True, require_session=True, settled=True)
+            if told:
+                return
+            errors = Event.select().where(Event.message == queue_id, Event.text.startswith("internal error")).count()
+            if not storage and errors + 1 >= self.config.SmtpErrorLimit:
+                self.conclude(queue_id, models.HELD, None, "%s; failed %d times, set aside (vxgate quarantine "
+                              "show %s)" % (reason, errors + 1, queue_id))
+                self.notify_admin(row, "set aside after %d internal errors" % (errors + 1), reason)
+                return
+            attempts = row.attempts + 1
+            retry_state = row.state if row.state in STAGE_OF else models.STORED
+            models.set_state(queue_id, retry_state, reason, attempts=attempts,
+                             next_attempt=time.time() + self.retry_delay(attempts))
+        except Exception as failure:
+            log.error("could not record the internal error (%s); the message stays as it was", failure)
 
     # ------------------------------------------------------------ decisions
     def apply(self, message, decision, analysis):
@@ -240,6 +262,8 @@ class Gateway:
     # ------------------------------------------------------------ relaying
     def relay(self, message):
         row = message.row
+        if row.state == models.DEFERRED and not self._intend_retry(row):
+            return
         addresses = message.recipients if message.recipients is not None else models.pending_recipients(row.id)
         params = row.params
         rcpt_params = params.get("rcpt", {})
@@ -268,23 +292,39 @@ class Gateway:
         if temp:
             self._defer(message, result, temp, recipients, summary, fields)
             if perm:
-                self.bounce(row, [(a, *result.replies[a]) for a in perm])
+                self._bounce_settled(row, [(a, *result.replies[a]) for a in perm])
         elif perm and not ok and not self._delivered_before(row.id) and self.conclude(
                 row.id, models.REJECTED, Reply(*_permanent(result.replies[perm[0]])),
                 "next hop refused every recipient: " + summary, require_session=True,
-                recipients=recipients, **fields):
+                recipients=recipients, settled=True, **fields):
             pass    # Postfix got the 5xx and bounces
         else:
             if perm:
-                self.bounce(row, [(a, *result.replies[a]) for a in perm])
+                self._bounce_settled(row, [(a, *result.replies[a]) for a in perm])
             final = models.DELIVERED if (ok or self._delivered_before(row.id)) else models.FAILED
             next_hop = result.next_hop_id
             reply = Reply(250, "2.0.0 Ok: queued as %s%s" % (row.id, " (next hop: %s)" % next_hop if next_hop else ""))
             self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id,
                           remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages,
-                          recipients=recipients, **fields)
+                          recipients=recipients, settled=True, **fields)
         message.pending.clear()
         self.summary(message, result, started)
+
+    def _intend_retry(self, row):
+        """Before a retry, push the next attempt back durably: a failed record of its outcome can
+        then never make the sweeper relay again at once. False (relay nothing) while storage fails."""
+        if self.storage.failing:
+            return False
+
+        def intent():
+            with models.writing():
+                models.update_message(row.id, next_attempt=time.time() + self.retry_delay(row.attempts + 1))
+        try:
+            return self.storage.write(row.id, intent, settled=False)
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            return False
 
     def _delivered_before(self, queue_id):
         return Recipient.select().where(Recipient.message == queue_id, Recipient.state == "delivered").exists()
@@ -297,14 +337,24 @@ class Gateway:
         fields = dict(fields, attempts=attempts, next_attempt=time.time() + delay, last_reply=reason)
         event = "deferred %s for %.1fs: %s" % (", ".join(temp), delay, summary)
 
+        # recipients the next hop took make this a fact: kept in memory if storage fails, never re-sent
+        settled = any(state == "delivered" for _, state, _ in recipients)
+
         def record(answered=False):
-            models.set_state(row.id, models.DEFERRED, event, recipients, **dict(fields, answered=True) if answered else fields)
+            self.storage.write(row.id, lambda: models.set_state(
+                row.id, models.DEFERRED, event, recipients, **dict(fields, answered=True) if answered else fields),
+                settled=settled)
         waiter = self.registry.waiter(row.id)
         reply = Reply(250, "2.0.0 Ok: queued as %s (next hop deferred, vxgate retries)" % row.id)
         if not (waiter and waiter.offer(reply, before=lambda: record(True))):
             record()
         row.attempts = attempts
         message.log.warning("deferred %s for %.1fs: %s", ", ".join(temp), delay, reason)
+
+    def _bounce_settled(self, row, failures):
+        # the next hop's refusal is a fact: a bounce that cannot be stored yet waits in memory,
+        # ahead of the message's own record, instead of turning the relay into an error
+        self.storage.write(row.id, lambda: self.bounce(row, failures), settled=True)
 
     def bounce(self, row, failures):
         """Tell the sender which recipients failed for good (never for a null sender)."""
@@ -352,8 +402,18 @@ class Intake:
     def __init__(self, gateway, mode):
         self.gateway, self.mode = gateway, mode
 
+    def refusal(self):
+        """Asked at MAIL FROM: a 451 while the spool or database cannot be written."""
+        return self.gateway.storage.refusal()
+
     def open(self, envelope):
-        return self.gateway.spool.writer(new_queue_id())
+        try:
+            return self.gateway.spool.writer(new_queue_id())
+        except OSError as exc:
+            qlog(None).error("cannot open a spool file: %s", exc)
+            if is_storage_error(exc):
+                self.gateway.storage.failed(exc)
+            raise Reply(451, "4.3.0 Could not store the message, try again later") from None
 
     def accept(self, envelope, writer):
         gateway, queue_id = self.gateway, writer.queue_id
@@ -366,8 +426,15 @@ class Intake:
         except Exception as exc:
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
-            log.exception("could not store the message: %s", exc)
-            gateway.spool.remove(queue_id)
+            if is_storage_error(exc):
+                gateway.storage.failed(exc)
+                log.error("could not store the message: %s", exc)
+            else:
+                log.exception("could not store the message: %s", exc)
+            try:
+                gateway.spool.remove(queue_id)
+            except OSError:
+                pass
             return Reply(451, "4.3.0 Could not store the message, try again later")
         log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
                  ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,

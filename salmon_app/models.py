@@ -8,6 +8,7 @@ lock instead of SQLite's sleeping busy handler (which costs milliseconds per col
 import contextlib
 import json
 import os
+import sqlite3
 import threading
 import time
 
@@ -129,17 +130,22 @@ class FileCheck(BaseModel):
     cached = peewee.BooleanField(default=False)
 
 
-MODELS = [Message, Recipient, Event, Sample, FileCheck]
+class Probe(BaseModel):
+    """One row rewritten to learn whether the database can be written (salmon_app/durability.py)."""
+    time = peewee.FloatField()
 
 
-def open_database(path, synchronous="FULL"):
+MODELS = [Message, Recipient, Event, Sample, FileCheck, Probe]
+
+
+def open_database(path, synchronous="FULL", busy_timeout=30.0):
     """Open (creating if needed, mode 0600) and bind the database; returns the peewee database."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if not os.path.exists(path):
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     database = peewee.SqliteDatabase(path, pragmas={
-        "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": 30000,
+        "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": int(busy_timeout * 1000),
         "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
     db.initialize(database)
     with writing():
@@ -167,10 +173,16 @@ def writing():
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                # a COMMIT that failed (disk full) may leave the transaction open: end it, or
+                # every later BEGIN fails with "cannot start a transaction within a transaction"
+                if connection.in_transaction:
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
-            connection.execute("COMMIT")
         finally:
             _DEPTH.n = depth
 
@@ -244,3 +256,8 @@ def pending_recipients(queue_id):
     cursor = _execute('SELECT "address" FROM "recipient" WHERE "message" = ? '
                       "AND \"state\" IN ('pending', 'deferred') ORDER BY \"id\"", (queue_id,))
     return [address for (address,) in cursor.fetchall()]
+
+
+def probe():
+    with writing():
+        _execute('INSERT OR REPLACE INTO "probe" ("id", "time") VALUES (1, ?)', (time.time(),))

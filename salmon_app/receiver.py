@@ -281,6 +281,10 @@ class Session:
             raise Reply(503, "5.5.1 Error: nested MAIL command")
         if not self.helo:
             raise Reply(503, "5.5.1 Error: send HELO/EHLO first")
+        refusal = getattr(self.server.intake, "refusal", None)
+        refusal = refusal() if callable(refusal) else None
+        if refusal is not None:
+            raise refusal       # storage cannot be written: 451 now, the client keeps the mail
         match = _MAIL_RE.match(line)
         if not match:
             raise Reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
