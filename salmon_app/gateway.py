@@ -175,7 +175,10 @@ class Gateway:
     def _hand_over(self, message):
         if self.stages[STAGE_OF[message.next_state]].submit(message):
             return True
-        models.set_state(message.queue_id, message.next_state, None, **message.pending)   # the sweeper finds it
+        try:
+            models.set_state(message.queue_id, message.next_state, None, **message.pending)   # the sweeper finds it
+        except Exception as exc:      # the step repeats from the recorded state once storage works
+            message.log.error("could not record the hand-over to %s: %s", message.next_state, exc)
         return False
 
     def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False,
