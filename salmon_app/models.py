@@ -22,8 +22,10 @@ STORED, CHECKING, ANALYSING, RELAYING, DEFERRED = "stored", "checking", "analysi
 DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD = (
     "delivered", "quarantined", "rejected", "discarded", "tempfailed", "failed", "dropped", "held")
 REPORTED, CLOSED = "reported", "closed"     # BCC copies: a report was sent / nothing to report
+PARKED = "parked"      # put on hold by an administrator (vxgate queue hold); goes on when released
 IN_FLIGHT = (STORED, CHECKING, ANALYSING, RELAYING, DEFERRED)
 FINAL = (DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD, REPORTED, CLOSED)
+OWNED = IN_FLIGHT + (PARKED,)       # not finished: never expired or deleted without --force
 
 
 class BaseModel(peewee.Model):
@@ -60,6 +62,7 @@ class Message(BaseModel):
     last_reply = peewee.TextField(default="")
     parent = peewee.CharField(null=True, index=True)  # a notice's or report's subject message
     has_file = peewee.BooleanField(default=True)
+    parked_from = peewee.CharField(default="")        # the state a parked message goes back to
 
     @property
     def rcpt_to(self):
@@ -150,7 +153,22 @@ def open_database(path, synchronous="FULL", busy_timeout=30.0):
     db.initialize(database)
     with writing():
         database.create_tables(MODELS)
+        _add_new_columns(database)
     return database
+
+
+def _add_new_columns(database):
+    """Columns a newer vxgate added to a table an older one created (an upgrade in place):
+    added with their defaults, so queued mail survives the upgrade. Versioned migrations
+    replace this when a change needs more than a new column."""
+    from playhouse.migrate import SqliteMigrator, migrate
+    migrator = SqliteMigrator(database)
+    for model in MODELS:
+        table = model._meta.table_name
+        present = {column.name for column in database.get_columns(table)}
+        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
+        if missing:
+            migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
 
 
 _DEPTH = threading.local()

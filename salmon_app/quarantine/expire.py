@@ -29,7 +29,7 @@ SCAN = 5000        # ids selected per round; removal itself goes in batches of r
 
 def purge_candidates(before, states=None):
     """Query of finished messages received before ``before`` (epoch seconds)."""
-    states = [s for s in (states or models.FINAL) if s not in models.IN_FLIGHT]
+    states = [s for s in (states or models.FINAL) if s not in models.OWNED]
     return (Message.select(Message.id, Message.state, Message.size, Message.has_file)
             .where(Message.created < before, Message.state.in_(states)).order_by(Message.created))
 

@@ -43,7 +43,7 @@ def make_relay(config):
 
 def refuse_reason(store, row, to=None):
     """Why ``row`` cannot be released (text), or None."""
-    if row.state in models.IN_FLIGHT:
+    if row.state in models.OWNED:
         return ("%s: still in flight (state %s): vxgate is handling it; release works on finished "
                 "messages (see vxgate quarantine show %s)" % (row.id, row.state, row.id))
     if row.mode == "bcc" and not to:
