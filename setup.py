@@ -17,6 +17,7 @@ setup(
         "pyzipper==0.4.0",
         "puremagic==1.30",
         "jinja2==3.1.6",
+        "prometheus-client==0.26.0",
     ],
     extras_require={
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],

@@ -221,6 +221,7 @@ SCHEMA = [
     _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off.", choices=("Auto", "Implicit", "StartTls", "Off")),
     _p("MailD", "BccAttachOriginal", "bool", False, "Attach the copy to the report as original.zip, protected by RepackPassword (the identifier is the queue id)."),
     _p("MailD", "BccTemplateDir", "str", "", "Directory with bcc_report.txt and bcc_report.html (empty: config/templates)."),
+    _p("MailD", "MetricsSocket", "socket", "127.0.0.1:9425", "Where Prometheus scrapes /metrics: IP:port (empty: off)."),
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
     _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
@@ -354,6 +355,8 @@ def _check_together(config, seen, filename):
              "the MTA's re-injection socket" % config.SmtpSocket)
     if config.SmtpSocket is None:
         fail("SmtpSocket", "SmtpSocket is required: IP:port or a UNIX socket path")
+    if config.MetricsSocket is not None and config.MetricsSocket.is_unix:
+        fail("MetricsSocket", "MetricsSocket must be IP:port (Prometheus scrapes over HTTP), or empty for off")
     if config.SmtpSenderRelay is None:
         fail("SmtpSenderRelay", "SmtpSenderRelay is required: IP:port or a UNIX socket path")
 

@@ -18,6 +18,7 @@ import tenacity
 from salmon_app import dsn, headers, models
 from salmon_app.durability import StorageGuard, is_storage_error
 from salmon_app.log import qlog
+from salmon_app.metrics import Metrics, reply_class
 from salmon_app.models import Event, Message, Recipient
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine.expire import expiry_hook
@@ -63,6 +64,7 @@ class Gateway:
         self.database = models.open_database(config.DatabasePath, busy_timeout=config.DatabaseBusyTimeout)
         self.registry = Registry()
         self.storage = StorageGuard(self.spool, self.registry)
+        self.metrics = Metrics(self)
         self.stages = {
             "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step),
             "relay": Stage("relay", config.SmtpRelayWorkers, config.SmtpQueueSize, self.run_step),
@@ -103,6 +105,8 @@ class Gateway:
         self.sweeper.start()
         for server in self.servers:
             server.start()
+        if self.config.MetricsSocket:
+            self.metrics.serve(self.config.MetricsSocket)
 
     def shut_down(self, timeout=30.0):
         """Stop listening, answer waiting sessions, let workers finish; the rest resumes at start."""
@@ -119,6 +123,7 @@ class Gateway:
             stage.stop(timeout)
         for relay in self.relays.values():
             relay.close()
+        self.metrics.close()
         self.database.close()
 
     # ------------------------------------------------------------ moving messages
@@ -182,7 +187,7 @@ class Gateway:
         return False
 
     def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False,
-                 recipients=(), settled=False, **fields):
+                 recipients=(), settled=False, mode=None, **fields):
         """Record an outcome and give ``reply`` to the waiting session; True if the session got it.
 
         With ``require_session`` nothing is recorded unless the session takes the reply: a 4xx
@@ -206,6 +211,8 @@ class Gateway:
             guarded()
         if state != models.DELIVERED:     # a delivery has its summary line instead
             qlog(queue_id).info("%s: %s", state, event)
+        if told or not require_session:
+            self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
         return told
 
     def mark_answered(self, queue_id):
@@ -251,6 +258,7 @@ class Gateway:
     def apply(self, message, decision, analysis):
         """Carry out the policy's decision (salmon_app/decisions.py)."""
         from salmon_app import decisions
+        self.metrics.verdicts.labels((analysis or {}).get("verdict") or "none", decision.action).inc()
         return decisions.apply(self, message, decision, analysis)
 
     def notify_admin(self, row, what, reason=""):
@@ -281,6 +289,7 @@ class Gateway:
         message.recipients = None          # what is left is read from the record from now on
         now = time.time()
         ok, temp, perm = result.recipients("ok"), result.recipients("temp"), result.recipients("perm")
+        self._count_replies(row, result, ok, temp)
         if temp and now - row.created > self.config.SmtpRelayMaxAge:
             for address in temp:
                 result.replies[address] = (554, "5.4.7 Delivery time expired: " + result.replies[address][1])
@@ -307,11 +316,19 @@ class Gateway:
             final = models.DELIVERED if (ok or self._delivered_before(row.id)) else models.FAILED
             next_hop = result.next_hop_id
             reply = Reply(250, "2.0.0 Ok: queued as %s%s" % (row.id, " (next hop: %s)" % next_hop if next_hop else ""))
-            self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id,
+            self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id, mode=row.mode,
                           remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages,
                           recipients=recipients, settled=True, **fields)
         message.pending.clear()
         self.summary(message, result, started)
+
+    def _count_replies(self, row, result, ok, temp):
+        replies = self.metrics.relay_replies
+        destination = RELAY_OF[row.mode]
+        for code, _ in result.replies.values():
+            replies.labels(destination, reply_class(code)).inc()
+        if row.mode == "report":
+            self.metrics.bcc_reports.labels("sent" if ok else "deferred" if temp else "failed").inc()
 
     def _intend_retry(self, row):
         """Before a retry, push the next attempt back durably: a failed record of its outcome can
@@ -404,6 +421,7 @@ class Intake:
 
     def __init__(self, gateway, mode):
         self.gateway, self.mode = gateway, mode
+        self.received = gateway.metrics.received.labels(mode)
 
     def refusal(self):
         """Asked at MAIL FROM: a 451 while the spool or database cannot be written."""
@@ -439,6 +457,7 @@ class Intake:
             except OSError:
                 pass
             return Reply(451, "4.3.0 Could not store the message, try again later")
+        self.received.inc()
         log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
                  ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,
                  envelope.xforward.get("ADDR") or envelope.peer[0])

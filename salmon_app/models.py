@@ -279,3 +279,27 @@ def pending_recipients(queue_id):
 def probe():
     with writing():
         _execute('INSERT OR REPLACE INTO "probe" ("id", "time") VALUES (1, ?)', (time.time(),))
+
+
+# Read at scrape time by salmon_app/metrics.py.
+def owned_by_state():
+    """{state: (count, oldest created)} of the messages vxgate owns."""
+    cursor = _execute('SELECT "state", COUNT(*), MIN("created") FROM "message" WHERE "state" IN (%s) GROUP BY "state"'
+                      % ", ".join("?" * len(OWNED)), OWNED)
+    return {state: (count, oldest) for state, count, oldest in cursor.fetchall()}
+
+
+def stored_totals():
+    """(records, bytes of the files still in the spool)."""
+    count, size = _execute('SELECT COUNT(*), COALESCE(SUM(CASE WHEN "has_file" THEN "size" ELSE 0 END), 0) '
+                           'FROM "message"').fetchone()
+    return count, size
+
+
+def samples_in_flight():
+    return _execute('SELECT COUNT(*) FROM "sample" WHERE "state" != \'done\'').fetchone()[0]
+
+
+def mode_of(queue_id):
+    row = _execute('SELECT "mode" FROM "message" WHERE "id" = ?', (queue_id,)).fetchone()
+    return row[0] if row else "unknown"
