@@ -404,8 +404,8 @@ class Session:
 
     @staticmethod
     def _params(raw, allowed, utf8):
-        """ESMTP parameters (RFC 5321 4.1.2): at most one of each keyword's worth, values
-        printable ASCII, or UTF-8 under SMTPUTF8 (RFC 6531), so that they relay unchanged."""
+        """ESMTP parameters (RFC 5321 4.1.2): no more than there are keywords, values printable
+        ASCII, or UTF-8 under SMTPUTF8 (RFC 6531), so that they relay unchanged."""
         items = raw.split()
         if len(items) > len(allowed):
             raise Reply(501, "5.5.4 Too many parameters")
