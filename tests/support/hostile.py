@@ -20,6 +20,17 @@ REDOS_COMMANDS = [
     b"RCPT TO:<" + b'"a"' * 40 + b'"',
     b"MAIL FROM:<" + b"\\" * 40,
     b"MAIL FROM:<" + b"a" * 900 + b"> " + b"X=" * 40,
+    b"MAIL FROM:<" + b'"a"' * 19,                             # issue 10.6: 8 s, x2.5 per "a"
+    b"RCPT TO:<" + b'"a"' * 19,
+    b"MAIL FROM:<" + b'"a"' * 1300 + b">",                    # a 4 KB line of quoted strings
+    b"MAIL FROM:<" + b'">"' * 1300 + b">",                    # every '>' quoted but the last
+    b'MAIL FROM:<"' + b'\\"' * 2000 + b">",                  # quoted pairs, never closed
+    b"MAIL FROM:" + b" " * 4000 + b"<a@x.test>",              # white space before the path
+    b"MAIL FROM:<@" + b"r.test,@" * 450 + b"r.test:a@x.test>",  # a long source route
+    b"MAIL FROM:<a@x.test>" + b" SIZE=1" * 500,               # parameters are capped
+    b"RCPT TO:<b@x.test>" + b" NOTIFY=NEVER" * 300,
+    b"MAIL FROM:<a@x.test> ENVID=" + b"\xff" * 100,           # non-ASCII parameter value
+    b"MAIL FROM:<a\x00b@x.test>",                             # NUL in an address
 ]
 
 XFORWARD_BAD = [
@@ -28,6 +39,28 @@ XFORWARD_BAD = [
     b"XFORWARD NAME=" + b"\xff" * 10,
     b"XFORWARD PORT=99999999999999999999999",
     b"XFORWARD HELO=" + b"a" * 2000,
+    b"XFORWARD PORT=65536",
+    b"XFORWARD PORT=-1",
+    b"XFORWARD ADDR=not-an-address",
+    b"XFORWARD NAME=bad+zzxtext",                             # '+' must start a hex pair
+    b"XFORWARD NAME=a\x01b",
+    b"XFORWARD NAME=",
+    b"XFORWARD BOGUS=1",
+    b"XFORWARD PROTO=" + b"E" * 65,
+    b"XFORWARD " + b"NAME=a.test " * 8,                      # more attributes than exist
+    b"XFORWARD NAME=ok.test PORT=abc",                        # all or nothing: NAME not kept
+]
+
+# Header blocks (bytes, each line within 998 characters) sent in DATA: the receiver keeps
+# the first 64 KB and the record reads Subject/From/Message-ID from them. Each must cost
+# milliseconds and give one clean line per field.
+SLOW_HEADER_BLOCKS = [
+    b"Subject: folded" + b"\r\n a" * 250000 + b"\r\n",          # 1 MB of continuation lines
+    b"X-Pad: x\r\n" * 100000 + b"Subject: late\r\n",            # 1 MB of fields
+    b"Subject: " + b"=?utf-8?q?a?=\r\n " * 4000 + b"end\r\n",    # thousands of encoded words
+    b"Subject: " + (b"=?a?q?x " * 120 + b"\r\n ") * 60 + b"x\r\n",  # encoded words that never end
+    b"Subject: a\x00b\x00\r\nFrom: \x00<x@x.test>\r\nMessage-ID: <\x00@x.test>\r\n",
+    b"Subject: Gr\xfc\xdfe \xff\xfe =?utf-8?q?mixed?=\r\n",         # raw 8-bit, not UTF-8
 ]
 
 # ------------------------------------------------------------------ header values
