@@ -1,18 +1,18 @@
 """Wiring for ``salmon start``: logging, routing, and the gateway as Salmon's receiver."""
-import logging.config
 import os
 
 from salmon.routing import Router
 
 from config import settings
 from salmon_app.gateway import Gateway
+from salmon_app import logsetup
 from salmon_app.log import install_redaction
 from salmon_app.service import Service
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
 os.makedirs("logs", exist_ok=True)
-logging.config.fileConfig(os.environ.get("VXGATE_LOGGING", "config/logging.conf"), disable_existing_loggers=False)
+logsetup.configure(settings.CONFIG)     # LogTarget / LogFormat, or $VXGATE_LOGGING's file
 install_redaction([settings.CONFIG.VxcubeApiKey, settings.CONFIG.BccReporterPassword,
                    settings.CONFIG.RepackPassword[5:-1] if "(" in settings.CONFIG.RepackPassword else ""])
 

@@ -186,6 +186,11 @@ SCHEMA = [
     _p("Root", "VxcubeWorkers", "int", 4, "Threads talking to vxCube.", minimum=1),
     _p("Root", "VxcubeQueueSize", "int", 1000, "Files waiting for a vxCube worker before new ones wait in the database.", minimum=1),
     _p("Root", "VxcubeCacheTtl", "duration", 86400.0, "Keep clean/suspicious/dangerous verdicts by SHA-256 this long (unchecked is never cached).", minimum=0),
+    _p("Root", "LogTarget", "choice", "Auto", "Where the log goes: File (LogFile), Syslog (facility mail, LogSyslogAddress), Stderr (journald); Auto: Stderr under systemd, else File.", choices=("Auto", "File", "Syslog", "Stderr")),
+    _p("Root", "LogFormat", "choice", "Text", "Text lines, or Json: one object per line (time, level, logger, queue_id, event, message, fields).", choices=("Text", "Json")),
+    _p("Root", "LogLevel", "choice", "INFO", "Least important lines logged: DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    _p("Root", "LogFile", "str", "logs/vxgate.log", "The log file with LogTarget = File (reopened when logrotate moves it)."),
+    _p("Root", "LogSyslogAddress", "socket", "/dev/log", "Syslog with LogTarget = Syslog: a UNIX socket path, or IP:port for UDP."),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
     _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),

@@ -110,6 +110,7 @@ class Gateway:
 
     def shut_down(self, timeout=30.0):
         """Stop listening, answer waiting sessions, let workers finish; the rest resumes at start."""
+        metrics_closed = self.metrics.close_soon()     # its HTTP loop takes up to half a second to end
         for server in self.servers:
             server.stopping.set()
         for _, waiter in self.registry.open_waiters():
@@ -123,7 +124,7 @@ class Gateway:
             stage.stop(timeout)
         for relay in self.relays.values():
             relay.close()
-        self.metrics.close()
+        metrics_closed.join(5)
         self.database.close()
 
     # ------------------------------------------------------------ moving messages
@@ -210,7 +211,8 @@ class Gateway:
                 return False
             guarded()
         if state != models.DELIVERED:     # a delivery has its summary line instead
-            qlog(queue_id).info("%s: %s", state, event)
+            qlog(queue_id).info("%s: %s", state, event, extra={"event": state, "fields": {
+                "reason": event, "verdict": fields.get("verdict"), "action": fields.get("action")}})
         if told or not require_session:
             self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
         return told
@@ -320,7 +322,7 @@ class Gateway:
                           remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages,
                           recipients=recipients, settled=True, **fields)
         message.pending.clear()
-        self.summary(message, result, started)
+        self.summary(message, result, started, fields)
 
     def _count_replies(self, row, result, ok, temp):
         replies = self.metrics.relay_replies
@@ -369,7 +371,9 @@ class Gateway:
         if not (waiter and waiter.offer(reply, before=lambda: record(True))):
             record()
         row.attempts = attempts
-        message.log.warning("deferred %s for %.1fs: %s", ", ".join(temp), delay, reason)
+        message.log.warning("deferred %s for %.1fs: %s", ", ".join(temp), delay, reason,
+                            extra={"event": "deferred", "fields": {"to": temp, "retry_in": round(delay, 1),
+                                                                   "attempt": attempts, "reply": reason}})
 
     def _bounce_settled(self, row, failures):
         # the next hop's refusal is a fact: a bounce that cannot be stored yet waits in memory,
@@ -408,12 +412,20 @@ class Gateway:
         self.submit(queue_id, models.RELAYING)
         return queue_id
 
-    def summary(self, message, result, started):
+    def summary(self, message, result, started, fields):
+        """The one line that answers "what happened to this mail and why" (a field each for Json)."""
         row = message.row
         outcome = "; ".join("%s=%d" % (a, c) for a, (c, _) in result.replies.items())
-        message.log.info("from=<%s> to=%s size=%d outcome=%s next_hop_id=%s time=%.3fs",
-                         row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, outcome,
-                         result.next_hop_id or "-", time.time() - row.created)
+        verdict, action = fields.get("verdict") or row.verdict, fields.get("action") or row.action or "-"
+        files = analysed_files(fields.get("analysis_json") or row.analysis_json)
+        took = time.time() - row.created
+        message.log.info("from=<%s> to=%s size=%d verdict=%s action=%s files=%s outcome=%s next_hop_id=%s time=%.3fs",
+                         row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, verdict, action,
+                         ",".join(files) or "-", outcome, result.next_hop_id or "-", took,
+                         extra={"event": "summary", "fields": {
+                             "from": row.mail_from, "to": row.rcpt_to, "size": row.size, "verdict": verdict,
+                             "action": action, "files": files, "outcome": outcome,
+                             "next_hop_id": result.next_hop_id, "time": round(took, 3)}})
 
 
 class Intake:
@@ -458,9 +470,11 @@ class Intake:
                 pass
             return Reply(451, "4.3.0 Could not store the message, try again later")
         self.received.inc()
+        client = envelope.xforward.get("ADDR") or envelope.peer[0]
         log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
-                 ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,
-                 envelope.xforward.get("ADDR") or envelope.peer[0])
+                 ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size, client,
+                 extra={"event": "received", "fields": {"from": envelope.mail_from, "to": envelope.rcpt_to,
+                                                        "size": writer.size, "client": client}})
         gateway.submit(message, models.STORED)
         if own:
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
@@ -497,6 +511,24 @@ class Intake:
         message = StoredMessage(self.gateway, row)
         message.recipients = list(envelope.rcpt_to)
         return message
+
+
+def analysed_files(analysis_json):
+    """["name(type):verdict", ...] from a stored analysis; names cleaned (they are the sender's)."""
+    if not analysis_json or analysis_json == "{}":
+        return []
+    try:
+        files = json.loads(analysis_json).get("files") or []
+    except (ValueError, AttributeError):
+        return []
+    return ["%s(%s):%s" % (_printable(f.get("name") or "?"), f.get("type") or "?", f.get("verdict") or "?")
+            for f in files if isinstance(f, dict)]
+
+
+def _printable(text, limit=80):
+    text = str(text)[:limit]
+    return text if text.isprintable() and " " not in text and "," not in text else "".join(
+        c if c.isprintable() and c not in " ," else "?" for c in text)
 
 
 def parse_headers(block):

@@ -10,6 +10,9 @@ LOG = logging.getLogger("vxgate")
 
 class QueueLog(logging.LoggerAdapter):
     def process(self, msg, kwargs):
+        # the id opens the text line and is a field of its own for LogFormat = Json
+        extra = kwargs.get("extra")
+        kwargs["extra"] = dict(extra, queue_id=self.extra["queue_id"]) if extra else self.extra
         return "%s: %s" % (self.extra["queue_id"], msg), kwargs
 
 

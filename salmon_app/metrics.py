@@ -10,6 +10,7 @@ dashboard that use them are in ``config/monitoring/``.
 """
 import logging
 import platform
+import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -83,10 +84,16 @@ class Metrics:
         return self.server.server_address[1] if self.server else 0
 
     def close(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def close_soon(self):
+        """close() in a thread, so stopping the rest need not wait for it; returns the thread."""
+        thread = threading.Thread(target=self.close, name="metrics-close", daemon=True)
+        thread.start()
+        return thread
 
 
 class _Live:
