@@ -217,7 +217,9 @@ SCHEMA = [
     _p("MailD", "BccReporterPassword", "secret", "", "SMTP AUTH password of BccReporterAddress (never logged)."),
     _p("MailD", "BccReportRecipientAddress", "str", "", "The administrator who receives the reports."),
     _p("MailD", "BccSmtpServer", "hostsocket", None, "MTA that sends the reports: host, host:port, IP or UNIX socket."),
-    _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off.", choices=("Auto", "Implicit", "StartTls", "Off")),
+    _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off (the only setting that lets the password travel in cleartext).", choices=("Auto", "Implicit", "StartTls", "Off")),
+    _p("MailD", "BccSmtpVerifyTls", "bool", True, "Verify the certificate of BccSmtpServer against its host name or IP address (No: encrypt without checking)."),
+    _p("MailD", "BccSmtpCaFile", "str", "", "CA certificates (PEM file or directory) for a private BccSmtpServer certificate (empty: system CAs)."),
     _p("MailD", "BccAttachOriginal", "bool", False, "Attach the copy to the report as original.zip, protected by RepackPassword (the identifier is the queue id)."),
     _p("MailD", "BccTemplateDir", "str", "", "Directory with bcc_report.txt and bcc_report.html (empty: config/templates)."),
     # [Quarantine]: storage

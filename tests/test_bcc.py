@@ -30,7 +30,8 @@ def bcc(vxgate, vxsim, report_server):
                     BccMonitorAddresses=["monitor@bcc.example.internal", "@bcc2.example.internal"],
                     BccReporterAddress="reporter@corp.test", BccReporterPassword=PASSWORD,
                     BccReportRecipientAddress="admin@corp.test",
-                    BccSmtpServer=SocketAddr("127.0.0.1", report_server.port), **extra)
+                    BccSmtpServer=SocketAddr("127.0.0.1", report_server.port),
+                    **dict(dict(BccSmtpTls="Off"), **extra))   # the sink has no STARTTLS (TLS: test_bcc_tls.py)
         gw.bcc_port = gw.gateway.servers[1].port
         return gw
     return start
