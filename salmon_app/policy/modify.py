@@ -190,16 +190,17 @@ def _base64(data, eol):
 
 
 def _param(key, value):
-    if value.isascii() and value.isprintable():
+    if value.isascii() and value.isprintable() and "=?" not in value:   # clients decode =?..?= in quotes
         return b'%s="%s"' % (key.encode(), value.replace("\\", "\\\\").replace('"', '\\"').encode())
     return b"%s*=%s" % (key.encode(), email.utils.encode_rfc2231(value, "utf-8").encode())
 
 
 def _field(name, value, eol):
     value = one_line(value, limit=2000)
-    if value.isascii() and len(name) + len(value) < 996:
+    if value.isascii() and "=?" not in value and len(name) + len(value) < 996:
         return ("%s: %s" % (name, value)).encode() + eol
-    # utf-8 encoded words even for long ASCII: they fold anywhere, a long ASCII word cannot
+    # utf-8 encoded words even for ASCII: they fold anywhere (a long ASCII word cannot), and
+    # text that looks like an encoded word is shown as it is instead of being decoded again
     encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep=eol.decode())
     return ("%s: %s" % (name, encoded)).encode() + eol
 
