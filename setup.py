@@ -19,7 +19,7 @@ setup(
         "jinja2==3.1.6",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "aiosmtpd==1.4.6"],
     },
     entry_points={"console_scripts": ["vxgate = salmon_app.cli:main"]},
 )
