@@ -18,6 +18,7 @@ import jinja2
 
 from salmon_app import headers, models
 from salmon_app.compose import POLICY, one_line, put, to_bytes
+from salmon_app.log import qlog
 from salmon_app.policy.modify import zip_archive
 from salmon_app.receiver import Reply
 from salmon_app.verdict import Verdict
@@ -62,8 +63,7 @@ def finish(gateway, message, analysis):
 
 def render(gateway, row, analysis):
     config = gateway.config
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(config.BccTemplateDir or TEMPLATES),
-                             autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
+    env = _environment(config.BccTemplateDir or TEMPLATES)
     found = headers.fields(gateway.headers_of(row.id), ("To", "Cc", "Date"))
     files = [_file_view(f, config.VxcubeApiAddress) for f in analysis.get("files", [])]
     # everything taken from the copy is shown as one line, so it cannot forge lines of the report
@@ -91,12 +91,30 @@ def render(gateway, row, analysis):
     report[LOOP_HEADER] = row.id
     for name, subtype in (("bcc_report.txt", "plain"), ("bcc_report.html", "html")):
         part = MIMEText("", subtype, policy=POLICY)
-        part.set_payload(env.get_template(name).render(values), _QP_UTF8)   # readable in the raw source
+        part.set_payload(_render(env, name, values, config.BccTemplateDir, row.id), _QP_UTF8)   # readable raw
         body.attach(part)
     if report is not body:
         report.attach(body)
         report.attach(_original(gateway, row))
     return to_bytes(report)
+
+
+def _environment(directory):
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(directory),
+                              autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
+
+
+def _render(env, name, values, custom_dir, queue_id):
+    """A template rendered; a broken custom one gives way to the built-in one (a report is
+    never held back by an edit of the templates)."""
+    try:
+        return env.get_template(name).render(values)
+    except (jinja2.TemplateError, OSError) as exc:
+        if not custom_dir:
+            raise
+        qlog(queue_id).error("report template %s in %s: %s: %s; the built-in template is used",
+                             name, custom_dir, type(exc).__name__, exc)
+        return _environment(TEMPLATES).get_template(name).render(values)
 
 
 def _original(gateway, row):
