@@ -130,7 +130,7 @@ def test_put_never_writes_a_line_break(value):
     compose.put(message, "Subject", value, placeholder="(subject not shown)")
     parsed = check_header_block(compose.to_bytes(message), ["Content-Type", "MIME-Version",
                                                             "Content-Transfer-Encoding", "Subject"])
-    assert "Bcc" not in parsed or "Bcc" in str(parsed["Subject"])
+    assert str(parsed["Subject"]).strip() in ("(subject not shown)", value.replace("=?", "= ?"))
 
 
 # ------------------------------------------------------------------ BCC report, end to end
