@@ -20,7 +20,7 @@ setup(
         "prometheus-client==0.26.0",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "aiosmtpd==1.4.6"],
     },
     entry_points={"console_scripts": ["vxgate = salmon_app.cli:main"]},
 )

@@ -6,15 +6,14 @@ from salmon.routing import Router
 from config import settings
 from salmon_app.gateway import Gateway
 from salmon_app import logsetup
-from salmon_app.log import install_redaction
+from salmon_app.log import config_secrets, install_redaction
 from salmon_app.service import Service
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
 os.makedirs("logs", exist_ok=True)
 logsetup.configure(settings.CONFIG)     # LogTarget / LogFormat, or $VXGATE_LOGGING's file
-install_redaction([settings.CONFIG.VxcubeApiKey, settings.CONFIG.BccReporterPassword,
-                   settings.CONFIG.RepackPassword[5:-1] if "(" in settings.CONFIG.RepackPassword else ""])
+install_redaction(config_secrets(settings.CONFIG))
 
 Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx), not become a 250
 Router.RELOAD = False

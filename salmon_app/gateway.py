@@ -82,7 +82,8 @@ class Gateway:
             self.servers.append(self.make_server(config.BccSocket, "bcc", bcc.recipient_check(config.BccMonitorAddresses)))
             self.relays["report"] = Relay(config.BccSmtpServer, timeout=config.SmtpRelayTimeout, hostname=self.hostname,
                                           username=config.BccReporterAddress or None,
-                                          password=config.BccReporterPassword or None, tls=config.BccSmtpTls.lower())
+                                          password=config.BccReporterPassword or None, tls=config.BccSmtpTls.lower(),
+                                          ca_file=config.BccSmtpCaFile, verify=config.BccSmtpVerifyTls)
         self.sweeper = None
 
     def make_server(self, address, mode, rcpt_check=None):

@@ -81,6 +81,9 @@ HEADER_VALUES = [
     "a" * 5000,
     "\u202eexe.pdf",                                          # right-to-left override
     "\u2028line separator\u2029",
+    "Invoice\r\n\tBcc: folded@attacker.test",              # a break that passes for folding
+    "Invoice\x85Bcc: nel@attacker.test\x0bX-A: vt\x0cX-B: ff",  # the other line breaks of str.splitlines
+    "=?utf-8?q?Invoice=0D=0ABcc=3A_x=40attacker=2Etest?=",   # text the email package would decode again
 ]
 
 # Raw header blocks (encoded words that decode to CR/LF and forged fields).
@@ -91,6 +94,8 @@ ENCODED_SUBJECTS = [
     "=?utf-8?q?Invoice=0D=0ABcc=3A_x=40attacker=2Etest?=",
     "=?bogus-charset?b?SW52b2ljZQ==?=",
     "=?utf-8?b?!!!not base64!!!?=",
+    _word("=?utf-8?q?a=0D=0ABcc=3A_x=40attacker=2Etest?="),    # decodes to a word that decodes to CR/LF
+    "=?bogus?b?eA==?= =?utf-8?q?a=0D=0ABcc=3A_x=40attacker=2Etest?=",   # one bad word: all kept raw
 ]
 
 # ------------------------------------------------------------------ message structure
