@@ -92,7 +92,9 @@ class Gateway:
                           max_connections=config.SmtpMaxConnections,
                           max_message_size=config.SmtpMaxMessageSize,
                           max_recipients=config.SmtpMaxRecipients, max_line=config.SmtpMaxLineLength,
-                          idle_timeout=config.SmtpIdleTimeout, name=mode, rcpt_check=rcpt_check)
+                          idle_timeout=config.SmtpIdleTimeout, name=mode, rcpt_check=rcpt_check,
+                          count_refused=self.metrics.smtp_refused.labels(mode).inc,
+                          count_error=self.metrics.smtp_errors.labels(mode).inc)
 
     # ------------------------------------------------------------ life cycle
     def start(self):

@@ -61,8 +61,10 @@ class SmtpServer:
     """Listens on a TCP or UNIX socket and runs a Session thread per connection (capped)."""
 
     def __init__(self, address, intake, *, hostname, max_connections, max_message_size,
-                 max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None):
+                 max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None,
+                 count_refused=lambda: None, count_error=lambda: None):
         self.address, self.intake, self.name = address, intake, name
+        self.count_refused, self.count_error = count_refused, count_error     # for /metrics
         self.hostname = hostname
         self.max_connections, self.max_message_size = max_connections, max_message_size
         self.max_recipients, self.max_line, self.idle_timeout = max_recipients, max_line, idle_timeout
@@ -98,6 +100,7 @@ class SmtpServer:
                 if session:
                     self.sessions.add(session)
             if busy:
+                self.count_refused()
                 _refuse(conn, b"421 4.7.0 %s Too many connections, try again later\r\n" % self.hostname.encode())
                 continue
             threading.Thread(target=session.run, name="%s-session" % self.name, daemon=True).start()
@@ -204,6 +207,8 @@ class Session:
                     if self.command(line.rstrip(b"\r\n")) == "quit":
                         break
                 except Reply as reply:
+                    if reply.code >= 500:
+                        server.count_error()
                     self.conn.sendall(reply.line())
             else:
                 self.send(421, "4.3.2 %s Service shutting down" % server.hostname)

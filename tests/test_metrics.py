@@ -87,3 +87,17 @@ def test_a_unix_path_is_refused_for_metrics():
     from salmon_app import config
     with pytest.raises(config.ConfigError, match="MetricsSocket must be IP:port"):
         config.parse_text("[MailD]\nMetricsSocket = /run/vxgate/metrics.sock\n", "m.ini")
+
+
+def test_refused_connections_and_protocol_errors_are_counted(vxgate, raw):
+    gw = vxgate(SmtpMaxConnections=1, MetricsSocket=SocketAddr("127.0.0.1", 0))
+    first = raw(gw.port)
+    assert first.cmd(b"BOGUS")[0] == 500
+    assert first.cmd(b"MAIL FROM:<a@x.test>")[0] == 503
+    import socket
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as second:
+        assert second.makefile("rb").readline().startswith(b"421")
+    values = scrape(gw)
+    assert value(values, "vxgate_smtp_connections_refused_total", listener="smtp") == 1
+    assert value(values, "vxgate_smtp_protocol_errors_total", listener="smtp") == 2
+    assert value(values, "vxgate_smtp_sessions_open", listener="smtp") == 1
