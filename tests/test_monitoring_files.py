@@ -51,3 +51,12 @@ def test_promtool_accepts_the_rules():
     result = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
+
+
+def test_readme_lists_every_metric(vxgate):
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    from prometheus_client import generate_latest
+    running = vxgate()
+    text = generate_latest(running.gateway.metrics.registry).decode()
+    for name in set(re.findall(r"^# TYPE (vxgate_\w+) ", text, re.M)):
+        assert "`%s`" % name in readme, name
