@@ -13,10 +13,12 @@ import platform
 import threading
 import time
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 LOG = logging.getLogger("vxgate.metrics")
+prometheus_client.disable_created_metrics()     # *_created series only double what a scrape shows
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _HOOK = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
