@@ -103,7 +103,7 @@ class Gateway:
         for stage in self.stages.values():
             stage.start()
         self.sweeper = Sweeper(self)
-        self.sweeper.hooks.append(expiry_hook(self.config))
+        self.sweeper.hooks.append(expiry_hook(self.config, metrics=self.metrics))
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:

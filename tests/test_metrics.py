@@ -101,3 +101,14 @@ def test_refused_connections_and_protocol_errors_are_counted(vxgate, raw):
     assert value(values, "vxgate_smtp_connections_refused_total", listener="smtp") == 1
     assert value(values, "vxgate_smtp_protocol_errors_total", listener="smtp") == 2
     assert value(values, "vxgate_smtp_sessions_open", listener="smtp") == 1
+
+
+def test_expiry_runs_are_counted(vxgate, sink):
+    gw = vxgate(MetricsSocket=SocketAddr("127.0.0.1", 0), DeliveredRetention=0.0)
+    gw.send("a@x.test", ["b@x.test"], body(4))
+    wait_state(Message.mode == "smtp", "delivered")
+    from salmon_app.quarantine.expire import expiry_hook
+    expiry_hook(gw.gateway.config, metrics=gw.gateway.metrics)()      # the daemon's runs hourly
+    values = scrape(gw)
+    assert value(values, "vxgate_expiry_runs_total") >= 1
+    assert value(values, "vxgate_expired_messages_total") == 1 and not Message.select().count()

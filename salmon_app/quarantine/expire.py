@@ -95,7 +95,7 @@ def _count(summary, removed):
             summary["bytes"] += item.size
 
 
-def expiry_hook(config, interval=3600.0, clock=time.monotonic):
+def expiry_hook(config, interval=3600.0, clock=time.monotonic, metrics=None):
     """A sweeper hook that runs ``expire(config)`` now and then every ``interval`` seconds."""
     state = {"due": clock()}
 
@@ -104,7 +104,10 @@ def expiry_hook(config, interval=3600.0, clock=time.monotonic):
             return
         state["due"] = clock() + interval
         try:
-            expire(config)
+            summary = expire(config)
+            if metrics is not None:
+                metrics.expiry_runs.inc()
+                metrics.expired.inc(summary["messages"])
         except Exception:
             LOG.exception("expiry failed; trying again in %ds", interval)
     return hook
