@@ -16,6 +16,9 @@ setup(
         "lupa==2.8",
         "pyzipper==0.4.0",
         "puremagic==1.30",
+        "tnefparse==1.4.0",
+        "rarfile==4.5",
+        "py7zr==1.1.4",
         "jinja2==3.1.6",
     ],
     extras_require={

@@ -186,6 +186,11 @@ SCHEMA = [
     _p("Root", "VxcubeWorkers", "int", 4, "Threads talking to vxCube.", minimum=1),
     _p("Root", "VxcubeQueueSize", "int", 1000, "Files waiting for a vxCube worker before new ones wait in the database.", minimum=1),
     _p("Root", "VxcubeCacheTtl", "duration", 86400.0, "Keep clean/suspicious/dangerous verdicts by SHA-256 this long (unchecked is never cached).", minimum=0),
+    _p("Root", "VxcubeMaxFiles", "int", 20, "Most distinct files of one message that are analysed; the others are unchecked (cause too-many-files).", minimum=1),
+    _p("Root", "VxcubeUploadBudget", "int", 100, "New vxCube uploads per envelope sender and per client address (XFORWARD) within VxcubeUploadBudgetWindow; beyond it files are unchecked (cause budget). 0: no limit.", minimum=0),
+    _p("Root", "VxcubeUploadBudgetWindow", "duration", 3600.0, "The period VxcubeUploadBudget counts uploads over.", minimum=1),
+    _p("Root", "VxcubeMaxHold", "duration", 14400.0, "How long a message unchecked because of an outage (quota, budget, vxcube-error, timeout) is deferred before VxcubeHoldFallback (ctx.vxcube.hold_expired).", minimum=0),
+    _p("Root", "VxcubeHoldFallback", "choice", "Quarantine", "What the default hook does with such a message after VxcubeMaxHold.", choices=("Quarantine", "Accept")),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
     _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),

@@ -7,12 +7,20 @@ Types come from the bytes (puremagic, refined for PE, ZIP/OOXML and OLE containe
 says nothing. A part is addressed by its IMAP-style MIME path, a dotted string ("1",
 "2.1", ...: RFC 3501 section numbers). Broken parts never raise: they are skipped and
 recorded in ``Extraction.problems``.
+
+What vxgate cannot open never disappears: a part nested too deeply, an ambiguous or broken
+structure, a message fragment, an encrypted archive or a TNEF blob that does not parse
+becomes a ``FileItem`` with a ``cause`` (a token of ``salmon_app.verdict.CAUSES``), which
+the analysis records as unchecked with that cause. Files hidden where mail programs still
+show them (uuencoded in a text body, inside winmail.dat, in an attached message, also one
+sent base64-encoded) are extracted and analysed like any attachment.
 """
 import email.errors
 import email.header
 import email.parser
 import email.policy
 import hashlib
+import binascii
 import io
 import logging
 import re
@@ -21,6 +29,9 @@ import zipfile
 from dataclasses import dataclass, field
 
 import puremagic
+import py7zr
+import rarfile
+import tnefparse
 
 log = logging.getLogger("vxgate.vxcube.extract")
 
@@ -56,6 +67,8 @@ class FileItem:
     mime_type: str
     path: str
     selected: bool
+    cause: str = ""         # why vxgate cannot have it analysed (a verdict.CAUSES token)
+    cause_text: str = ""    # the same for people
     size: int = field(init=False)
     sha256: str = field(init=False)
 
@@ -73,6 +86,14 @@ class Extraction:
     @property
     def selected(self):
         return [item for item in self.files if item.selected]
+
+    def unopened(self, path, cause, text, name="", content=b""):
+        """Record a part vxgate cannot open: it is always reported, whatever its type."""
+        where = _dotted(path) if isinstance(path, list) else path
+        self.problems.append("%s: %s" % (where or "message", text))
+        self.files.append(FileItem(name=name or "part-%s" % (where or "message"), content=content,
+                                   detected_type="", mime_type="", path=where, selected=True,
+                                   cause=cause, cause_text=text))
 
 
 # --- type detection -----------------------------------------------------------------
@@ -215,13 +236,31 @@ def extract_files(raw, types=None):
     return extract(raw, types).files
 
 
+# Defects that leave the parts of a multipart unknown: what a mail program shows may differ.
+_STRUCTURE_DEFECTS = (email.errors.NoBoundaryInMultipartDefect,
+                      email.errors.StartBoundaryNotFoundDefect,
+                      email.errors.MultipartInvariantViolationDefect)
+# Fields whose second copy mail programs may obey instead of the first (RFC 5322 allows one).
+_SINGLE_FIELDS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition")
+
+
 def _walk(part, path, types, result):
     for defect in part.defects:  # malformed but readable: note it and carry on
         result.problems.append("%s: %s" % (_dotted(path) or "message", type(defect).__name__))
     if len(path) > MAX_DEPTH:
-        result.problems.append("%s: nested too deeply, skipped" % _dotted(path))
-    elif path and part.get_content_type() == "message/rfc822" and part.is_multipart():
+        return result.unopened(path, "too-deep", "nested more than %d levels deep" % MAX_DEPTH)
+    broken = [d for d in part.defects if isinstance(d, _STRUCTURE_DEFECTS)]
+    if broken:
+        result.unopened(path, "unparseable", "broken multipart structure (%s)" % type(broken[0]).__name__)
+    for name in _SINGLE_FIELDS:
+        values = {" ".join(str(v).lower().split()) for v in part.get_all(name) or ()}
+        if len(values) > 1:
+            result.unopened(path, "unparseable", "%d different %s fields" % (len(values), name))
+    ctype = part.get_content_type()
+    if path and ctype == "message/rfc822":
         _walk_attached_message(part, path, types, result)
+    elif ctype in ("message/partial", "message/external-body") and path:
+        result.unopened(path, "unparseable", "%s: a message vxgate cannot put together" % ctype)
     elif part.is_multipart():
         _walk_children(part.get_payload(), path, types, result)
     else:
@@ -230,11 +269,29 @@ def _walk(part, path, types, result):
 
 def _walk_attached_message(part, path, types, result):
     # RFC 3501: the body of an attached message at "2" is "2.1"; its parts are "2.1", "2.2".
-    inner = part.get_payload()[0]
+    if part.get("Content-Transfer-Encoding", "").strip().lower() in ("base64", "quoted-printable"):
+        # Not allowed for message/rfc822 (RFC 2046 5.2.1), but mail programs decode it: so do we.
+        inner = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(_decode_transfer(part))
+    else:
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+    if inner is None:
+        return result.unopened(path, "unparseable", "attached message without content")
     if inner.is_multipart():
         _walk_children(inner.get_payload(), path, types, result)
     else:
-        _take_leaf(inner, path + [1], types, result)
+        _walk(inner, path + [1], types, result)
+
+
+def _decode_transfer(part):
+    """The decoded body of a message/* part sent with a content transfer encoding."""
+    holder = email.message.Message()
+    holder["Content-Transfer-Encoding"] = part.get("Content-Transfer-Encoding", "")
+    body = part.get_payload()
+    if isinstance(body, list):     # the parser took the encoded text for a message
+        body = body[0].as_string() if body else ""
+    holder.set_payload(body)
+    return holder.get_payload(decode=True) or b""
 
 
 def _walk_children(children, path, types, result):
@@ -242,21 +299,141 @@ def _walk_children(children, path, types, result):
         try:
             _walk(child, path + [number], types, result)
         except Exception as exc:  # one broken part must not hide the others
-            result.problems.append("%s: skipped (%s: %s)"
-                                   % (_dotted(path + [number]), type(exc).__name__, exc))
+            result.unopened(path + [number], "unparseable", "skipped (%s: %s)" % (type(exc).__name__, exc))
 
 
 def _take_leaf(part, path, types, result):
     name = _filename(part)
+    dotted = _dotted(path)
     if not _is_file(part, name):
+        if part.get_content_maintype() == "text":
+            _take_uuencoded(part.get_payload(decode=True) or b"", dotted, types, result)
         return
     content = part.get_payload(decode=True) or b""
+    mime_type = part.get_content_type()
+    if mime_type == "application/ms-tnef" or name.lower() == "winmail.dat" or content[:4] == _TNEF_MAGIC:
+        return _take_tnef(content, dotted, types, result, name or "winmail.dat")
+    _add_file(result, types, name or "attachment-%s" % dotted, content, mime_type, dotted)
+
+
+def _add_file(result, types, name, content, mime_type, dotted):
     detected = detect_type(content, name)
-    dotted = _dotted(path)
+    if not name.rpartition(".")[2] or name.startswith("attachment-"):
+        name = name if "." in name else "%s.%s" % (name, detected or "bin")
+    encrypted = encryption(content, detected)
     result.files.append(FileItem(
-        name=name or "attachment-%s.%s" % (dotted, detected or "bin"),
-        content=content, detected_type=detected, mime_type=part.get_content_type(),
-        path=dotted, selected=is_selected(detected, name, types)))
+        name=name, content=content, detected_type=detected, mime_type=mime_type, path=dotted,
+        selected=bool(encrypted) or is_selected(detected, name, types),
+        cause="encrypted" if encrypted else "", cause_text=encrypted or ""))
+
+
+# --- what mail programs show although it is no attachment -------------------------------------
+
+# Outlook, Thunderbird and others show a uuencoded block in a text body as an attachment.
+# The stdlib's uu module is gone (Python 3.13) and no maintained library reads uuencoded
+# blocks out of running text, so this is a small line-by-line parser: linear, no regex on
+# more than one line at a time.
+_UU_BEGIN = re.compile(rb"begin(-base64)? +[0-7]{3,4} +(\S[^\r\n]*)")
+
+
+def _take_uuencoded(text, dotted, types, result):
+    lines = iter(text.splitlines())
+    for line in lines:
+        match = _UU_BEGIN.fullmatch(line.strip()) if line.startswith(b"begin") else None
+        if not match:
+            continue
+        base64_form, name = bool(match.group(1)), match.group(2).decode("utf-8", "replace").strip()
+        content, complete = _uu_body(lines, base64_form)
+        if content or complete:
+            _add_file(result, types, _clean_name(name) or "uuencoded-%s" % dotted, content,
+                      "application/x-uuencode", dotted)
+
+
+def _uu_body(lines, base64_form):
+    """(bytes, whether an end line was met) of the lines after a begin line."""
+    chunks = []
+    for line in lines:
+        line = line.strip(b"\r\n")
+        if line in (b"end", b"====") or (base64_form and line == b"===="):
+            return b"".join(chunks), True
+        try:
+            if base64_form:
+                chunks.append(binascii.a2b_base64(line))
+            elif line:
+                try:
+                    chunks.append(binascii.a2b_uu(line))
+                except binascii.Error:   # encoders that pad the last line wrongly (as the uu module did)
+                    chunks.append(binascii.a2b_uu(line[:(((line[0] - 32) & 63) * 4 + 5) // 3]))
+        except binascii.Error:
+            break
+    return b"".join(chunks), False
+
+
+# winmail.dat: Outlook's container that its recipients see as the attachments inside.
+_TNEF_MAGIC = struct.pack("<I", tnefparse.TNEF.TNEF_SIGNATURE)
+# tnefparse copies the rest of the blob for every object it reads (quadratic): a blob made of
+# many tiny objects would stall a worker. Objects times size is checked first (linear).
+_TNEF_COPY_BUDGET = 1 << 31
+_TNEF_DEPTH = 4
+
+
+def _take_tnef(content, dotted, types, result, name, depth=0):
+    objects, offset = 0, 6
+    while offset + 12 < len(content):
+        objects += 1
+        offset += struct.unpack_from("<I", content, offset + 5)[0] + 11
+    # No object, or one that runs past the end: a truncated or forged blob, not Outlook's.
+    if content[:4] != _TNEF_MAGIC or not objects or offset > len(content) \
+            or objects * len(content) > _TNEF_COPY_BUDGET:
+        return result.unopened(dotted, "unparseable", "TNEF (%s) that vxgate cannot read" % name,
+                               name=name, content=content)
+    try:
+        tnef = tnefparse.TNEF(content, do_checksum=False)
+        attachments = [(_tnef_name(a), a.data, getattr(a, "embed", None)) for a in tnef.attachments]
+    except Exception as exc:  # noqa: BLE001 - a hostile blob can break the library anywhere
+        return result.unopened(dotted, "unparseable", "TNEF (%s) that vxgate cannot read (%s)"
+                               % (name, type(exc).__name__), name=name, content=content)
+    for number, (inner, data, embedded) in enumerate(attachments, 1):
+        if embedded is not None and depth < _TNEF_DEPTH:
+            _take_tnef(_TNEF_MAGIC + data[4:] if data[:4] != _TNEF_MAGIC else data, dotted, types,
+                       result, inner or name, depth + 1)
+        elif embedded is not None:
+            result.unopened(dotted, "too-deep", "TNEF nested more than %d levels deep" % _TNEF_DEPTH)
+        else:
+            _add_file(result, types, inner or "%s-%d" % (name, number), bytes(data or b""),
+                      "application/ms-tnef", dotted)
+
+
+def _tnef_name(attachment):
+    try:
+        return _clean_name(attachment.long_filename() or attachment._name)
+    except Exception:  # noqa: BLE001 - a name in no known encoding: the content still counts
+        return ""
+
+
+# --- archives nobody can look into ------------------------------------------------------------
+
+_OFFICE_ENCRYPTED = "EncryptedPackage".encode("utf-16-le")
+
+
+def encryption(content, detected):
+    """Why ``content`` is a password-protected archive or document (a sentence), or ""."""
+    try:
+        if detected in ("zip", "jar", "apk"):
+            with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                locked = any(info.flag_bits & 1 for info in archive.infolist())
+        elif detected == "rar":
+            locked = rarfile.RarFile(io.BytesIO(content)).needs_password()
+        elif detected == "7z":
+            with py7zr.SevenZipFile(io.BytesIO(content)) as archive:
+                locked = archive.needs_password()
+        else:   # Office documents saved with a password are an OLE file holding EncryptedPackage
+            locked = content[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" and _OFFICE_ENCRYPTED in content
+    except py7zr.exceptions.PasswordRequired:
+        locked = True
+    except Exception:  # noqa: BLE001 - a broken archive is vxCube's to judge, not an encrypted one
+        locked = False
+    return "password-protected %s" % (detected or "file") if locked else ""
 
 
 def _is_file(part, name):
@@ -272,7 +449,13 @@ def is_file_part(name, disposition, maintype):
 
 
 def _filename(part):
-    name = part.get_filename() or ""
+    return _clean_name(part.get_filename() or "")
+
+
+def _clean_name(name):
+    if isinstance(name, bytes):      # TNEF names come as bytes in the sender's code page
+        name = name.decode("utf-8", "replace").strip("\0")
+    name = str(name or "")
     if "=?" in name:  # RFC 2047 words in a parameter: wrong but what mailers send
         try:
             name = str(email.header.make_header(email.header.decode_header(name)))
