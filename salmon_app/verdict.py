@@ -93,3 +93,11 @@ def cause_of(reason, verdict=None):
     if token in CAUSES:
         return token
     return "vxcube-error" if verdict == Verdict.UNCHECKED.label else ""
+
+
+def never_analysed(reason):
+    """Whether a stored reason says vxgate could not have the file analysed at all (it did
+    not, or vxCube could not, look at the content), as opposed to an analysis that failed."""
+    reason = reason or ""
+    return reason.startswith("not analysable") or cause_of(reason) in (
+        "encrypted", "too-deep", "too-many-files", "unparseable", "quota", "budget", "unsupported")

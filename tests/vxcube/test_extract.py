@@ -164,7 +164,7 @@ def test_readable_parts_of_a_broken_message_are_kept_and_defects_recorded():
     assert any("NoBoundaryInMultipart" in p for p in extract(MALFORMED["no boundary"]).problems)
 
 
-def test_a_part_that_fails_is_skipped_and_recorded(monkeypatch, make_mail):
+def test_a_part_that_fails_is_recorded_unchecked(monkeypatch, make_mail):
     real = extract_module.detect_type
 
     def fragile(content, filename=None):
@@ -175,7 +175,8 @@ def test_a_part_that_fails_is_skipped_and_recorded(monkeypatch, make_mail):
     monkeypatch.setattr(extract_module, "detect_type", fragile)
     raw = make_mail([("bad.pdf", PDF, "application/pdf"), ("good.pdf", PDF, "application/pdf")])
     result = extract(raw, {"pdf"})
-    assert [item.name for item in result.files] == ["good.pdf"]
+    assert [(item.name, item.cause) for item in result.files] == [("part-2", "unparseable"), ("good.pdf", "")]
+    assert result.files[0].selected       # reported whatever its type: it was not looked at
     assert result.problems == ["2: skipped (RuntimeError: cannot read this part)"]
 
 
@@ -188,8 +189,8 @@ def test_nesting_beyond_the_limit_is_recorded_not_followed():
     raw += b"--B%d\r\nContent-Type: application/pdf; name=\"deep.pdf\"\r\n\r\n%%PDF\r\n" % (
         depth - 1)
     result = extract(raw)
-    assert result.files == []
-    assert any("nested too deeply" in problem for problem in result.problems)
+    assert [(item.cause, item.content) for item in result.files] == [("too-deep", b"")]
+    assert any("nested more than 32 levels" in problem for problem in result.problems)
 
 
 # --- reporting -------------------------------------------------------------------------
