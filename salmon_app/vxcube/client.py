@@ -375,6 +375,7 @@ def _started_shape(reply):
 
 def _licence_shape(reply):
     licence = _as_dict(reply, "licence")
-    for name in ("uploads_spent", "uploads_total", "upload_max_size"):
-        _typed(licence, name, int, "licence")
+    for name in ("uploads_spent", "uploads_total"):
+        _typed(licence, name, int, "licence", required=True)
+    _typed(licence, "upload_max_size", int, "licence")
     return licence
