@@ -259,8 +259,8 @@ def _walk(part, path, types, result):
     ctype = part.get_content_type()
     if path and ctype == "message/rfc822":
         _walk_attached_message(part, path, types, result)
-    elif ctype in ("message/partial", "message/external-body") and path:
-        result.unopened(path, "unparseable", "%s: a message vxgate cannot put together" % ctype)
+    elif path and ctype == "message/partial":
+        result.unopened(path, "unparseable", "message/partial: a fragment vxgate cannot put together")
     elif part.is_multipart():
         _walk_children(part.get_payload(), path, types, result)
     else:
@@ -313,16 +313,15 @@ def _take_leaf(part, path, types, result):
     mime_type = part.get_content_type()
     if mime_type == "application/ms-tnef" or name.lower() == "winmail.dat" or content[:4] == _TNEF_MAGIC:
         return _take_tnef(content, dotted, types, result, name or "winmail.dat")
-    _add_file(result, types, name or "attachment-%s" % dotted, content, mime_type, dotted)
+    _add_file(result, types, name, content, mime_type, dotted)
 
 
 def _add_file(result, types, name, content, mime_type, dotted):
     detected = detect_type(content, name)
-    if not name.rpartition(".")[2] or name.startswith("attachment-"):
-        name = name if "." in name else "%s.%s" % (name, detected or "bin")
     encrypted = encryption(content, detected)
     result.files.append(FileItem(
-        name=name, content=content, detected_type=detected, mime_type=mime_type, path=dotted,
+        name=name or "attachment-%s.%s" % (dotted, detected or "bin"), content=content,
+        detected_type=detected, mime_type=mime_type, path=dotted,
         selected=bool(encrypted) or is_selected(detected, name, types),
         cause="encrypted" if encrypted else "", cause_text=encrypted or ""))
 
@@ -345,16 +344,15 @@ def _take_uuencoded(text, dotted, types, result):
         base64_form, name = bool(match.group(1)), match.group(2).decode("utf-8", "replace").strip()
         content, complete = _uu_body(lines, base64_form)
         if content or complete:
-            _add_file(result, types, _clean_name(name) or "uuencoded-%s" % dotted, content,
-                      "application/x-uuencode", dotted)
+            _add_file(result, types, _clean_name(name), content, "application/x-uuencode", dotted)
 
 
 def _uu_body(lines, base64_form):
     """(bytes, whether an end line was met) of the lines after a begin line."""
     chunks = []
     for line in lines:
-        line = line.strip(b"\r\n")
-        if line in (b"end", b"====") or (base64_form and line == b"===="):
+        line = line.rstrip()
+        if line == (b"====" if base64_form else b"end"):
             return b"".join(chunks), True
         try:
             if base64_form:
@@ -395,8 +393,7 @@ def _take_tnef(content, dotted, types, result, name, depth=0):
                                % (name, type(exc).__name__), name=name, content=content)
     for number, (inner, data, embedded) in enumerate(attachments, 1):
         if embedded is not None and depth < _TNEF_DEPTH:
-            _take_tnef(_TNEF_MAGIC + data[4:] if data[:4] != _TNEF_MAGIC else data, dotted, types,
-                       result, inner or name, depth + 1)
+            _take_tnef(bytes(data), dotted, types, result, inner or name, depth + 1)
         elif embedded is not None:
             result.unopened(dotted, "too-deep", "TNEF nested more than %d levels deep" % _TNEF_DEPTH)
         else:

@@ -206,3 +206,41 @@ def test_not_analysable_reason_and_describe():
                      path="3", selected=True)
     assert not_analysable_reason(empty) == "empty file"
     assert describe(item).startswith("a.pdf [pdf, application/pdf, %d bytes" % len(PDF))
+
+
+# --- hiding places (tests/support/hostile.py) ------------------------------------------------
+
+def _hidden_files():
+    from support.hostile import HIDDEN_FILES
+    return HIDDEN_FILES
+
+
+@pytest.mark.parametrize("name, raw, expected", _hidden_files(), ids=[h[0] for h in _hidden_files()])
+def test_every_hiding_place_is_found_or_has_a_cause(name, raw, expected):
+    from support.mail import EICAR
+    selected = extract(raw, {"exe"}).selected
+    if expected == "analysed":
+        assert any(EICAR in item.content and item.detected_type == "exe" and not item.cause
+                   for item in selected)
+    else:
+        assert expected in {item.cause for item in selected}
+
+
+def test_tnef_made_of_tiny_objects_is_refused_in_linear_time():
+    import struct
+    import time
+    blob = struct.pack("<IH", 0x223E9F78, 1) + struct.pack("<BHHI", 1, 0x8008, 1, 1) * 400000
+    started = time.monotonic()
+    items = extract_module.Extraction()
+    extract_module._take_tnef(blob, "2", {"exe"}, items, "winmail.dat")
+    assert time.monotonic() - started < 2
+    assert [item.cause for item in items.files] == ["unparseable"]
+
+
+def test_begin_lines_in_prose_cost_nothing():
+    import time
+    text = b"begin 644 \r\n" * 200000 + b"begin the meeting at 10\r\n" * 1000
+    started = time.monotonic()
+    items = extract_module.Extraction()
+    extract_module._take_uuencoded(text, "1", {"exe"}, items)
+    assert time.monotonic() - started < 2 and items.files == []
