@@ -5,6 +5,8 @@ quarantined, outages deferred (for at most VxcubeMaxHold)."""
 import json
 import logging
 import smtplib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -33,8 +35,9 @@ def carries_eicar(data):
     return any(EICAR in item.content for item in extract(data).files)
 
 
-def test_hidden_files_end_analysed_or_quarantined_with_their_cause(vxgate, sink, vxsim):
+def test_hidden_files_end_analysed_or_quarantined_with_their_cause(vxgate, sink, vxsim, tmp_path):
     gw = vxgate(**vxcube_params(vxsim))
+    shown = None
     for number, (name, data, expected) in enumerate(HIDDEN_FILES, 1):
         gw.send("mallory@attacker.test", ["bob@x.test"], data)
         row = concluded(number)[-1]
@@ -47,7 +50,15 @@ def test_hidden_files_end_analysed_or_quarantined_with_their_cause(vxgate, sink,
             assert (analysis["cause"], row.state) == (expected, "quarantined"), name
             checks = FileCheck.select().where(FileCheck.message == row.id, FileCheck.verdict == "unchecked")
             assert any(c.reason.startswith(expected + ": ") for c in checks), name
+            shown = shown or (row.id, expected)
     assert not any(carries_eicar(m.data) for m in sink.messages)
+    # what an administrator sees: the cause of each file, and why the message was held
+    config = tmp_path / "show.ini"
+    config.write_text("[Quarantine]\nSpoolDir = %s\nDatabasePath = %s\n"
+                      % (tmp_path / "spool", tmp_path / "quarantine.db"))
+    out = subprocess.run([sys.executable, "-m", "salmon_app.quarantine.cli", "show", shown[0], "-c", str(config)],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "reason: %s: " % shown[1] in out and "unchecked: %s" % shown[1] in out, out
 
 
 def test_draining_the_licence_does_not_let_the_next_file_through(vxgate, sink, vxsim):
@@ -121,3 +132,16 @@ def test_malformed_replies_are_retried_then_unchecked_quietly(vxgate, sink, vxsi
     failures = [r for r in caplog.records if r.name == "vxgate.analysis" and r.levelno >= logging.WARNING]
     # one line when a sample's calls start failing (and at most one more if the error changes)
     assert len(failures) <= 2 * len(VXCUBE_BAD_JSON), [r.getMessage() for r in failures]
+
+
+def test_an_outage_after_the_reply_is_retried_by_vxgate_then_quarantined(vxgate, sink, vxsim):
+    vxsim.configure(uploads_total=0)
+    vxsim.set_fault(delay=1.0, path="samples")         # slower than SmtpReplyTimeout: vxgate owns it
+    gw = vxgate(**vxcube_params(vxsim, VxcubeMaxHold=3.0), SmtpReplyTimeout=0.3)
+    gw.send("mallory@attacker.test", ["bob@x.test"], mail_with([("invoice.exe", pe_image(EICAR))]))
+    row = concluded(1, timeout=40)[0]
+    assert (row.state, row.verdict, row.answered) == ("quarantined", "unchecked", True)
+    assert "VxcubeMaxHold" in row.reason
+    history = [e.text for e in models.Event.select().where(models.Event.message == row.id)]
+    assert any("checking again" in text for text in history)       # deferred at least once first
+    assert sink.messages == []
