@@ -16,17 +16,17 @@ VxcubeMaxFiles, uploads beyond a sender's or client's VxcubeUploadBudget, an exh
 licence, vxCube errors (malformed replies included) and time-outs. The message's cause, and
 for outages how long the content has been held, go to the hook with the analysis.
 """
-import collections
 import json
 import logging
-import threading
 import time
 
 from salmon_app import headers, models
 from salmon_app.log import qlog
 from salmon_app.models import FileCheck, Message, Sample
 from salmon_app.pipeline import Stage
+from salmon_app.quarantine import render
 from salmon_app.verdict import OUTAGE, Verdict, cause_kind, cause_of, task_verdict, with_cause, worst_cause
+from salmon_app.vxcube.budget import UploadBudget, budget_keys
 from salmon_app.vxcube.client import RetryPolicy, VxcubeClient, VxcubeError
 from salmon_app.vxcube.extract import describe, extract, not_analysable_reason
 
@@ -147,7 +147,7 @@ class Analyser:
                 elif (sample is None or sample.state == "done") and not self.budget.spend(spenders, now):
                     check.verdict, check.reason = Verdict.UNCHECKED.label, with_cause(
                         "budget", "%s used up its %d uploads per %s" % (
-                            self.budget.exhausted(spenders, now), self.budget.limit, _span(self.budget.window)))
+                            self.budget.exhausted(spenders, now), self.budget.limit, render.duration(self.budget.window)))
                 else:
                     if sample is None or sample.state == "done":
                         if sample:
@@ -246,7 +246,7 @@ class Analyser:
                                         if task_verdict(t) == Verdict.UNCHECKED)))
         if now - (sample.started or sample.created) > self.config.VxcubeTimeout:
             return self._finish(sample, Verdict.UNCHECKED, tasks=tasks,
-                                reason=with_cause("timeout", "analysis did not finish in %s" % _span(self.config.VxcubeTimeout)))
+                                reason=with_cause("timeout", "analysis did not finish in %s" % render.duration(self.config.VxcubeTimeout)))
         interval, polls = self.config.VxcubePollInterval, self.polls.get(sample.sha256, 0) + 1
         self.polls[sample.sha256] = polls
         self.later(sample, min(interval * 2 ** min(polls, 3), interval * 6))
@@ -370,52 +370,6 @@ def first_seen(row, max_hold):
     return min(oldest or row.created, row.created)
 
 
-def budget_keys(row):
-    """Who pays for a message's uploads: its envelope sender and the client that sent it
-    (XFORWARD only: without it the peer is Postfix, shared by all mail)."""
-    keys = ["sender <%s>" % (row.mail_from or "").lower()]
-    if row.client.get("addr"):
-        keys.append("client %s" % row.client["addr"])
-    return keys
-
-
-class UploadBudget:
-    """New uploads per sender and per client in a sliding window, so that nobody can spend
-    the vxCube licence for everybody. In memory: a restart starts the window afresh."""
-
-    def __init__(self, limit, window):
-        self.limit, self.window = limit, window
-        self.spent = collections.defaultdict(collections.deque)   # key -> times of uploads
-        self.lock = threading.Lock()
-        self.pruned = 0.0
-
-    def _expire(self, key, now):
-        times = self.spent[key]
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return times
-
-    def exhausted(self, keys, now):
-        """The first key that has no upload left, or None."""
-        with self.lock:
-            return next((k for k in keys if len(self._expire(k, now)) >= self.limit), None)
-
-    def spend(self, keys, now):
-        """Take one upload from every key; False (nothing taken) when one of them is spent."""
-        if not self.limit:
-            return True
-        if self.exhausted(keys, now):
-            return False
-        with self.lock:
-            for key in keys:
-                self.spent[key].append(now)
-            if now - self.pruned > self.window:      # forget senders that went quiet
-                self.pruned = now
-                for key in [k for k, times in self.spent.items() if not times or times[-1] <= now - self.window]:
-                    del self.spent[key]
-        return True
-
-
 def _beyond_limit(items, limit):
     """SHA-256s of the distinct contents past the first ``limit`` ones (MIME order)."""
     distinct = list(dict.fromkeys(item.sha256 for item in items if not item.cause))
@@ -434,10 +388,6 @@ def _cause_before_upload(item, beyond, limit):
     if item.sha256 in beyond:
         return "too-many-files", "the message has more than VxcubeMaxFiles = %d files" % limit
     return None
-
-
-def _span(seconds):
-    return "%ds" % seconds if seconds < 120 else "%dm" % (seconds // 60) if seconds < 7200 else "%dh" % (seconds // 3600)
 
 
 def _fresh(sample, now, ttl):

@@ -20,7 +20,6 @@ import email.header
 import email.parser
 import email.policy
 import hashlib
-import binascii
 import io
 import logging
 import re
@@ -29,9 +28,8 @@ import zipfile
 from dataclasses import dataclass, field
 
 import puremagic
-import py7zr
-import rarfile
-import tnefparse
+
+from salmon_app.vxcube import containers
 
 log = logging.getLogger("vxgate.vxcube.extract")
 
@@ -307,130 +305,33 @@ def _take_leaf(part, path, types, result):
     dotted = _dotted(path)
     if not _is_file(part, name):
         if part.get_content_maintype() == "text":
-            _take_uuencoded(part.get_payload(decode=True) or b"", dotted, types, result)
+            for inner, content in containers.uuencoded_files(part.get_payload(decode=True) or b""):
+                _add_file(result, types, _clean_name(inner), content, "application/x-uuencode", dotted)
         return
     content = part.get_payload(decode=True) or b""
     mime_type = part.get_content_type()
-    if mime_type == "application/ms-tnef" or name.lower() == "winmail.dat" or content[:4] == _TNEF_MAGIC:
+    if containers.is_tnef(content, mime_type, name):
         return _take_tnef(content, dotted, types, result, name or "winmail.dat")
     _add_file(result, types, name, content, mime_type, dotted)
 
 
+def _take_tnef(content, dotted, types, result, name):
+    try:
+        found = containers.tnef_files(content)
+    except containers.Unreadable as exc:
+        return result.unopened(dotted, exc.cause, "%s: %s" % (name, exc), name=name, content=content)
+    for number, (inner, data) in enumerate(found, 1):
+        _add_file(result, types, _clean_name(inner) or "%s-%d" % (name, number), data, "application/ms-tnef", dotted)
+
+
 def _add_file(result, types, name, content, mime_type, dotted):
     detected = detect_type(content, name)
-    encrypted = encryption(content, detected)
+    encrypted = containers.encryption(content, detected)
     result.files.append(FileItem(
         name=name or "attachment-%s.%s" % (dotted, detected or "bin"), content=content,
         detected_type=detected, mime_type=mime_type, path=dotted,
         selected=bool(encrypted) or is_selected(detected, name, types),
         cause="encrypted" if encrypted else "", cause_text=encrypted or ""))
-
-
-# --- what mail programs show although it is no attachment -------------------------------------
-
-# Outlook, Thunderbird and others show a uuencoded block in a text body as an attachment.
-# The stdlib's uu module is gone (Python 3.13) and no maintained library reads uuencoded
-# blocks out of running text, so this is a small line-by-line parser: linear, no regex on
-# more than one line at a time.
-_UU_BEGIN = re.compile(rb"begin(-base64)? +[0-7]{3,4} +(\S[^\r\n]*)")
-
-
-def _take_uuencoded(text, dotted, types, result):
-    lines = iter(text.splitlines())
-    for line in lines:
-        match = _UU_BEGIN.fullmatch(line.strip()) if line.startswith(b"begin") else None
-        if not match:
-            continue
-        base64_form, name = bool(match.group(1)), match.group(2).decode("utf-8", "replace").strip()
-        content, complete = _uu_body(lines, base64_form)
-        if content or complete:
-            _add_file(result, types, _clean_name(name), content, "application/x-uuencode", dotted)
-
-
-def _uu_body(lines, base64_form):
-    """(bytes, whether an end line was met) of the lines after a begin line."""
-    chunks = []
-    for line in lines:
-        line = line.rstrip()
-        if line == (b"====" if base64_form else b"end"):
-            return b"".join(chunks), True
-        try:
-            if base64_form:
-                chunks.append(binascii.a2b_base64(line))
-            elif line:
-                try:
-                    chunks.append(binascii.a2b_uu(line))
-                except binascii.Error:   # encoders that pad the last line wrongly (as the uu module did)
-                    chunks.append(binascii.a2b_uu(line[:(((line[0] - 32) & 63) * 4 + 5) // 3]))
-        except binascii.Error:
-            break
-    return b"".join(chunks), False
-
-
-# winmail.dat: Outlook's container that its recipients see as the attachments inside.
-_TNEF_MAGIC = struct.pack("<I", tnefparse.TNEF.TNEF_SIGNATURE)
-# tnefparse copies the rest of the blob for every object it reads (quadratic): a blob made of
-# many tiny objects would stall a worker. Objects times size is checked first (linear).
-_TNEF_COPY_BUDGET = 1 << 31
-_TNEF_DEPTH = 4
-
-
-def _take_tnef(content, dotted, types, result, name, depth=0):
-    objects, offset = 0, 6
-    while offset + 12 < len(content):
-        objects += 1
-        offset += struct.unpack_from("<I", content, offset + 5)[0] + 11
-    # No object, or one that runs past the end: a truncated or forged blob, not Outlook's.
-    if content[:4] != _TNEF_MAGIC or not objects or offset > len(content) \
-            or objects * len(content) > _TNEF_COPY_BUDGET:
-        return result.unopened(dotted, "unparseable", "TNEF (%s) that vxgate cannot read" % name,
-                               name=name, content=content)
-    try:
-        tnef = tnefparse.TNEF(content, do_checksum=False)
-        attachments = [(_tnef_name(a), a.data, getattr(a, "embed", None)) for a in tnef.attachments]
-    except Exception as exc:  # noqa: BLE001 - a hostile blob can break the library anywhere
-        return result.unopened(dotted, "unparseable", "TNEF (%s) that vxgate cannot read (%s)"
-                               % (name, type(exc).__name__), name=name, content=content)
-    for number, (inner, data, embedded) in enumerate(attachments, 1):
-        if embedded is not None and depth < _TNEF_DEPTH:
-            _take_tnef(bytes(data), dotted, types, result, inner or name, depth + 1)
-        elif embedded is not None:
-            result.unopened(dotted, "too-deep", "TNEF nested more than %d levels deep" % _TNEF_DEPTH)
-        else:
-            _add_file(result, types, inner or "%s-%d" % (name, number), bytes(data or b""),
-                      "application/ms-tnef", dotted)
-
-
-def _tnef_name(attachment):
-    try:
-        return _clean_name(attachment.long_filename() or attachment._name)
-    except Exception:  # noqa: BLE001 - a name in no known encoding: the content still counts
-        return ""
-
-
-# --- archives nobody can look into ------------------------------------------------------------
-
-_OFFICE_ENCRYPTED = "EncryptedPackage".encode("utf-16-le")
-
-
-def encryption(content, detected):
-    """Why ``content`` is a password-protected archive or document (a sentence), or ""."""
-    try:
-        if detected in ("zip", "jar", "apk"):
-            with zipfile.ZipFile(io.BytesIO(content)) as archive:
-                locked = any(info.flag_bits & 1 for info in archive.infolist())
-        elif detected == "rar":
-            locked = rarfile.RarFile(io.BytesIO(content)).needs_password()
-        elif detected == "7z":
-            with py7zr.SevenZipFile(io.BytesIO(content)) as archive:
-                locked = archive.needs_password()
-        else:   # Office documents saved with a password are an OLE file holding EncryptedPackage
-            locked = content[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" and _OFFICE_ENCRYPTED in content
-    except py7zr.exceptions.PasswordRequired:
-        locked = True
-    except Exception:  # noqa: BLE001 - a broken archive is vxCube's to judge, not an encrypted one
-        locked = False
-    return "password-protected %s" % (detected or "file") if locked else ""
 
 
 def _is_file(part, name):
@@ -450,8 +351,6 @@ def _filename(part):
 
 
 def _clean_name(name):
-    if isinstance(name, bytes):      # TNEF names come as bytes in the sender's code page
-        name = name.decode("utf-8", "replace").strip("\0")
     name = str(name or "")
     if "=?" in name:  # RFC 2047 words in a parameter: wrong but what mailers send
         try:

@@ -6,6 +6,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from salmon_app.vxcube import containers
 from salmon_app.vxcube import extract as extract_module
 from salmon_app.vxcube.extract import (FileItem, describe, detect_type, extract, extract_files,
                                        is_email, not_analysable_reason)
@@ -231,16 +232,14 @@ def test_tnef_made_of_tiny_objects_is_refused_in_linear_time():
     import time
     blob = struct.pack("<IH", 0x223E9F78, 1) + struct.pack("<BHHI", 1, 0x8008, 1, 1) * 400000
     started = time.monotonic()
-    items = extract_module.Extraction()
-    extract_module._take_tnef(blob, "2", {"exe"}, items, "winmail.dat")
-    assert time.monotonic() - started < 2
-    assert [item.cause for item in items.files] == ["unparseable"]
+    with pytest.raises(containers.Unreadable) as refused:
+        containers.tnef_files(blob)
+    assert time.monotonic() - started < 2 and refused.value.cause == "unparseable"
 
 
 def test_begin_lines_in_prose_cost_nothing():
     import time
     text = b"begin 644 \r\n" * 200000 + b"begin the meeting at 10\r\n" * 1000
     started = time.monotonic()
-    items = extract_module.Extraction()
-    extract_module._take_uuencoded(text, "1", {"exe"}, items)
-    assert time.monotonic() - started < 2 and items.files == []
+    assert containers.uuencoded_files(text) == []
+    assert time.monotonic() - started < 2
