@@ -357,7 +357,8 @@ def may_carry_files(raw):
     ctype = found.get("content-type", "text/plain").strip().lower()
     disposition = found.get("content-disposition", "").lower()
     return not ctype.startswith("text/") or "name=" in ctype or "attachment" in disposition \
-        or "name=" in disposition or b"\nbegin" in raw or head.lower().count(b"content-type:") > 1
+        or "name=" in disposition or b"\nbegin " in raw or b"\nbegin-base64 " in raw \
+        or head.lower().count(b"content-type:") > 1
 
 
 def first_seen(row, max_hold):

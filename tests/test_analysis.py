@@ -170,4 +170,5 @@ def test_only_mail_that_may_carry_files_is_parsed():
     assert may_carry_files(b"Content-Type: text/html\r\nContent-Disposition: attachment\r\n\r\nx\r\n")
     # a text that may hide a uuencoded file, a header block that says two things
     assert may_carry_files(b"Subject: x\r\n\r\nhello\r\nbegin 644 a.exe\r\nend\r\n")
+    assert not may_carry_files(b"Subject: x\r\n\r\nhello\r\nbeginning at ten\r\n")
     assert may_carry_files(b"Content-Type: text/plain\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n")
