@@ -91,7 +91,7 @@ def _nested(depth):
         boundary = b"n%d" % level
         part = _mime(b"Content-Type: multipart/mixed; boundary=\"" + boundary + b"\"",
                      b"--" + boundary + b"\r\n" + part + b"\r\n--" + boundary + b"--")
-    return _mime(_TOP.rstrip(b"\n"), b"") [:-4] + b"\r\n" + part
+    return _TOP.replace(b"\n", b"\r\n") + part
 
 
 def _uuencoded(data, name=b"invoice.exe"):
@@ -166,7 +166,7 @@ _INNER = _multipart([_TEXT, _exe_part()], b"inner", b"From: eve@x.test\nSubject:
 # judged dangerous) or the cause token the message must be unchecked with.
 HIDDEN_FILES = [
     # a file below 33 levels of multipart: the extractor stops reading at 32
-    ("nested-33-deep", _nested(34), "too-deep"),
+    ("nested-33-deep", _nested(33), "too-deep"),
     # an executable uuencoded inside a plain-text body: Outlook and others show it as a file
     ("uuencoded-in-text", _mime(_TOP + b"Content-Type: text/plain", b"Hello,\r\n\r\n"
                                 + _uuencoded(_EXE).replace(b"\n", b"\r\n")), "analysed"),
