@@ -230,7 +230,7 @@ def test_every_hiding_place_is_found_or_has_a_cause(name, raw, expected):
 def test_tnef_made_of_tiny_objects_is_refused_in_linear_time():
     import struct
     import time
-    blob = struct.pack("<IH", 0x223E9F78, 1) + struct.pack("<BHHI", 1, 0x8008, 1, 1) * 400000
+    blob = struct.pack("<IH", 0x223E9F78, 1) + (struct.pack("<BHHI", 1, 0x8008, 1, 1) + b"x" + struct.pack("<H", 120)) * 400000
     started = time.monotonic()
     with pytest.raises(containers.Unreadable) as refused:
         containers.tnef_files(blob)
