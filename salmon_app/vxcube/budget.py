@@ -5,6 +5,7 @@ Kept in memory (a restart starts every window afresh); idle keys are forgotten o
 window, so senders that rotate addresses cost memory only for as long as they send.
 """
 import collections
+import ipaddress
 import threading
 
 
@@ -12,8 +13,10 @@ def budget_keys(row):
     """Who pays for a message's uploads: its envelope sender and the client that sent it
     (XFORWARD only: without it the peer is Postfix, shared by all mail)."""
     keys = ["sender <%s>" % (row.mail_from or "").lower()]
-    if row.client.get("addr"):
-        keys.append("client %s" % row.client["addr"])
+    try:    # Postfix says [UNAVAILABLE] when it does not know: no key then, not a shared one
+        keys.append("client %s" % ipaddress.ip_address(str(row.client.get("addr") or "").removeprefix("IPv6:")))
+    except ValueError:
+        pass
     return keys
 
 

@@ -12,6 +12,8 @@ def test_keys_are_the_sender_and_the_forwarded_client_only():
     assert budget_keys(row("Mallory@X.test", addr="192.0.2.7", peer_ip="127.0.0.1")) == \
         ["sender <mallory@x.test>", "client 192.0.2.7"]
     assert budget_keys(row("", peer_ip="127.0.0.1")) == ["sender <>"]      # the peer is Postfix
+    assert budget_keys(row("a@x", addr="[UNAVAILABLE]")) == ["sender <a@x>"]
+    assert budget_keys(row("a@x", addr="IPv6:2001:db8::1"))[1] == "client 2001:db8::1"
 
 
 def test_a_spent_key_blocks_and_the_window_refills_it():
