@@ -7,7 +7,7 @@ and deterministic (built here, never fetched), and say in a comment what each on
 """
 import base64
 
-from support.mail import EICAR
+from support.mail import EICAR, pe_image
 
 # ------------------------------------------------------------------ envelope (receiver)
 # SMTP command lines (bytes, without CRLF). Each must be answered within a second with a
@@ -102,6 +102,146 @@ ENCODED_SUBJECTS = [
 # Messages that try to hide a file from analysis. Each must end with the file analysed, or
 # the message ``unchecked`` with a cause: never ``none``. Filled in by the analysis tests.
 EICAR_B64 = base64.b64encode(EICAR)
+
+
+def _mime(head, body):
+    return head.replace(b"\n", b"\r\n") + b"\r\n\r\n" + body
+
+
+_TOP = b"From: mallory@attacker.test\nTo: bob@x.test\nSubject: hidden file\nMIME-Version: 1.0\n"
+_EXE = pe_image(EICAR)      # an executable that vxCube (and the emulator) finds dangerous
+
+
+def _multipart(parts, boundary=b"b0", head=_TOP):
+    body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + boundary + b"--\r\n"
+    return _mime(head + b"Content-Type: multipart/mixed; boundary=\"" + boundary + b"\"", body)
+
+
+def _exe_part(name=b"invoice.exe", data=_EXE):
+    return _mime(b"Content-Type: application/octet-stream; name=\"" + name + b"\"\n"
+                 b"Content-Disposition: attachment; filename=\"" + name + b"\"\n"
+                 b"Content-Transfer-Encoding: base64", base64.encodebytes(data).replace(b"\n", b"\r\n"))
+
+
+def _nested(depth):
+    part = _exe_part()
+    for level in range(depth):
+        boundary = b"n%d" % level
+        part = _mime(b"Content-Type: multipart/mixed; boundary=\"" + boundary + b"\"",
+                     b"--" + boundary + b"\r\n" + part + b"\r\n--" + boundary + b"--")
+    return _TOP.replace(b"\n", b"\r\n") + part
+
+
+def _uuencoded(data, name=b"invoice.exe"):
+    import binascii
+    lines = [binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)]
+    return b"begin 644 " + name + b"\n" + b"".join(lines) + b"`\nend\n"
+
+
+def _tnef(name, data):
+    import struct
+
+    def obj(level, attr, kind, value):
+        return struct.pack("<BHHI", level, attr, kind, len(value)) + value + struct.pack("<H", sum(value) & 0xFFFF)
+    return (struct.pack("<IH", 0x223E9F78, 1) + obj(1, 0x9006, 8, struct.pack("<I", 0x10000))
+            + obj(2, 0x9002, 6, b"\0" * 14) + obj(2, 0x8010, 1, name + b"\0") + obj(2, 0x800F, 6, data))
+
+
+def _zip_locked():
+    import io
+    import pyzipper
+    buffer = io.BytesIO()
+    with pyzipper.AESZipFile(buffer, "w", encryption=pyzipper.WZ_AES) as archive:
+        archive.setpassword(b"infected")
+        archive.writestr("invoice.exe", _EXE)
+    return buffer.getvalue()
+
+
+def _zipcrypto_locked():
+    # ZipCrypto, the classic "password 123" mail attachment; hand-built, since the
+    # standard library only reads such archives: one stored member, encryption flag set.
+    import struct
+    import zlib
+    data = b"\0" * 12 + _EXE          # the 12-byte encryption header, then "encrypted" data
+    name = b"invoice.exe"
+    crc = zlib.crc32(_EXE)
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 1, 0, 0, 0, crc, len(data), len(_EXE), len(name), 0)
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 1, 0, 0, 0, crc, len(data), len(_EXE),
+                          len(name), 0, 0, 0, 0, 0, 0)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central) + len(name), len(local) + len(name) + len(data), 0)
+    return local + name + data + central + name + end
+
+
+def _7z_locked(encrypt_names=False):
+    import io
+    import py7zr
+    buffer = io.BytesIO()
+    with py7zr.SevenZipFile(buffer, "w", password="infected", header_encryption=encrypt_names) as archive:
+        archive.writestr(_EXE, "invoice.exe")
+    return buffer.getvalue()
+
+
+def _rar_locked():
+    # A RAR 5 archive whose headers are encrypted (rar -hp): signature, then the archive
+    # encryption header (type 4). Hand-built: no free tool writes RAR.
+    import struct
+    import zlib
+    body = bytes([4, 0, 0, 0, 15]) + b"\x11" * 16        # type 4, flags, version 0, flags, KDF count, salt
+    header = bytes([len(body)]) + body
+    return b"Rar!\x1a\x07\x01\x00" + struct.pack("<I", zlib.crc32(header)) + header + b"\0" * 64
+
+
+def _attached(mime_type, name, data, encoding=b"base64"):
+    return _mime(b"Content-Type: " + mime_type + b"; name=\"" + name + b"\"\n"
+                 b"Content-Disposition: attachment; filename=\"" + name + b"\"\n"
+                 b"Content-Transfer-Encoding: " + encoding, base64.encodebytes(data).replace(b"\n", b"\r\n"))
+
+
+_TEXT = _mime(b"Content-Type: text/plain; charset=us-ascii", b"See the attachment.")
+_INNER = _multipart([_TEXT, _exe_part()], b"inner", b"From: eve@x.test\nSubject: fwd\nMIME-Version: 1.0\n")
+
+# (name, message bytes, expected): expected is "analysed" (the EICAR executable was found and
+# judged dangerous) or the cause token the message must be unchecked with.
+HIDDEN_FILES = [
+    # a file below 33 levels of multipart: the extractor stops reading at 32
+    ("nested-33-deep", _nested(33), "too-deep"),
+    # an executable uuencoded inside a plain-text body: Outlook and others show it as a file
+    ("uuencoded-in-text", _mime(_TOP + b"Content-Type: text/plain", b"Hello,\r\n\r\n"
+                                + _uuencoded(_EXE).replace(b"\n", b"\r\n")), "analysed"),
+    # the same inside a multipart's text part
+    ("uuencoded-in-part", _multipart([_mime(b"Content-Type: text/plain", _uuencoded(_EXE).replace(b"\n", b"\r\n"))]),
+     "analysed"),
+    # text/plain first, multipart second: parsers that keep the first see no attachment
+    ("two-content-types", _mime(_TOP + b"Content-Type: text/plain\nContent-Type: multipart/mixed; boundary=\"b0\"",
+                                b"--b0\r\n" + _exe_part() + b"\r\n--b0--\r\n"), "unparseable"),
+    # an attachment inside an attached message
+    ("in-rfc822", _multipart([_TEXT, _mime(b"Content-Type: message/rfc822", _INNER)]), "analysed"),
+    # the attached message itself base64-encoded (forbidden by RFC 2046, shown by mail programs)
+    ("in-rfc822-base64", _multipart([_TEXT, _attached(b"message/rfc822", b"fwd.eml", _INNER)]), "analysed"),
+    # Outlook's winmail.dat carrying the executable
+    ("tnef", _multipart([_TEXT, _attached(b"application/ms-tnef", b"winmail.dat", _tnef(b"invoice.exe", _EXE))]),
+     "analysed"),
+    # a winmail.dat that is no TNEF, and one cut short in the middle of the executable
+    ("tnef-not-tnef", _multipart([_TEXT, _attached(b"application/ms-tnef", b"winmail.dat", b"PK\x03\x04junk")]),
+     "unparseable"),
+    ("tnef-truncated", _multipart([_TEXT, _attached(b"application/ms-tnef", b"winmail.dat",
+                                                    _tnef(b"invoice.exe", _EXE)[:-40])]), "unparseable"),
+    # password-protected archives: nobody but the recipient can look inside
+    ("zip-aes", _multipart([_TEXT, _attached(b"application/zip", b"invoice.zip", _zip_locked())]), "encrypted"),
+    ("zip-zipcrypto", _multipart([_TEXT, _attached(b"application/zip", b"invoice.zip", _zipcrypto_locked())]),
+     "encrypted"),
+    ("7z", _multipart([_TEXT, _attached(b"application/x-7z-compressed", b"invoice.7z", _7z_locked())]), "encrypted"),
+    ("7z-names", _multipart([_TEXT, _attached(b"application/x-7z-compressed", b"invoice.7z", _7z_locked(True))]),
+     "encrypted"),
+    ("rar-headers", _multipart([_TEXT, _attached(b"application/vnd.rar", b"invoice.rar", _rar_locked())]),
+     "encrypted"),
+    # one fragment of a message/partial split: nobody can judge a part of a file
+    ("message-partial", _multipart([_TEXT, _mime(b"Content-Type: message/partial; id=\"x@y\"; number=1; total=2",
+                                                 _exe_part())]), "unparseable"),
+    # multipart without a boundary: what is an attachment is a matter of guessing
+    ("multipart-no-boundary", _mime(_TOP + b"Content-Type: multipart/mixed",
+                                    b"--b0\r\n" + _exe_part() + b"\r\n--b0--\r\n"), "unparseable"),
+]
 
 # ------------------------------------------------------------------ vxCube responses
 # Bodies of a wrong shape that a (broken or hostile) vxCube may answer with.
