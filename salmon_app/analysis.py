@@ -53,7 +53,9 @@ class Analyser:
                                                          initial=config.VxcubeRetryMin,
                                                          maximum=config.VxcubeRetryMax,
                                                          max_elapsed=config.VxcubeRequestTimeout * config.VxcubeRetryAttempts
-                                                         + config.VxcubeRetryMax * config.VxcubeRetryAttempts))
+                                                         + config.VxcubeRetryMax * config.VxcubeRetryAttempts),
+                                       metrics=gateway.metrics)
+        self.metrics = gateway.metrics
         self.due = {}       # sha256 -> when to poll next (in memory, see later())
         self.polls = {}     # sha256 -> polls or failed calls so far (for the back-off)
         self.failing = {}   # sha256 -> the error last logged for it: one log line per change
@@ -144,6 +146,7 @@ class Analyser:
                 elif sample and sample.state == "done" and _fresh(sample, now, self.config.VxcubeCacheTtl):
                     _copy_result(check, sample)
                     check.cached = True
+                    self.metrics.vxcube_cache_hits.labels("local").inc()
                 elif (sample is None or sample.state == "done") and not self.budget.spend(spenders, now):
                     check.verdict, check.reason = Verdict.UNCHECKED.label, with_cause(
                         "budget", "%s used up its %d uploads per %s" % (
@@ -156,6 +159,8 @@ class Analyser:
                                       kind=getattr(item, "kind", "file"), created=now, next_step=now)
                     to_queue.append(item.sha256)
                 check.save()
+                if check.verdict == Verdict.UNCHECKED.label:
+                    self.metrics.unchecked.labels(cause_of(check.reason, check.verdict)).inc()
                 message.log.info("file %s: %s", describe(item) if item.path != MESSAGE_SAMPLE else "whole message",
                                  check.verdict + (" (cached)" if check.cached else "") if check.verdict else "queued for vxCube")
         for sha256 in to_queue:
@@ -192,6 +197,7 @@ class Analyser:
         found = self.client.find_sample(sample.sha256) if sample.kind == "file" else None
         if found:
             samples = [found]
+            self.metrics.vxcube_cache_hits.labels("lookup").inc()
         else:
             data = self.gateway.spool.read_sample(sample.sha256)
             if data is None:
@@ -205,6 +211,7 @@ class Analyser:
                 return self._finish(sample, Verdict.UNCHECKED, reason=with_cause(
                     "quota", "the vxCube licence has no uploads left (%s)" % exc))
             sample.uploaded = True
+            self.metrics.vxcube_uploads.inc()
         if sample.kind == MESSAGE_SAMPLE:
             return self._split(sample, samples)
         self._uploaded_as(sample, samples[0])
@@ -326,7 +333,10 @@ class Analyser:
         LOG.info("sample %s: %s%s", sample.sha256[:16], verdict.label, " (%s)" % reason if reason else "")
         self._deliver_result(sample)
         if verdict == Verdict.UNCHECKED:
+            self.metrics.unchecked.labels(cause_of(reason, verdict.label)).inc()
             sample.delete_instance()     # never cache a failure: the next copy is analysed again
+        elif sample.started:
+            self.metrics.analysis_seconds.observe(sample.finished - sample.started)
 
     def _deliver_result(self, sample):
         waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))

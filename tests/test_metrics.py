@@ -112,3 +112,22 @@ def test_expiry_runs_are_counted(vxgate, sink):
     values = scrape(gw)
     assert value(values, "vxgate_expiry_runs_total") >= 1
     assert value(values, "vxgate_expired_messages_total") == 1 and not Message.select().count()
+
+
+def test_vxcube_requests_uploads_cache_and_unchecked_causes(vxgate, sink, vxsim):
+    gw = vxgate(SmtpHook=HOOK, MetricsSocket=SocketAddr("127.0.0.1", 0),
+                **vxcube_params(vxsim, VxcubeMaxFiles=2))
+    eicar = mail_with([("invoice.exe", pe_image(EICAR))], subject="one")
+    gw.send("a@x.test", ["b@x.test"], eicar)
+    gw.send("a@x.test", ["b@x.test"], eicar)            # the same file again: the local cache answers
+    gw.send("a@x.test", ["b@x.test"], mail_with([("%d.exe" % n, pe_image(b"n%d" % n)) for n in range(3)],
+                                                 subject="three"))
+    sink.wait_for(3, 30)
+    values = scrape(gw)
+    assert value(values, "vxgate_vxcube_uploads_total") == 3        # EICAR once, two of the three
+    assert value(values, "vxgate_vxcube_cache_hits_total", where="local") == 1
+    assert value(values, "vxgate_unchecked_files_total", cause="too-many-files") == 1
+    assert value(values, "vxgate_vxcube_analysis_seconds_count") == 3
+    assert value(values, "vxgate_vxcube_requests_total", endpoint="samples", status="200") >= 3
+    assert value(values, "vxgate_vxcube_request_seconds_count", endpoint="analyses") >= 3
+    assert value(values, "vxgate_vxcube_analyses_in_flight") == 0

@@ -143,7 +143,7 @@ def _retry_after(value):
 class VxcubeClient:
     """The vxCube API v2.0 calls a mail filter needs; safe to share between threads."""
 
-    def __init__(self, address, api_key, *, timeout=30.0, verify=True, retry=None):
+    def __init__(self, address, api_key, *, timeout=30.0, verify=True, retry=None, metrics=None):
         if not api_key:
             raise ValueError("a vxCube API key is required")
         self.base_url = api_base_url(address)
@@ -155,6 +155,7 @@ class VxcubeClient:
         self._local = threading.local()
         self._sessions = []
         self._sessions_lock = threading.Lock()
+        self.metrics = metrics       # salmon_app.metrics.Metrics, or None (doctor, tests)
 
     def __repr__(self):
         return "VxcubeClient(%r)" % self.base_url
@@ -225,7 +226,19 @@ class VxcubeClient:
 
     def _call(self, method, path, shape, **kwargs):
         # copy(): one Retrying object may be running in several threads at once.
-        return self._retrying.copy()(self._attempt, method, path, shape, **kwargs)
+        retrying = self._retrying.copy()
+        try:
+            return retrying(self._attempt, method, path, shape, **kwargs)
+        finally:
+            retries = retrying.statistics.get("attempt_number", 1) - 1
+            if self.metrics is not None and retries > 0:
+                self.metrics.vxcube_retries.inc(retries)
+
+    def _observe(self, path, status, seconds):
+        if self.metrics is not None:
+            endpoint = path.strip("/").split("/", 1)[0] or "/"     # samples, analyses, license, ...
+            self.metrics.vxcube_requests.labels(endpoint, status).inc()
+            self.metrics.vxcube_latency.labels(endpoint).observe(seconds)
 
     def _attempt(self, method, path, shape, **kwargs):
         started = time.monotonic()
@@ -233,7 +246,9 @@ class VxcubeClient:
             response = self._session().request(method, self.base_url + path,
                                                timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
+            self._observe(path, "error", time.monotonic() - started)
             raise self._transport_error(method, path, exc) from None
+        self._observe(path, str(response.status_code), time.monotonic() - started)
         log.debug("%s %s -> %d in %.3fs", method, path, response.status_code,
                   time.monotonic() - started)
         reply = self._decode(method, path, response)
