@@ -365,10 +365,12 @@ def may_carry_files(raw):
     head = raw[:end + 2] if end >= 0 else raw
     found = headers.fields(head, ("Content-Type", "Content-Disposition"))
     ctype = found.get("content-type", "text/plain").strip().lower()
-    disposition = found.get("content-disposition", "").lower()
-    return not ctype.startswith("text/") or "name=" in ctype or "attachment" in disposition \
-        or "name=" in disposition or b"\nbegin " in raw or b"\nbegin-base64 " in raw \
-        or head.lower().count(b"content-type:") > 1
+    # the parameters are looked for in the raw block: the field values above are cut at 500
+    # characters for display, and a long first parameter must not hide a name=evil.exe after it
+    lower = head.lower()
+    return not ctype.startswith("text/") or b"name=" in lower or b"name*" in lower \
+        or b"attachment" in lower or b"\nbegin " in raw or b"\nbegin-base64 " in raw \
+        or lower.count(b"content-type:") > 1
 
 
 def first_seen(row, max_hold):

@@ -351,7 +351,9 @@ def _filename(part):
 
 
 def _clean_name(name):
-    name = str(name or "")
+    # cut first: decode_header rescans the rest of the line from every "=?", quadratic on a long
+    # name (RFC 2231 continuations make 54 KB of one name); no real file name is that long
+    name = str(name or "")[:1024]
     if "=?" in name:  # RFC 2047 words in a parameter: wrong but what mailers send
         try:
             name = str(email.header.make_header(email.header.decode_header(name)))

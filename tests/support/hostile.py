@@ -241,6 +241,17 @@ HIDDEN_FILES = [
     # multipart without a boundary: what is an attachment is a matter of guessing
     ("multipart-no-boundary", _mime(_TOP + b"Content-Type: multipart/mixed",
                                     b"--b0\r\n" + _exe_part() + b"\r\n--b0--\r\n"), "unparseable"),
+    # a single text part whose name= comes after a 600-character parameter: the quick "any
+    # files here?" test read the Content-Type cut for display at 500 characters
+    ("long-param-hides-name", _mime(_TOP + b'Content-Type: text/plain; x="' + b"a" * 600 + b'"; name="invoice.exe"\n'
+                                    b"Content-Transfer-Encoding: base64", base64.encodebytes(_EXE).replace(b"\n", b"\r\n")),
+     "analysed"),
+    # a 54 KB file name in RFC 2231 continuations full of "=?": decoding it whole is quadratic
+    ("rfc2231-long-name", _multipart([_TEXT, _mime(b"Content-Type: application/octet-stream\n"
+                                                   b"Content-Disposition: attachment;\n" + b";\n".join(
+                                                       b' filename*%d="=?a?q?x%04d.exe "' % (n, n) for n in range(2700))
+                                                   + b"\nContent-Transfer-Encoding: base64",
+                                                   base64.encodebytes(_EXE).replace(b"\n", b"\r\n"))]), "analysed"),
 ]
 
 # ------------------------------------------------------------------ vxCube responses
