@@ -34,6 +34,8 @@ def _family(ip):
 def envelope_view(envelope):
     client = envelope.client or {}
     ip = str(client.get("ip") or "")
+    if ip[:5].upper() == "IPV6:":     # Postfix's XFORWARD ADDR form; hooks compare plain addresses
+        ip = ip[5:]
     return {
         "from": envelope.mail_from or "", "to": list(envelope.rcpt_to), "helo": envelope.helo,
         "queue_id": envelope.queue_id,

@@ -187,3 +187,11 @@ def test_logging(run, caplog):
         ("NOTICE", "Q1: hello"), ("ERROR", "Q1: 42"), ("DEBUG", "Q1: nil")]
     decision = run("drweb.log('loud', 'x')")
     assert decision.error and "unknown log level" in decision.reason
+
+
+def test_xforward_ipv6_prefix_is_not_shown_to_hooks():
+    from salmon_app.policy.context import envelope_view
+    from salmon_app.policy import Envelope
+    view = envelope_view(Envelope(mail_from="a@x.test", rcpt_to=["b@x.test"],
+                                  client={"ip": "IPV6:2001:db8::1", "port": "25"}))
+    assert view["sender"]["ip"] == "2001:db8::1" and view["sender"]["family"] == "ipv6"
