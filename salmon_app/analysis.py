@@ -182,7 +182,7 @@ class Analyser:
             # A bug, not vxCube: the traceback once per sample and error, then the same
             # bound as any failure (VxcubeTimeout), so no message waits forever on it.
             if self._changed(sha256, "internal error: %s" % exc):
-                LOG.exception("sample %s: analysis step failed; retrying later", sha256[:16])
+                self._log(sha256, logging.ERROR, "analysis step failed; retrying later", exc_info=True)
             sample = Sample.get_or_none(Sample.sha256 == sha256)
             if sample is not None and time.time() - sample.created > self.config.VxcubeTimeout:
                 self._finish(sample, Verdict.UNCHECKED, reason=with_cause("vxcube-error", "internal error: %s" % exc))
@@ -236,7 +236,7 @@ class Analyser:
         sample.started = time.time()
         sample.next_step = sample.started + self.config.VxcubePollInterval
         sample.save()
-        LOG.info("sample %s: analysis %s started on %s", sample.sha256[:16], sample.analysis_id, ", ".join(platforms))
+        self._log(sample.sha256, logging.INFO, "analysis %s started on %s", sample.analysis_id, ", ".join(platforms))
 
     def _analysing(self, sample):
         analysis = self.client.get_analysis(sample.analysis_id)
@@ -292,12 +292,25 @@ class Analyser:
         now = time.time()
         if exc.transient and now - sample.created < self.config.VxcubeTimeout:
             if self._changed(sample.sha256, str(exc)):
-                LOG.warning("sample %s: vxCube unavailable (%s); trying again", sample.sha256[:16], exc)
+                self._log(sample.sha256, logging.WARNING, "vxCube unavailable (%s); trying again", exc)
             failures = self.polls.get(sample.sha256, 0) + 1
             self.polls[sample.sha256] = failures
             self.later(sample, min(self.config.VxcubePollInterval * 2 ** min(failures, 4), 300))
             return
         self._finish(sample, Verdict.UNCHECKED, reason=with_cause("vxcube-error", "vxCube error: %s" % exc))
+
+    def _log(self, sha256, level, text, *args, exc_info=False):
+        """A line about a sample names the messages that wait for it (their queue ids), so
+        ``grep QUEUEID`` finds it; the first id is the line's queue_id in LogFormat = Json."""
+        try:
+            ids = sorted({c.message for c in FileCheck.select(FileCheck.message).where(
+                FileCheck.sha256 == sha256, FileCheck.verdict == "")})
+        except Exception:      # storage failing: the line still goes out
+            ids = []
+        shown = ",".join(ids[:5]) + (" +%d more" % (len(ids) - 5) if len(ids) > 5 else "")
+        LOG.log(level, "sample %s (for %s): " + text, sha256[:16], shown or "no message", *args, exc_info=exc_info,
+                extra={"queue_id": ids[0] if ids else "-", "event": "sample",
+                       "fields": {"sample": sha256, "queue_ids": ids}})
 
     def _changed(self, sha256, error):
         """Whether ``error`` is news for this sample (then it is logged, else not again)."""
@@ -308,7 +321,7 @@ class Analyser:
 
     def _recovered(self, sample):
         if self.failing.pop(sample.sha256, None) is not None:
-            LOG.info("sample %s: vxCube answers again", sample.sha256[:16])
+            self._log(sample.sha256, logging.INFO, "vxCube answers again")
 
     def _licence_spent(self):
         """Whether the licence has no uploads left: vxCube documents no error for a spent
@@ -330,7 +343,7 @@ class Analyser:
         sample.finished = time.time()
         sample.save()
         self.gateway.spool.remove_sample(sample.sha256)
-        LOG.info("sample %s: %s%s", sample.sha256[:16], verdict.label, " (%s)" % reason if reason else "")
+        self._log(sample.sha256, logging.INFO, "%s%s", verdict.label, " (%s)" % reason if reason else "")
         self._deliver_result(sample)
         if verdict == Verdict.UNCHECKED:
             self.metrics.unchecked.labels(cause_of(reason, verdict.label)).inc()

@@ -77,12 +77,17 @@ def test_json_lines_all_parse_and_carry_the_queue_id(vxgate, sink, vxsim, attach
     about = [r for r in records if r["queue_id"]]
     assert {r["queue_id"] for r in about} == ids
     for record in about:       # the text still opens with the id, as in the text format
-        assert record["message"].startswith(record["queue_id"] + ": ")
+        if record["event"] != "sample":          # a sample's lines name all the messages it holds up
+            assert record["message"].startswith(record["queue_id"] + ": ")
     summaries = [r for r in records if r["event"] == "summary" and "=250" in r["outcome"]]
     assert len(summaries) == 2
     eicar = [r for r in summaries if r["verdict"] == "dangerous"][0]
     assert eicar["files"] == ["in?voice?1.exe(exe):dangerous"] and eicar["action"]    # one token per file
     assert eicar["from"] == "alice@x.test" and eicar["to"] == ["bob@x.test"]
+    samples = [r for r in records if r["event"] == "sample"]     # lines about a vxCube sample
+    eicar_id = Message.get(Message.verdict == "dangerous").id
+    assert samples and all(r["queue_ids"] == [eicar_id] and r["queue_id"] == eicar_id for r in samples)
+    assert any("(for %s): dangerous" % eicar_id in r["message"] for r in samples)
     received = [r for r in records if r["event"] == "received"]
     assert len(received) == 3 and all(r["client"] == "127.0.0.1" for r in received)
     deferred = [r for r in records if r["event"] == "deferred"]
