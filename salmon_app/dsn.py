@@ -57,21 +57,25 @@ def _status(code, text):
     return "5.0.0" if code >= 500 else "4.0.0"
 
 
-def notice(hostname, row, what, reason, recipient):
-    """A plain notice to the administrator about a message vxgate kept in quarantine."""
-    lines = ["vxgate on %s kept a message in quarantine." % hostname, "",
+def notice(hostname, row, what, reason, recipient, *, state="quarantined", verdict=None, action=None, files=()):
+    """A plain notice to the administrator about a message vxgate kept (quarantined or held):
+    the verdict the decision was made on, each file's verdict, and the commands to go on."""
+    lines = ["vxgate on %s kept a message (%s)." % (hostname, state), "",
              "What happened: %s" % one_line(what, limit=1000)]
     if reason:
         lines.append("Reason:        %s" % one_line(reason, limit=1000))
     lines += ["", "Queue id:      %s" % row.id, "Envelope from: <%s>" % one_line(row.mail_from),
               "Recipients:    %s" % ", ".join(one_line(a) for a in row.rcpt_to),
-              "Subject:       %s" % one_line(row.subject), "Verdict:       %s" % row.verdict, "",
-              "vxgate quarantine show %s      # the whole history" % row.id,
+              "Subject:       %s" % one_line(row.subject), "Verdict:       %s" % (verdict or row.verdict),
+              "Hook action:   %s" % (action or row.action or "-")]
+    if files:
+        lines += ["Files:"] + ["  %s" % one_line(f, limit=300) for f in files]
+    lines += ["", "vxgate quarantine show %s      # the whole history, every file and vxCube task" % row.id,
               "vxgate quarantine release %s   # deliver it after all" % row.id]
     msg = MIMEText("\n".join(lines) + "\n", "plain", "utf-8", policy=POLICY)
     msg["From"] = "MAILER-DAEMON@%s (vxgate)" % hostname
     msg["To"] = recipient
-    msg["Subject"] = "vxgate: message %s quarantined" % row.id
+    msg["Subject"] = "vxgate: message %s %s" % (row.id, state)
     msg["Date"] = email.utils.formatdate(localtime=True)
     msg["Message-ID"] = email.utils.make_msgid(domain=hostname)
     msg["Auto-Submitted"] = "auto-generated"

@@ -250,7 +250,7 @@ class Gateway:
             if not storage and errors + 1 >= self.config.SmtpErrorLimit:
                 self.conclude(queue_id, models.HELD, None, "%s; failed %d times, set aside (vxgate quarantine "
                               "show %s)" % (reason, errors + 1, queue_id))
-                self.notify_admin(row, "set aside after %d internal errors" % (errors + 1), reason)
+                self.notify_admin(row, "set aside after %d internal errors" % (errors + 1), reason, state=models.HELD)
                 return
             attempts = row.attempts + 1
             retry_state = row.state if row.state in STAGE_OF else models.STORED
@@ -266,12 +266,18 @@ class Gateway:
         self.metrics.verdicts.labels((analysis or {}).get("verdict") or "none", decision.action).inc()
         return decisions.apply(self, message, decision, analysis)
 
-    def notify_admin(self, row, what, reason=""):
-        """A short notice to SmtpAdminAddress about a message vxgate kept (never its content)."""
+    def notify_admin(self, row, what, reason="", fields=None, state=models.QUARANTINED):
+        """A short notice to SmtpAdminAddress about a message vxgate kept (never its content).
+
+        ``fields`` are the outcome being recorded (verdict, action, analysis): the record in
+        hand may predate them, and a notice must tell the verdict the decision was made on."""
+        fields = fields or {}
         qlog(row.id).warning("administrator notice: %s%s", what, " (%s)" % reason if reason else "")
         if not self.config.SmtpAdminAddress:
             return None
-        data = dsn.notice(self.hostname, row, what, reason, self.config.SmtpAdminAddress)
+        data = dsn.notice(self.hostname, row, what, reason, self.config.SmtpAdminAddress, state=state,
+                          verdict=fields.get("verdict") or row.verdict, action=fields.get("action") or row.action,
+                          files=analysed_files(fields.get("analysis_json") or row.analysis_json))
         return self.inject("notice", "", [self.config.SmtpAdminAddress], data, parent=row.id,
                            subject="vxgate notice about %s" % row.id)
 

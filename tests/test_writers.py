@@ -70,9 +70,10 @@ NOTICE_FIELDS = ["Content-Type", "MIME-Version", "Content-Transfer-Encoding", "F
 
 @pytest.mark.parametrize("text", TEXTS, ids=IDS)
 def test_admin_notice(text):
-    row = SimpleNamespace(id="Q1", mail_from=text, rcpt_to=[text, "b@x.test"], subject=text, verdict="dangerous")
-    parsed = check_header_block(dsn.notice("vxgate.test", row, "kept: " + text, text, "admin@corp.test"),
-                                NOTICE_FIELDS)
+    row = SimpleNamespace(id="Q1", mail_from=text, rcpt_to=[text, "b@x.test"], subject=text, verdict="dangerous",
+                          action="quarantine")
+    parsed = check_header_block(dsn.notice("vxgate.test", row, "kept: " + text, text, "admin@corp.test",
+                                           files=["%s(exe):dangerous" % text]), NOTICE_FIELDS)
     body = parsed.get_content()
     assert body_line_after(body, "Subject:").startswith("Verdict:")      # no line forged in the body
     assert body_line_after(body, "Reason:") == ""
