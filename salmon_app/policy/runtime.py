@@ -31,7 +31,12 @@ def is_source(hook_spec):
 
 
 class HookRuntime:
-    def __init__(self, hook_spec, memory_limit=64 * 2**20, time_limit=5.0, on_error="tempfail"):
+    def __init__(self, hook_spec, memory_limit=64 * 2**20, time_limit=5.0, on_error="tempfail",
+                 list_dir=None, source=None):
+        """``list_dir``: the only folder ``drweb.load_array``/``load_set`` read (``SmtpHookLists``);
+        None means the hook file's folder (no lists for inline code), "" no lists at all.
+        ``source``: the code to start with instead of reading the hook file now (a version
+        that loaded before; the file is still checked for changes)."""
         if on_error not in result.ON_ERROR_ACTIONS:
             raise ValueError("on_error must be one of %s, not %r"
                              % (", ".join(result.ON_ERROR_ACTIONS), on_error))
@@ -42,12 +47,18 @@ class HookRuntime:
         self._source = hook_spec.encode() if self.path is None else None
         self._chunkname = b"=SmtpHook" if self.path is None else b"@" + self.path.encode()
         self._mtime, self._checked, self._broken = None, time.monotonic(), False
-        self._bridge = context.Bridge(os.path.dirname(self.path or os.path.abspath("x")),
-                                      memory_limit)
-        source = self._read()
+        if list_dir is None:
+            list_dir = os.path.dirname(self.path) if self.path else ""
+        self._bridge = context.Bridge(list_dir and os.path.abspath(list_dir), memory_limit)
+        source = self._read() if source is None else source
         self._host = self._new_host()
         self._hook = self._compile(source)
         self._source = source
+
+    @property
+    def source(self):
+        """The code in force (bytes)."""
+        return self._source
 
     # --- loading -----------------------------------------------------------------------
 
