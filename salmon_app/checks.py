@@ -2,14 +2,16 @@
 
 ``analyse()`` returns the analysis of a message, or None while analyses are pending (the
 message then re-enters the check stage when they finish). ``decide()`` runs ``SmtpHook`` in
-the calling worker thread's own Lua runtime (one per thread: Lua states are not thread-safe,
-and a runaway hook then stalls one worker, never the others). Without a hook every message
-is accepted unchanged.
+the calling worker thread's own Lua runtime, held in a child process of that worker
+(``policy.process``): Lua states are not thread-safe, and a runaway hook, even one stuck in
+a single C call or a Python callback, then holds one worker for at most ``SmtpHookTimeout``
+plus half a second, never the others. Without a hook every message is accepted unchanged.
 """
 import logging
 import threading
 
-from salmon_app.policy import Decision, Envelope, HookError, HookRuntime
+from salmon_app.policy import Decision, Envelope, HookError
+from salmon_app.policy.process import HookProcess
 
 LOG = logging.getLogger("vxgate.policy")
 
@@ -21,6 +23,8 @@ class Checks:
         self.analyser = Analyser(gateway)
         self.local = threading.local()
         self.generation = 0          # bumped by reload(): every runtime re-reads its hook
+        self.processes = set()       # of every worker, stopped at shut-down
+        self.lock = threading.Lock()
 
     def analyse(self, message):
         return self.analyser.analyse(message)
@@ -37,15 +41,15 @@ class Checks:
         elif self.local.generation != self.generation:
             runtime.reload()
             self.local.generation = self.generation
-        if runtime._source:
-            self.last_good = runtime._source
+        if runtime.source:
+            self.last_good = runtime.source
         return runtime
 
     def _new_runtime(self, config, previous=None):
         options = dict(memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
-                       on_error=config.SmtpHookErrorAction.lower())
+                       on_error=config.SmtpHookErrorAction.lower(), list_dir=config.SmtpHookLists)
         try:
-            return HookRuntime(config.SmtpHook, **options)
+            runtime = HookProcess(config.SmtpHook, **options)
         except HookError:
             if previous is not None:
                 LOG.error("SmtpHook does not load; this worker keeps the hook it had")
@@ -54,7 +58,13 @@ class Checks:
                 raise
             # the file was broken after other threads loaded it: keep running the old hook here too
             LOG.error("SmtpHook does not load; this worker uses the last version that did")
-            return HookRuntime(self.last_good.decode("utf-8", "replace"), **options)
+            runtime = HookProcess(config.SmtpHook, source=self.last_good, **options)
+        with self.lock:
+            if previous is not None:
+                self.processes.discard(previous)
+                previous.close()
+            self.processes.add(runtime)
+        return runtime
 
     def decide(self, message, analysis):
         runtime = self.runtime()
@@ -79,3 +89,7 @@ class Checks:
 
     def shut_down(self):
         self.analyser.shut_down()
+        with self.lock:
+            for runtime in self.processes:
+                runtime.close()
+            self.processes.clear()

@@ -193,6 +193,7 @@ SCHEMA = [
     _p("MailD", "SmtpHookTimeout", "duration", 5.0, "CPU time one hook call may take.", minimum=0.01),
     _p("MailD", "SmtpHookMemory", "size", 64 * 1024 ** 2, "Memory of one Lua runtime.", minimum=1024 ** 2),
     _p("MailD", "SmtpHookErrorAction", "choice", "Tempfail", "What a failing hook means for the message.", choices=("Tempfail", "Accept", "Quarantine")),
+    _p("MailD", "SmtpHookLists", "str", "config/hooks/lists", "The only folder whose files hooks may read (drweb.load_array, load_set): regular files, at most SmtpHookMemory (empty: none)."),
     _p("MailD", "SmtpAdminAddress", "str", "", "Who is told when vxgate quarantines a message it already accepted (empty: only the log)."),
     _p("MailD", "SmtpHostname", "str", "", "Name in the greeting and in notices (empty: this host's FQDN)."),
     _p("MailD", "SmtpMaxMessageSize", "size", 64 * 1024 ** 2, "Largest message accepted (advertised with SIZE).", minimum=1024),

@@ -30,6 +30,20 @@ def is_source(hook_spec):
     return "smtp_hook" in hook_spec and ("\n" in hook_spec or "(" in hook_spec)
 
 
+def check_limits(memory_limit, time_limit, on_error):
+    if on_error not in result.ON_ERROR_ACTIONS:
+        raise ValueError("on_error must be one of %s, not %r"
+                         % (", ".join(result.ON_ERROR_ACTIONS), on_error))
+    if memory_limit < 4 * context.MEMORY_RESERVE or not time_limit > 0:
+        raise ValueError("a hook needs memory_limit >= 4 MB and a positive time_limit")
+
+
+def failure(queue_id, on_error, reason):
+    """The Decision for a hook that failed, logged with its reason."""
+    log.warning("%s: hook failed, answering %s: %s", queue_id or "-", on_error, reason)
+    return Decision(on_error, error=True, reason=str(reason).split("\n", 1)[0])
+
+
 class HookRuntime:
     def __init__(self, hook_spec, memory_limit=64 * 2**20, time_limit=5.0, on_error="tempfail",
                  list_dir=None, source=None):
@@ -37,11 +51,7 @@ class HookRuntime:
         None means the hook file's folder (no lists for inline code), "" no lists at all.
         ``source``: the code to start with instead of reading the hook file now (a version
         that loaded before; the file is still checked for changes)."""
-        if on_error not in result.ON_ERROR_ACTIONS:
-            raise ValueError("on_error must be one of %s, not %r"
-                             % (", ".join(result.ON_ERROR_ACTIONS), on_error))
-        if memory_limit < 4 * context.MEMORY_RESERVE or not time_limit > 0:
-            raise ValueError("a hook needs memory_limit >= 4 MB and a positive time_limit")
+        check_limits(memory_limit, time_limit, on_error)
         self.memory_limit, self.time_limit, self.on_error = memory_limit, time_limit, on_error
         self.path = None if is_source(hook_spec) else os.path.abspath(hook_spec)
         self._source = hook_spec.encode() if self.path is None else None
@@ -162,8 +172,7 @@ class HookRuntime:
         return decision
 
     def _failed(self, queue_id, reason):
-        log.warning("%s: hook failed, answering %s: %s", queue_id or "-", self.on_error, reason)
-        return Decision(self.on_error, error=True, reason=str(reason).split("\n", 1)[0])
+        return failure(queue_id, self.on_error, reason)
 
     def _tidy(self):
         # Lua's collector paces itself on the state's own growth; a big message can leave
