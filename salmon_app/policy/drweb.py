@@ -76,12 +76,19 @@ def read_list(path, base_dir, max_bytes):
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ValueError("cannot read list file %s: %s" % (path, exc.strerror)) from None
-    with open(fd, "rb") as stream:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("%s is not a regular file" % path)
-        data = stream.read(max_bytes + 1)   # the file may grow after fstat
-    if info.st_size > max_bytes or len(data) > max_bytes:
+        if info.st_size > max_bytes:
+            raise ValueError("list file %s is larger than the hook's memory limit" % path)
+        stream = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with stream:
+        data = stream.read(max_bytes + 1)   # the file may have grown since fstat
+    if len(data) > max_bytes:
         raise ValueError("list file %s is larger than the hook's memory limit" % path)
     lines = (line.strip() for line in data.decode("utf-8", "replace").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
