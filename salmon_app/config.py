@@ -190,7 +190,7 @@ SCHEMA = [
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
     _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),
     _p("MailD", "SmtpHook", "str", "config/hooks/default.lua", "Lua policy: code or a path to a .lua file (empty: accept everything)."),
-    _p("MailD", "SmtpHookTimeout", "duration", 5.0, "CPU time one hook call may take.", minimum=0.01),
+    _p("MailD", "SmtpHookTimeout", "duration", 5.0, "Time one hook call may take; a hook still running 0.5 s later is killed with its process.", minimum=0.01),
     _p("MailD", "SmtpHookMemory", "size", 64 * 1024 ** 2, "Memory of one Lua runtime.", minimum=1024 ** 2),
     _p("MailD", "SmtpHookErrorAction", "choice", "Tempfail", "What a failing hook means for the message.", choices=("Tempfail", "Accept", "Quarantine")),
     _p("MailD", "SmtpHookLists", "str", "config/hooks/lists", "The only folder whose files hooks may read (drweb.load_array, load_set): regular files, at most SmtpHookMemory (empty: none)."),
