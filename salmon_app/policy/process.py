@@ -48,7 +48,8 @@ class _Forward(logging.Handler):
 def _serve(receive, send):
     """The child: load the hook, then answer ("run", ...) and ("reload",) until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the daemon, which kills us
-    # A child stuck in a C call must not outlive a daemon that was killed.
+    # A child stuck in a C call must not outlive a daemon that was killed. (The signal
+    # follows the thread that started the child: a check worker, which lives as long.)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     logging.getLogger().handlers[:] = [_Forward(send)]
     logging.getLogger().setLevel(logging.DEBUG)   # the worker applies its own levels
@@ -75,7 +76,7 @@ def _child_main():
     # printed by a library can corrupt the protocol.
     channel = os.dup(1)
     os.dup2(2, 1)
-    if os.getppid() == 1:   # the daemon died before prctl could take effect
+    if os.getppid() != int(sys.argv[1]):   # the daemon died before prctl took effect
         return
     _serve(Connection(0, writable=False), Connection(channel, readable=False))
 
@@ -102,8 +103,8 @@ class HookProcess:
 
     def _start(self):
         self._child = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            close_fds=True)
+            [sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, close_fds=True)
         self._send = Connection(os.dup(self._child.stdin.fileno()), readable=False)
         self._conn = Connection(os.dup(self._child.stdout.fileno()), writable=False)
         self._child.stdin.close()
