@@ -41,21 +41,29 @@ def compile_pattern(pattern, flags=0):
     options.case_sensitive = not flags & IGNORE_CASE
     options.max_mem = REGEX_MEMORY
     try:
-        return re2.compile(pattern, options)
+        return re2.compile(_utf8(pattern), options)
     except re2.error as exc:
         why = exc.args[0] if exc.args else exc
         why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
         raise ValueError("invalid regular expression %r: %s" % (pattern, why)) from None
 
 
+def _utf8(text):
+    # Matched as UTF-8 bytes: text a hook passes may be binary (decoded with surrogateescape
+    # on its way here), which RE2's str interface refuses.
+    return text.encode("utf-8", "surrogateescape")
+
+
 def search(patterns, text, flags=0):
     """True if any of ``patterns`` occurs in ``text``."""
-    return any(compile_pattern(p, flags).search(text) for p in patterns)
+    data = _utf8(text)
+    return any(compile_pattern(p, flags).search(data) for p in patterns)
 
 
 def match(patterns, text, flags=0):
     """True if any of ``patterns`` matches the whole of ``text``."""
-    return any(compile_pattern(p, flags).fullmatch(text) for p in patterns)
+    data = _utf8(text)
+    return any(compile_pattern(p, flags).fullmatch(data) for p in patterns)
 
 
 def read_list(path, base_dir, max_bytes):

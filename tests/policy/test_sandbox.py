@@ -157,3 +157,9 @@ def test_regex_bombs_answer_at_once(run, pattern, text):
     decision = run("return {action = drweb.regex.match([[%s]], %r) and 'reject' or 'accept'}"
                    % (pattern, text))
     assert not decision.error and time.monotonic() - started < 0.5
+
+
+def test_regexes_on_binary_text(value):
+    # RE2 takes UTF-8: bytes that are not UTF-8 match no pattern character, but are no error.
+    assert value("tostring(drweb.regex.search('c', 'ab\\255cd')) .. "
+                 "tostring(drweb.regex.match('ab.cd', 'ab\\255cd'))") == "truefalse"
