@@ -47,7 +47,9 @@ class _Forward(logging.Handler):
 
 def _serve(receive, send):
     """The child: load the hook, then answer ("run", ...) and ("reload",) until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the daemon, which kills us
+    # Ctrl-C and the daemon's reload signals are for the daemon, which stops us itself.
+    for number in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(number, signal.SIG_IGN)
     # A child stuck in a C call must not outlive a daemon that was killed. (The signal
     # follows the thread that started the child: a check worker, which lives as long.)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
