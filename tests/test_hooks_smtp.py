@@ -36,8 +36,8 @@ def send(gw, data=PLAIN, rcpts=("b@x.test",), sender="a@x.test"):
 def wait_state(state, timeout=15):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        row = Message.get_or_none(Message.mode == "smtp")
-        if row and row.state == state:
+        row = Message.get_or_none((Message.mode == "smtp") & (Message.state == state))
+        if row:
             return row
         time.sleep(0.05)
     raise AssertionError([(r.id, r.state) for r in Message.select()])
@@ -245,13 +245,13 @@ def test_c_call_loops_fail_within_the_time_limit(vxgate, sink, lua):
     gw = vxgate(SmtpHookTimeout=0.5, SmtpWorkers=1, SmtpHook=hook(
         "if ctx.message.header.value('Subject') == 'attack' then %s end\n"
         "return {action = 'accept'}" % lua))
+    assert send(gw, subject_mail("warm-up"))[0] == 250    # the worker's process is running
     started = time.monotonic()
     code, text = send(gw, subject_mail("attack"))
     assert code == 451 and time.monotonic() - started < 0.5 + 0.5 + 1.5
     assert "time limit" in wait_state("tempfailed").reason
-    Message.delete().execute()
     assert send(gw, subject_mail("clean"))[0] == 250      # the same worker, a fresh process
-    assert wait_state("delivered") and len(sink.wait_for(1, 10)) == 1
+    assert len(sink.wait_for(2, 10)) == 2
 
 
 def test_a_runaway_hook_holds_one_worker_not_the_others(vxgate, sink):
