@@ -50,12 +50,12 @@ def _serve(receive, send):
     # Ctrl-C and the daemon's reload signals are for the daemon, which stops us itself.
     for number in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(number, signal.SIG_IGN)
-    # A child stuck in a C call must not outlive a daemon that was killed. (The signal
-    # follows the thread that started the child: a check worker, which lives as long.)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     logging.getLogger().handlers[:] = [_Forward(send)]
     logging.getLogger().setLevel(logging.DEBUG)   # the worker applies its own levels
-    spec, options, source = receive.recv()
+    try:
+        spec, options, source = receive.recv()
+    except (EOFError, OSError):
+        return
     try:
         hook = runtime.HookRuntime(spec, source=source, **options)
     except HookError as exc:
@@ -78,7 +78,10 @@ def _child_main():
     # printed by a library can corrupt the protocol.
     channel = os.dup(1)
     os.dup2(2, 1)
-    if os.getppid() != int(sys.argv[1]):   # the daemon died before prctl took effect
+    # A child stuck in a C call must not outlive a daemon that was killed. (The signal
+    # follows the thread that started the child: a check worker, which lives as long.)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(sys.argv[1]):   # the daemon died before that took effect
         return
     _serve(Connection(0, writable=False), Connection(channel, readable=False))
 

@@ -1,5 +1,7 @@
 """HookProcess: the daemon's hook runtime in a child process, killed and replaced on overrun."""
 import logging
+import subprocess
+import sys
 import time
 
 import pytest
@@ -88,3 +90,30 @@ def test_close_stops_the_child(envelope):
     hook.close()
     assert child.poll() is not None
     assert hook.run(envelope, PLAIN, {}).reason == "vxgate is shutting down"
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stuck_child_dies_with_the_daemon():
+    daemon = subprocess.Popen([sys.executable, "-c", (
+        "from salmon_app.policy import Envelope\n"
+        "from salmon_app.policy.process import HookProcess\n"
+        "hook = HookProcess('function smtp_hook(ctx) table.move({}, 1, 1e12, 1, {}) end',"
+        " time_limit=600)\n"
+        "print(hook._child.pid, flush=True)\n"
+        "hook.run(Envelope('a@x.test', ['b@x.test']), b'x', {})\n")], stdout=subprocess.PIPE)
+    child = int(daemon.stdout.readline())
+    time.sleep(0.5)                      # the child is inside table.move now
+    assert _alive(child)
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
