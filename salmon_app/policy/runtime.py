@@ -1,11 +1,12 @@
 """``HookRuntime``: one compiled hook in one Lua state, run once per message.
 
-A runtime belongs to one worker thread (Lua states are not shared). ``run`` never raises for
-anything the hook does: a Lua error, a bad result table, the time or memory limit all give
-``Decision(on_error, error=True, reason=...)`` and a log line, and the runtime stays usable
-(a state that failed in its own host code is rebuilt from the last good source). A hook
-read from a file is reloaded when the file changes (checked at most once a second); a
-version that does not load is logged and the previous one kept.
+A runtime belongs to one worker thread (Lua states are not shared); in the daemon it lives
+in that worker's hook process (``process.py``), which bounds what the limits here cannot.
+``run`` never raises for anything the hook does: a Lua error, a bad result table, the time
+or memory limit all give ``Decision(on_error, error=True, reason=...)`` and a log line, and
+the runtime stays usable (a state that failed in its own host code is rebuilt from the last
+good source). A hook read from a file is reloaded when the file changes (checked at most
+once a second); a version that does not load is logged and the previous one kept.
 """
 import logging
 import os
@@ -31,6 +32,7 @@ def is_source(hook_spec):
 
 
 def check_limits(memory_limit, time_limit, on_error):
+    """ValueError for limits no runtime can work with (a programming error, not the hook's)."""
     if on_error not in result.ON_ERROR_ACTIONS:
         raise ValueError("on_error must be one of %s, not %r"
                          % (", ".join(result.ON_ERROR_ACTIONS), on_error))
