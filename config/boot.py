@@ -1,4 +1,8 @@
-"""Wiring for ``salmon start``: logging, routing, and the gateway as Salmon's receiver."""
+"""Wiring for ``salmon start``: logging, routing, and the gateway as Salmon's receiver.
+
+Logging goes to ``logs/vxgate.log`` (config/logging.conf), or to the journal when systemd
+connected stderr to it (config/logging-journal.conf); $VXGATE_LOGGING overrides both.
+"""
 import logging.config
 import os
 
@@ -7,12 +11,15 @@ from salmon.routing import Router
 from config import settings
 from salmon_app.gateway import Gateway
 from salmon_app.log import install_redaction
-from salmon_app.service import Service
+from salmon_app.service import Service, stderr_is_journal
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
-os.makedirs("logs", exist_ok=True)
-logging.config.fileConfig(os.environ.get("VXGATE_LOGGING", "config/logging.conf"), disable_existing_loggers=False)
+LOGGING = os.environ.get("VXGATE_LOGGING") or (
+    "config/logging-journal.conf" if stderr_is_journal() else "config/logging.conf")
+if LOGGING.endswith("config/logging.conf"):
+    os.makedirs("logs", mode=0o700, exist_ok=True)
+logging.config.fileConfig(LOGGING, disable_existing_loggers=False)
 install_redaction([settings.CONFIG.VxcubeApiKey, settings.CONFIG.BccReporterPassword,
                    settings.CONFIG.RepackPassword[5:-1] if "(" in settings.CONFIG.RepackPassword else ""])
 

@@ -186,6 +186,9 @@ SCHEMA = [
     _p("Root", "VxcubeWorkers", "int", 4, "Threads talking to vxCube.", minimum=1),
     _p("Root", "VxcubeQueueSize", "int", 1000, "Files waiting for a vxCube worker before new ones wait in the database.", minimum=1),
     _p("Root", "VxcubeCacheTtl", "duration", 86400.0, "Keep clean/suspicious/dangerous verdicts by SHA-256 this long (unchecked is never cached).", minimum=0),
+    # [Root]: the service
+    _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload-hooks and doctor find vxgate through it."),
+    _p("Root", "User", "str", "", "Started as root, vxgate switches to this user before it opens any file (empty: refuse to run as root without --allow-root)."),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
     _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),
@@ -356,9 +359,17 @@ def _check_together(config, seen, filename):
         fail("SmtpSenderRelay", "SmtpSenderRelay is required: IP:port or a UNIX socket path")
 
 
+SYSTEM_CONFIG = "/etc/vxgate/vxgate.ini"
+
+
+def default_path():
+    """$VXGATE_CONFIG, else the installed /etc/vxgate/vxgate.ini when it exists, else the sample."""
+    return os.environ.get("VXGATE_CONFIG") or (SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else "config/vxgate.ini")
+
+
 def load(path=None):
-    """Load the file named by ``path``, $VXGATE_CONFIG or config/vxgate.ini; defaults if it is absent."""
-    path = path or os.environ.get("VXGATE_CONFIG") or "config/vxgate.ini"
+    """Load the file named by ``path`` or ``default_path()``; built-in defaults if the sample is absent."""
+    path = path or default_path()
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

@@ -1,15 +1,39 @@
 """The object ``salmon start`` runs (``settings.receiver``): start everything, block, stop cleanly.
 
-``salmon start`` calls ``receiver.start()`` in the main thread and ``salmon stop`` sends
-SIGHUP; systemd sends SIGTERM. Either signal stops listening, answers sessions that wait,
+``salmon start`` calls ``receiver.start()`` in the main thread; ``salmon stop`` and systemd send
+SIGTERM (SIGHUP and SIGINT do the same). Either stops listening, answers sessions that wait,
 lets workers finish and closes the database; whatever is still in flight resumes at the next
-start.
+start. In the foreground (``--no-daemon``) the service writes and removes the pid file itself
+($VXGATE_PIDFILE, set by the ``salmon`` wrapper) and speaks systemd's notify protocol.
 """
 import logging
+import os
 import signal
+import sys
 import threading
+import time
+
+from salmon_app import pidfile, sdnotify
 
 LOG = logging.getLogger("vxgate")
+
+
+def stderr_is_journal():
+    """True when systemd connected stderr to the journal ($JOURNAL_STREAM names its device:inode)."""
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return os.environ.get("JOURNAL_STREAM") == "%d:%d" % (st.st_dev, st.st_ino)
+
+
+def refuse_root():
+    """Root only when told: the ``salmon`` wrapper switched to ``User`` or was given --allow-root."""
+    if os.geteuid() == 0 and not os.environ.get("VXGATE_ALLOW_ROOT"):
+        message = ("vxgate: refusing to run as root; set User in [Root] of the configuration, run as the "
+                   "service user, or start with `salmon start --allow-root`")
+        print(message, file=sys.stderr)
+        raise SystemExit(message)
 
 
 class Service:
@@ -17,18 +41,32 @@ class Service:
         self.build = build          # returns the gateway; called at start so errors surface there
         self.gateway = None
         self.stopped = threading.Event()
+        self.pidfile = None
 
     def start(self, block=True):
-        self.gateway = self.build()
-        self.gateway.start()
-        LOG.info("vxgate started: %s", ", ".join(str(s.address) for s in self.gateway.servers))
+        refuse_root()
+        if block and os.environ.get("VXGATE_PIDFILE"):
+            self.pidfile = os.environ["VXGATE_PIDFILE"]
+            pidfile.claim(self.pidfile)
+        try:
+            self.gateway = self.build()
+            self.gateway.start()
+        except BaseException:
+            self._release_pidfile()
+            raise
+        listening = ", ".join(str(s.address) for s in self.gateway.servers)
+        LOG.info("vxgate started: %s", listening)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._signal)
             signal.signal(signal.SIGUSR1, self._reload)
+        sdnotify.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=listening on %s" % listening)
         if block:
+            ping, last = sdnotify.watchdog_interval(), time.monotonic()
             while not self.stopped.wait(0.5):
-                pass
+                if ping and time.monotonic() - last >= ping:
+                    sdnotify.notify("WATCHDOG=1")
+                    last = time.monotonic()
             self._shut_down()
 
     def _signal(self, signum, frame):
@@ -47,6 +85,13 @@ class Service:
 
     def _shut_down(self):
         if self.gateway is not None:
+            sdnotify.notify("STOPPING=1", "STATUS=finishing the work in hand")
             self.gateway.shut_down()
             self.gateway = None
             LOG.info("vxgate stopped")
+        self._release_pidfile()
+
+    def _release_pidfile(self):
+        if self.pidfile:
+            pidfile.release(self.pidfile)
+            self.pidfile = None
