@@ -4,6 +4,7 @@ Sub-commands are small functions registered in ``COMMANDS``; each returns an exi
 Secrets are shown as ``***``.
 """
 import argparse
+import os
 import sys
 
 from salmon_app import config as vxconfig
@@ -19,7 +20,8 @@ def command(name, help_text):
 
 
 def _config_arg(parser):
-    parser.add_argument("-c", "--config", help="configuration file (default: $VXGATE_CONFIG or config/vxgate.ini)")
+    parser.add_argument("-c", "--config", help="configuration file (default: $VXGATE_CONFIG, %s if it exists, "
+                        "else config/vxgate.ini)" % vxconfig.SYSTEM_CONFIG)
 
 
 def load_config(args):
@@ -62,21 +64,27 @@ def vxcube_sim(args):
     return sim.main(args.rest)
 
 
+# commands that read no configuration file are not offered -c
+NO_CONFIG = ("sample-config", "vxcube-sim", "demo")
+
+
 @command("reload-hooks", "check SmtpHook and tell the running daemon to reload it (SIGUSR1)")
 def reload_hooks(args):
-    import os
     import signal
+    from salmon_app import pidfile
     config = load_config(args)
     if not _check_hook(config):
         return 1
-    try:
-        with open(args.pid) as handle:
-            pid = int(handle.read().strip())
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError) as exc:
-        print("vxgate: cannot signal the daemon via %s: %s (is it running?)" % (args.pid, exc), file=sys.stderr)
+    state = pidfile.inspect(args.pid or config.PidFile)
+    if not state.running:
+        print("vxgate: cannot signal the daemon: %s" % state.describe(), file=sys.stderr)
         return 1
-    print("hook reload requested from vxgate (pid %d)" % pid)
+    try:
+        os.kill(state.pid, signal.SIGUSR1)
+    except OSError as exc:
+        print("vxgate: cannot signal the daemon (pid %d): %s" % (state.pid, exc.strerror), file=sys.stderr)
+        return 1
+    print("hook reload requested from vxgate (pid %d)" % state.pid)
     return 0
 
 
@@ -120,14 +128,16 @@ def demo(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="vxgate", description="vxgate administration")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, help_text) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
-        _config_arg(child)
+        child = sub.add_parser(name, help=help_text, description=help_text, add_help=name != "vxcube-sim")
+        if name not in NO_CONFIG:
+            _config_arg(child)
         if name == "check-config":
             child.add_argument("-q", "--quiet", action="store_true", help="print only OK or the error")
         if name == "reload-hooks":
-            child.add_argument("--pid", default="run/smtp.pid", help="pid file of the daemon (default: run/smtp.pid)")
+            child.add_argument("--pid", help="pid file of the daemon (default: PidFile of the configuration)")
         if name == "repack-password":
             child.add_argument("identifier", help="the archive identifier shown to the recipient (<queue id>-<hex>)")
         if name == "vxcube-sim":
@@ -138,8 +148,23 @@ def build_parser():
     return parser
 
 
+def version_text():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return "vxgate %s (salmon-mail %s, Python %s)" % (
+            version("vxgate"), version("salmon-mail"), sys.version.split()[0])
+    except PackageNotFoundError:
+        return "vxgate (not installed: run from a source tree)"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    os.umask(0o077)     # exports and a first database are private, whatever the shell's umask
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["vxcube-sim"]:
+        # the emulator parses its own options (argparse's REMAINDER drops a leading --listen)
+        return COMMANDS["vxcube-sim"][0](argparse.Namespace(rest=argv[1:])) or 0
+    args = parser.parse_args(argv)
     return args.func(args) or 0
 
 

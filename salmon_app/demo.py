@@ -89,15 +89,16 @@ def run(args):
     ini = os.path.join(DEMO_DIR, "vxgate.ini")
     with open(ini, "w") as handle:
         handle.write("; written by vxgate demo: built-in defaults plus the emulator\n"
-                     "[Root]\nUseVxcube = Yes\nVxcubeApiAddress = %s\nVxcubeApiKey = %s\n"
+                     "[Root]\nUseVxcube = Yes\nVxcubeApiAddress = %s\nVxcubeApiKey = %s\nPidFile = %s/smtp.pid\n"
                      "VxcubeAnalysisTime = 3s\nVxcubePollInterval = 0.5s\n"
                      "[MailD]\nRepackPassword = HMAC(demo-secret)\n"
                      "[Quarantine]\nSpoolDir = %s/spool\nDatabasePath = %s/quarantine.db\n"
-                     % (sim.url, KEY, DEMO_DIR, DEMO_DIR))
+                     % (sim.url, KEY, DEMO_DIR, DEMO_DIR, DEMO_DIR))
     env = dict(os.environ, VXGATE_CONFIG=ini)
-    pid = os.path.join(DEMO_DIR, "vxgate.pid")
+    # the demo is a throw-away run in run/demo/: a root shell (a container) may run it as root
+    allow_root = ["--allow-root"] if os.geteuid() == 0 else []
     try:
-        started = subprocess.run([os.path.join(bin_dir, "salmon"), "start", "--pid", pid], env=env)
+        started = subprocess.run([os.path.join(bin_dir, "salmon"), "start"] + allow_root, env=env)
         if started.returncode != 0 or not _wait_port(10025):
             say("vxgate did not start; see logs/salmon.err and logs/vxgate.log")
             return 1
@@ -115,7 +116,7 @@ def run(args):
             say("   %-28s -> %s" % (label, replies[-1]))
         return _summary(env, replies, sink)
     finally:
-        subprocess.run([os.path.join(bin_dir, "salmon"), "stop", "--pid", pid], env=env,
+        subprocess.run([os.path.join(bin_dir, "salmon"), "stop"], env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sink.stop()
         sim.stop()
