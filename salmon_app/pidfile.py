@@ -15,7 +15,7 @@ import os
 class PidState:
     path: str
     pid: int = None
-    status: str = "absent"      # absent, running, gone, other, unreadable
+    status: str = "absent"      # absent, running, gone, other, garbage, denied
     detail: str = ""
 
     @property
@@ -24,7 +24,7 @@ class PidState:
 
     @property
     def stale(self):
-        return self.status in ("gone", "other", "unreadable")
+        return self.status in ("gone", "other", "garbage")
 
     def describe(self):
         if self.status == "absent":
@@ -37,6 +37,8 @@ class PidState:
         if self.status == "other":
             return ("stale pid file %s: process %d is another program (%s), so vxgate ended without "
                     "`salmon stop` and the number was reused" % (self.path, self.pid, self.detail))
+        if self.status == "denied":
+            return "cannot read the pid file %s: %s (run this as the service user)" % (self.path, self.detail)
         return "stale pid file %s: %s" % (self.path, self.detail)
 
 
@@ -77,14 +79,14 @@ def inspect(path):
     except FileNotFoundError:
         return state
     except OSError as exc:
-        state.status, state.detail = "unreadable", "cannot read it: %s" % exc.strerror
+        state.status, state.detail = "denied", exc.strerror
         return state
     try:
         state.pid = int(text.split()[0])
         if state.pid <= 0:
             raise ValueError
     except (ValueError, IndexError):
-        state.status, state.detail = "unreadable", "it holds %r, not a process number" % text[:20]
+        state.status, state.detail = "garbage", "it holds %r, not a process number" % text[:20]
         return state
     if state.pid == os.getpid() or not _alive(state.pid):
         state.status = "gone" if state.pid != os.getpid() else "running"

@@ -69,6 +69,9 @@ def start(argv):
         _leave_root(config, args.allow_root)
     path = os.path.abspath(args.pid or config.PidFile)
     state = pidfile.remove_stale(path, say)
+    if state.status == "denied":
+        say("vxgate: %s" % state.describe())
+        return 1
     if state.running and not args.force:
         say("vxgate: %s; `salmon stop` stops it" % state.describe())
         return 1
@@ -127,7 +130,7 @@ def stop(argv):
 
 def _stop_one(path, force, timeout):
     state = pidfile.inspect(path)
-    if state.status == "absent":
+    if state.status in ("absent", "denied"):
         say("vxgate: %s" % state.describe())
         return 1
     if state.stale:
