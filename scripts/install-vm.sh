@@ -51,6 +51,8 @@ if [ "$SRC" != "$(cd "$PREFIX" && pwd)" ]; then
 fi
 [ -x "$PREFIX/.venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/.venv"
 "$PREFIX/.venv/bin/pip" install -q "$PREFIX"
+# an upgrade keeps the version number: reinstall vxgate itself (its `salmon` wraps Salmon's)
+"$PREFIX/.venv/bin/pip" install -q --no-deps --force-reinstall "$PREFIX"
 install -d -o vxgate -g vxgate -m 0700 "$STATE" "$PREFIX/run" "$PREFIX/logs"
 install -d -m 0755 "$BINDIR"
 ln -sfn "$PREFIX/.venv/bin/vxgate" "$BINDIR/vxgate"     # `vxgate` on the PATH; it reads $ETC/vxgate.ini
