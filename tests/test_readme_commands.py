@@ -77,7 +77,7 @@ RUN = [
 HELP = [
     "vxgate quarantine show",
     "vxgate quarantine list [--state S] [--verdict V] [--mode M] [--sender T] [--recipient T] [--subject T] "
-    "[--since 2d] [--until DATE] [--sort created\\|size\\|state\\|sender] [-r] [-n N] [--json]",
+    "[--since 2d] [--until DATE] [--released\\|--not-released] [--sort created\\|size\\|state\\|sender] [-r] [-n N] [--json]",
     "vxgate quarantine show ID [--json]",
     "vxgate quarantine release ID... [--to ADDR] [--force] [--dry-run]",
     "vxgate quarantine export ID [-o FILE]",
