@@ -36,11 +36,11 @@ def load_config(args):
 def check_config(args):
     config = load_config(args)
     if args.quiet:
-        if not _check_hook(config):
+        if not _check_hook(config, dry_run=True, quiet=True):
             return 1
         print("%s: OK" % (config.path or "built-in defaults"))
         return 0
-    print("; %s: OK" % (config.path or "no file, built-in defaults"))
+    print("; %s: the values in force" % (config.path or "no file, built-in defaults"))
     section = None
     for param in vxconfig.SCHEMA:
         if param.section != section:
@@ -49,7 +49,10 @@ def check_config(args):
         value = getattr(config, param.name)
         shown = "***" if param.kind == "secret" and value and value != "None" else vxconfig.format_value(param, value)
         print("%s = %s" % (param.name, shown))
-    return 0 if _check_hook(config) else 1
+    if not _check_hook(config, dry_run=True):
+        return 1
+    print("; %s: OK" % (config.path or "built-in defaults"))
+    return 0
 
 
 @command("sample-config", "print a sample configuration with every parameter and its default")
@@ -100,9 +103,11 @@ def repack_password(args):
     return 0
 
 
-def _check_hook(config):
+def _check_hook(config, dry_run=False, quiet=False):
+    """The hook loads (and, with ``dry_run``, decides the built-in samples without an error)."""
     if not config.SmtpHook:
-        print("SmtpHook: none (every message is accepted unchanged)")
+        if not quiet:
+            print("SmtpHook: none (every message is accepted unchanged)")
         return True
     from salmon_app.policy import HookError, HookRuntime
     try:
@@ -110,7 +115,17 @@ def _check_hook(config):
     except HookError as exc:
         print("vxgate: SmtpHook does not load: %s" % exc, file=sys.stderr)
         return False
-    print("SmtpHook: %s loads" % ("inline code" if "smtp_hook" in config.SmtpHook else config.SmtpHook))
+    name = "inline code" if "smtp_hook" in config.SmtpHook else config.SmtpHook
+    if not dry_run:
+        print("SmtpHook: %s loads" % name)
+        return True
+    from salmon_app.hook_dryrun import dry_run as run_samples
+    lines, ok = run_samples(config)
+    if not ok:
+        print("vxgate: SmtpHook %s loads but fails on sample messages:\n%s" % (name, "\n".join(lines)), file=sys.stderr)
+        return False
+    if not quiet:
+        print("SmtpHook: %s loads; its decisions for sample messages:\n%s" % (name, "\n".join(lines)))
     return True
 
 

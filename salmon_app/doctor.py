@@ -176,8 +176,12 @@ def check_smtp(report, name, address, timeout, fix, login=None, tls="off"):
 def check_vxcube(report, config, timeout):
     from salmon_app.vxcube.client import RetryPolicy, VxcubeClient, VxcubeError
     verify = config.VxcubeCaFile or config.VxcubeVerifyTls
-    client = VxcubeClient(config.VxcubeApiAddress, config.VxcubeApiKey, timeout=timeout, verify=verify,
-                          retry=RetryPolicy(attempts=1, initial=0, maximum=0, max_elapsed=timeout))
+    try:
+        client = VxcubeClient(config.VxcubeApiAddress, config.VxcubeApiKey, timeout=timeout, verify=verify,
+                              retry=RetryPolicy(attempts=1, initial=0, maximum=0, max_elapsed=timeout))
+    except ValueError as exc:
+        report.add(FAIL, "vxCube", str(exc), "VxcubeApiAddress: host, host:port or https://host[:port]/")
+        return
     try:
         licence = client.license()
     except VxcubeError as exc:

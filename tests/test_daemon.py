@@ -144,6 +144,11 @@ def test_kill_9_under_load_loses_no_acknowledged_message(app, sink, reply_timeou
     ("[MailD]\nSmtpHook = a\nSmtpHook = b\n", ":3: SmtpHook given twice (first at line 2)"),
     ("[Quarantine]\nSpoolDirectory = /x\n", ":2: unknown parameter 'SpoolDirectory'"),
     ("[MailD]\nSmtpIdleTimeout = 5 minutes\n", "expected a duration"),
+    ("[Root]\nUseVxcube = Yes\nVxcubeApiAddress = ftp://x\nVxcubeApiKey = k\n",
+     ":3: bad value for VxcubeApiAddress: 'ftp://x'; expected host, host:port or https://host[:port]/"),
+    ("[MailD]\nSmtpAdminAddress = not an address\n", ":2: bad value for SmtpAdminAddress: 'not an address' is not"),
+    ("[MailD]\nBccMonitorAddresses = monitor@bcc.test, bcc.test\n", ":2: bad value for BccMonitorAddresses: 'bcc.test'"),
+    ("[Root]\nVxcubeFileTypes = exe, foo\n", ":2: bad value for VxcubeFileTypes: unknown file type 'foo'"),
 ])
 def test_bad_configuration_stops_start_up_with_file_and_line(tmp_path, text, expected):
     ini = tmp_path / "bad.ini"
@@ -394,3 +399,20 @@ def test_systemd_unit_verifies(tmp_path):
     unit.write_text(text.replace("/opt/vxgate", ROOT))     # the commands it names must exist
     result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_check_config_dry_runs_the_hook_on_sample_messages(tmp_path):
+    """A hook that loads but answers `acept` tempfails every message: check-config said OK."""
+    ini = tmp_path / "vxgate.ini"
+    ini.write_text("[MailD]\nSmtpHook = %s\n" % os.path.join(ROOT, "config", "hooks", "default.lua"))
+    good = subprocess.run([VXGATE, "check-config", "-c", str(ini)], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    decisions = good.stdout.split("its decisions for sample messages:\n")[1].splitlines()[:-1]
+    assert good.stdout.endswith(": OK\n")
+    assert [line.split()[0] for line in decisions] == ["no", "clean", "suspicious", "dangerous", "unchecked"]
+    assert "repack" in decisions[3] and "Subject" in decisions[2] and decisions[0].split()[-1] == "accept"
+    ini.write_text("[MailD]\nSmtpHook = function smtp_hook(ctx) return {action = \"acept\"} end\n")
+    for args in (["check-config"], ["check-config", "-q"]):
+        bad = subprocess.run([VXGATE] + args + ["-c", str(ini)], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and bad.stderr.count("FAILED: unknown action 'acept'") == 5, bad.stderr
+        assert "Traceback" not in bad.stderr and "OK" not in bad.stdout
