@@ -416,3 +416,35 @@ def test_check_config_dry_runs_the_hook_on_sample_messages(tmp_path):
         bad = subprocess.run([VXGATE] + args + ["-c", str(ini)], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1 and bad.stderr.count("FAILED: unknown action 'acept'") == 5, bad.stderr
         assert "Traceback" not in bad.stderr and "OK" not in bad.stdout
+
+
+def test_upgrade_in_place_finishes_every_message_in_flight(service, sink):
+    """README "Upgrade in place": stop with mail in flight, replace the application directory, start."""
+    sink.data_reply = (451, "4.3.0 next hop busy")          # vxgate answers 250 and keeps the mail
+    assert service["run"](SALMON, "start").returncode == 0
+    wait_port(service["port"])
+    for n in range(5):
+        send(service["port"], 100 + n)
+    stopped = service["run"](SALMON, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert sink.messages == [] and len(sink.attempts) >= 5
+    in_flight = service["run"](VXGATE, "quarantine", "list", "--state", "in-flight", "--json")
+    assert __import__("json").loads(in_flight.stdout)["total"] == 5, in_flight.stdout
+    # the new code: /opt/vxgate replaced as install-vm.sh does; the state directories stay
+    old = service["home"].with_name("app.old")
+    os.rename(service["home"], old)
+    (service["home"] / "config").mkdir(parents=True)
+    (service["home"] / "config" / "logging.conf").write_text((old / "config" / "logging.conf").read_text())
+    os.rename(old / "vxgate.ini", service["ini"])
+    sink.data_reply = None
+    assert service["run"](SALMON, "start").returncode == 0
+    got = sink.wait_for(5, 120)
+    assert sorted(m.data for m in got) == sorted(message(100 + n) for n in range(5))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        listing = __import__("json").loads(service["run"](VXGATE, "quarantine", "list", "--json").stdout)
+        if [m["state"] for m in listing["messages"]] == ["delivered"] * 5:
+            break
+        time.sleep(0.2)
+    assert [m["state"] for m in listing["messages"]] == ["delivered"] * 5
+    assert service["run"](SALMON, "stop").returncode == 0
