@@ -75,6 +75,8 @@ def check_pidfile(report, config):
         report.add(OK, "PidFile", state.describe())
     elif state.status == "absent":
         report.add(OK, "PidFile", "%s: none, vxgate is not running (stopped cleanly or never started)" % config.PidFile)
+    elif state.status == "denied":
+        report.add(WARN, "PidFile", state.describe(), "run vxgate doctor as the service user or as root")
     else:
         report.add(WARN, "PidFile", state.describe(),
                    "salmon start (or systemctl start vxgate) removes it and resumes the mail in flight; why it "

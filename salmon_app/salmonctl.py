@@ -85,6 +85,7 @@ def start(argv):
     if args.daemon and not args.debug:
         # python-daemon applies its own umask (0 unless told) before it writes the pid file
         salmon_args += ["--umask", str(args.umask if args.umask is not None else UMASK)]
+        os.environ.pop("VXGATE_PIDFILE", None)   # python-daemon writes and removes this one
     else:
         salmon_args.append("--no-daemon")
         os.environ["VXGATE_PIDFILE"] = path      # the foreground service writes it itself
