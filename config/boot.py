@@ -27,4 +27,4 @@ Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx
 Router.RELOAD = False
 Router.load(HANDLERS)
 
-settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router))
+settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=settings.CONFIG.DatabasePath + ".lock")

@@ -56,7 +56,10 @@ def _cmdline(pid):
         return ""           # exists, but hidden from us (another user, hidepid): assume it is ours
 
 
-def _alive(pid):
+def alive(pid):
+    """The process exists and is not a zombie (dead, waiting to be reaped)."""
+    if _cmdline(pid) is None and os.path.exists("/proc"):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -88,7 +91,7 @@ def inspect(path):
     except (ValueError, IndexError):
         state.status, state.detail = "garbage", "it holds %r, not a process number" % text[:20]
         return state
-    if state.pid == os.getpid() or not _alive(state.pid):
+    if state.pid == os.getpid() or not alive(state.pid):
         state.status = "gone" if state.pid != os.getpid() else "running"
         return state
     cmdline = _cmdline(state.pid)

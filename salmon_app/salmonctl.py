@@ -15,6 +15,7 @@ import argparse
 import os
 import pwd
 import signal
+import socket
 import sys
 import time
 
@@ -63,6 +64,7 @@ def start(argv):
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--umask", type=int)
     parser.add_argument("--allow-root", action="store_true")
+    parser.add_argument("--wait", type=float, default=300.0)
     args, rest = parser.parse_known_args(argv)
     config = _load_config()
     if os.geteuid() == 0:
@@ -86,10 +88,63 @@ def start(argv):
         # python-daemon applies its own umask (0 unless told) before it writes the pid file
         salmon_args += ["--umask", str(args.umask if args.umask is not None else UMASK)]
         os.environ.pop("VXGATE_PIDFILE", None)   # python-daemon writes and removes this one
-    else:
-        salmon_args.append("--no-daemon")
-        os.environ["VXGATE_PIDFILE"] = path      # the foreground service writes it itself
+        return _start_daemon(salmon_args, path, args.wait)
+    salmon_args.append("--no-daemon")
+    os.environ["VXGATE_PIDFILE"] = path      # the foreground service writes it itself
     return salmon_main(salmon_args)
+
+
+def _start_daemon(salmon_args, path, wait):
+    """Daemonize through Salmon in a child; here, wait for the daemon's READY=1 (the notify
+    protocol of config/systemd, over a private socket) or its end, and say which."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    name = "@vxgate-start-%d-%s" % (os.getpid(), os.urandom(6).hex())
+    listener.bind("\0" + name[1:])
+    os.environ["NOTIFY_SOCKET"] = name
+    child = os.fork()
+    if child == 0:
+        listener.close()
+        me = os.getpid()
+        try:
+            return salmon_main(salmon_args)     # the daemon (a grandchild) returns through here
+        finally:
+            if os.getpid() == me:
+                os._exit(1)     # Salmon failed before it daemonized; the parent reports it
+    os.waitpid(child, 0)
+    listener.settimeout(0.1)
+    deadline, daemon, failure = time.monotonic() + wait, None, ""
+    while time.monotonic() < deadline:
+        try:
+            fields = dict(line.split("=", 1) for line in listener.recv(4096).decode().splitlines() if "=" in line)
+        except socket.timeout:
+            fields = {}
+        if fields.get("READY") == "1":
+            say("vxgate started (pid %s): %s" % (fields.get("MAINPID", "?"), fields.get("STATUS", "")))
+            return 0
+        if fields.get("MAINPID", "").isdigit():
+            daemon = int(fields["MAINPID"])
+        if fields.get("STATUS", "").startswith("start-up failed"):
+            failure = fields["STATUS"]
+        state = pidfile.inspect(path)
+        daemon = daemon or (state.pid if state.running else None)
+        if (daemon and not pidfile.alive(daemon)) or (not daemon and state.stale):
+            break
+    else:
+        say("vxgate: no word from the daemon after %gs (pid file %s); it may still be recovering: "
+            "salmon status, logs/vxgate.log" % (wait, path))
+        return 1
+    say("vxgate: the daemon stopped during start-up: %s (the details: logs/salmon.err, logs/vxgate.log)"
+        % (failure or _last_line("logs/salmon.err")))
+    return 1
+
+
+def _last_line(path):
+    try:
+        with open(path, errors="replace") as handle:
+            lines = [line.strip() for line in handle.readlines()[-20:] if line.strip()]
+    except OSError as exc:
+        return "cannot read %s: %s" % (path, exc.strerror)
+    return lines[-1] if lines else "no error recorded"
 
 
 def _leave_root(config, allow_root):

@@ -36,22 +36,45 @@ def refuse_root():
         raise SystemExit(message)
 
 
+def lock_state(path):
+    """Hold an exclusive lock on ``path`` (next to the database) for the life of the process,
+    so a second vxgate on the same spool and database stops before its recovery touches them."""
+    import fcntl
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError("another vxgate (pid %s) uses this spool and database (lock %s); "
+                           "stop it first, or give this one its own SpoolDir and DatabasePath" % (holder, path))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
 class Service:
-    def __init__(self, build):
+    def __init__(self, build, lock=None):
         self.build = build          # returns the gateway; called at start so errors surface there
+        self.lock = lock            # path of the state lock (config/boot.py: DatabasePath + ".lock")
         self.gateway = None
         self.stopped = threading.Event()
         self.pidfile = None
 
     def start(self, block=True):
         refuse_root()
+        sdnotify.notify("MAINPID=%d" % os.getpid(), "STATUS=starting: recovery, then the listeners")
         if block and os.environ.get("VXGATE_PIDFILE"):
             self.pidfile = os.environ["VXGATE_PIDFILE"]
             pidfile.claim(self.pidfile)
         try:
+            if self.lock:
+                self.lock_fd = lock_state(self.lock)
             self.gateway = self.build()
             self.gateway.start()
-        except BaseException:
+        except BaseException as exc:
+            sdnotify.notify("STATUS=start-up failed: %s" % exc)
             self._release_pidfile()
             raise
         listening = ", ".join(str(s.address) for s in self.gateway.servers)

@@ -325,7 +325,9 @@ def test_systemd_notify_protocol_over_a_real_datagram_socket(service, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         first = listener.recv(4096).decode()
-        assert "READY=1" in first.split("\n") and "MAINPID=%d" % proc.pid in first
+        assert first.startswith("MAINPID=%d\nSTATUS=starting" % proc.pid), first
+        ready = listener.recv(4096).decode()
+        assert "READY=1" in ready.split("\n") and "MAINPID=%d" % proc.pid in ready
         socket.create_connection(("127.0.0.1", service["port"]), timeout=5).close()   # listening already
         assert listener.recv(4096) == b"WATCHDOG=1"
         proc.send_signal(signal.SIGTERM)
@@ -447,4 +449,26 @@ def test_upgrade_in_place_finishes_every_message_in_flight(service, sink):
             break
         time.sleep(0.2)
     assert [m["state"] for m in listing["messages"]] == ["delivered"] * 5
+    assert service["run"](SALMON, "stop").returncode == 0
+
+
+def test_start_waits_for_ready_and_says_why_it_failed(service, sink):
+    """`salmon start` returned 0 at once and a failure (a port in use) was only in logs/salmon.err."""
+    started = service["run"](SALMON, "start")
+    assert started.returncode == 0, started.stderr
+    assert "vxgate started (pid %s): listening on 127.0.0.1:%d" % (service["pid"].read_text().strip(),
+                                                                  service["port"]) in started.stderr
+    # a second instance with its own pid file: on the same state it stops before recovery touches it,
+    # on its own state at the port in use
+    other = dict(service["env"], VXGATE_CONFIG=str(service["home"] / "second.ini"))
+    text = service["ini"].read_text().replace(str(service["pid"]), str(service["pid"]) + ".second")
+    for ini_text, expected in ((text, "start-up failed: another vxgate (pid %s) uses this spool and database"
+                                % service["pid"].read_text().strip()),
+                               (text.replace("/state/", "/state2/"), "start-up failed: [Errno 98] Address already in use")):
+        (service["home"] / "second.ini").write_text(ini_text)
+        second = service["run"](SALMON, "start", env=other)
+        assert second.returncode == 1 and "stopped during start-up: " + expected in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr and not os.path.exists(str(service["pid"]) + ".second")
+    send(service["port"], 7)                  # the first one never noticed
+    assert sink.wait_for(1, 30)[0].data == message(7)
     assert service["run"](SALMON, "stop").returncode == 0
