@@ -16,10 +16,14 @@ setup(
         "lupa==2.8",
         "pyzipper==0.4.0",
         "puremagic==1.30",
+        "tnefparse==1.4.0",
+        "rarfile==4.5",
+        "py7zr==1.1.4",
         "jinja2==3.1.6",
+        "prometheus-client==0.26.0",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "aiosmtpd==1.4.6"],
     },
     # `salmon` is Salmon's command wrapped with vxgate's start/stop rules (salmon_app/salmonctl.py);
     # pip installs dependencies first, so this script replaces salmon-mail's own.

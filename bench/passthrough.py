@@ -617,6 +617,8 @@ def main():
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="vxgate's log level (default: config/logging.conf's, INFO: one line per step)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log, spool, db)")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="MetricsSocket empty (default: /metrics served on a free port, as in production)")
     parser.add_argument("--output", help="JSON path (default bench/results/passthrough-<timestamp>.json)")
     args = parser.parse_args()
 
@@ -628,7 +630,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="vxgate-bench-")
     processes = Processes()
     report = {"benchmark": "passthrough", "started": started_at, "quick": args.quick,
-              "log_level": args.log_level or "as config/logging.conf",
+              "log_level": args.log_level or "as config/logging.conf", "metrics": not args.no_metrics,
               "sessions": args.sessions, "baseline_repeats": args.baseline_repeats,
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                           "postfix": _postfix_version()},
@@ -658,8 +660,9 @@ def main():
                 "  PROBLEM: " + "; ".join(cell["baseline"]["problems"]) if cell["baseline"]["problems"] else ""))
 
         print("\n== starting vxgate on 127.0.0.1:%d, relaying to the sink" % vx_port)
+        metrics = "MetricsSocket =" if args.no_metrics else "MetricsSocket = 127.0.0.1:%d" % free_port()
         vx = Vxgate(processes, os.path.join(workdir, "vxgate"), vx_port, sink_port, max(200, 4 * args.sessions),
-                    log_level=args.log_level)
+                    log_level=args.log_level, maild=metrics)
         report["vxgate"] = {"pid": vx.pid, "greeting": vx.greeting, "config": open(vx.config_path).read()}
         print("  %s (pid %d)" % (vx.greeting, vx.pid))
 

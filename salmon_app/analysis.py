@@ -9,6 +9,12 @@ workers. Workers never sleep on an analysis: each call does one step (look up, u
 poll) and sets ``next_step``; the sweeper hands due samples back to them. When a sample ends,
 every message waiting on it whose files are all decided goes back to the check stage.
 Everything is in the database, so a restart resumes where it stopped and never re-uploads.
+
+A file that is not analysed is ``unchecked`` with a cause (``verdict.CAUSES``), stored at the
+head of its reason ("quota: ..."): parts the extractor cannot open, files beyond
+VxcubeMaxFiles, uploads beyond a sender's or client's VxcubeUploadBudget, an exhausted
+licence, vxCube errors (malformed replies included) and time-outs. The message's cause, and
+for outages how long the content has been held, go to the hook with the analysis.
 """
 import json
 import logging
@@ -18,7 +24,9 @@ from salmon_app import headers, models
 from salmon_app.log import qlog
 from salmon_app.models import FileCheck, Message, Sample
 from salmon_app.pipeline import Stage
-from salmon_app.verdict import Verdict, task_verdict
+from salmon_app.quarantine import render
+from salmon_app.verdict import OUTAGE, Verdict, cause_kind, cause_of, task_verdict, with_cause, worst_cause
+from salmon_app.vxcube.budget import UploadBudget, budget_keys
 from salmon_app.vxcube.client import RetryPolicy, VxcubeClient, VxcubeError
 from salmon_app.vxcube.extract import describe, extract, not_analysable_reason
 
@@ -45,9 +53,13 @@ class Analyser:
                                                          initial=config.VxcubeRetryMin,
                                                          maximum=config.VxcubeRetryMax,
                                                          max_elapsed=config.VxcubeRequestTimeout * config.VxcubeRetryAttempts
-                                                         + config.VxcubeRetryMax * config.VxcubeRetryAttempts))
+                                                         + config.VxcubeRetryMax * config.VxcubeRetryAttempts),
+                                       metrics=gateway.metrics)
+        self.metrics = gateway.metrics
         self.due = {}       # sha256 -> when to poll next (in memory, see later())
         self.polls = {}     # sha256 -> polls or failed calls so far (for the back-off)
+        self.failing = {}   # sha256 -> the error last logged for it: one log line per change
+        self.budget = UploadBudget(config.VxcubeUploadBudget, config.VxcubeUploadBudgetWindow)
 
     # ------------------------------------------------------------ life cycle
     def start(self):
@@ -92,7 +104,12 @@ class Analyser:
                 models.set_state(queue_id, models.ANALYSING, "waiting for vxCube")
                 message.state = models.ANALYSING
             return None
-        return summarise(checks)
+        analysis = summarise(checks)
+        if cause_kind(analysis["cause"]) == OUTAGE:
+            held = time.time() - first_seen(message.row, self.config.VxcubeMaxHold)
+            analysis.update(held=round(held, 3), hold_expired=held >= self.config.VxcubeMaxHold)
+        analysis["hold_fallback"] = self.config.VxcubeHoldFallback.lower()
+        return analysis
 
     def _start_message(self, message):
         """Record the message's files and make sure each has a sample decided or on its way."""
@@ -110,23 +127,30 @@ class Analyser:
         if not items:
             return False
         now = time.time()
+        beyond = _beyond_limit(items, self.config.VxcubeMaxFiles)
         for item in items:    # content first, outside the write lock: fsync is slow
             known = Sample.get_or_none(Sample.sha256 == item.sha256)
-            if known is None or known.state == "done":
+            if (known is None or known.state == "done") and not item.cause and item.sha256 not in beyond:
                 self.gateway.spool.store_sample(item.sha256, item.content)
         to_queue = []
+        spenders = budget_keys(message.row)
         with models.writing():
             FileCheck.delete().where(FileCheck.message == message.queue_id).execute()
             for item in items:
                 check = FileCheck(message=message.queue_id, path=item.path, name=item.name,
                                   type=item.detected_type, size=item.size, sha256=item.sha256)
-                reason = not_analysable_reason(item) if item.path != MESSAGE_SAMPLE else None
+                cause = _cause_before_upload(item, beyond, self.config.VxcubeMaxFiles)
                 sample = Sample.get_or_none(Sample.sha256 == item.sha256)
-                if reason:
-                    check.verdict, check.reason = Verdict.UNCHECKED.label, "not analysable: " + reason
+                if cause:
+                    check.verdict, check.reason = Verdict.UNCHECKED.label, with_cause(*cause)
                 elif sample and sample.state == "done" and _fresh(sample, now, self.config.VxcubeCacheTtl):
                     _copy_result(check, sample)
                     check.cached = True
+                    self.metrics.vxcube_cache_hits.labels("local").inc()
+                elif (sample is None or sample.state == "done") and not self.budget.spend(spenders, now):
+                    check.verdict, check.reason = Verdict.UNCHECKED.label, with_cause(
+                        "budget", "%s used up its %d uploads per %s" % (
+                            self.budget.exhausted(spenders, now), self.budget.limit, render.duration(self.budget.window)))
                 else:
                     if sample is None or sample.state == "done":
                         if sample:
@@ -135,6 +159,8 @@ class Analyser:
                                       kind=getattr(item, "kind", "file"), created=now, next_step=now)
                     to_queue.append(item.sha256)
                 check.save()
+                if check.verdict == Verdict.UNCHECKED.label:
+                    self.metrics.unchecked.labels(cause_of(check.reason, check.verdict)).inc()
                 message.log.info("file %s: %s", describe(item) if item.path != MESSAGE_SAMPLE else "whole message",
                                  check.verdict + (" (cached)" if check.cached else "") if check.verdict else "queued for vxCube")
         for sha256 in to_queue:
@@ -152,10 +178,17 @@ class Analyser:
                 getattr(self, "_" + sample.state)(sample)
             except VxcubeError as exc:
                 self._failed_call(sample, exc)
-        except Exception:
-            LOG.exception("sample %s: analysis step failed; retrying later", sha256[:16])
-            Sample.update(next_step=time.time() + self.config.VxcubePollInterval).where(
-                Sample.sha256 == sha256).execute()
+        except Exception as exc:
+            # A bug, not vxCube: the traceback once per sample and error, then the same
+            # bound as any failure (VxcubeTimeout), so no message waits forever on it.
+            if self._changed(sha256, "internal error: %s" % exc):
+                self._log(sha256, logging.ERROR, "analysis step failed; retrying later", exc_info=True)
+            sample = Sample.get_or_none(Sample.sha256 == sha256)
+            if sample is not None and time.time() - sample.created > self.config.VxcubeTimeout:
+                self._finish(sample, Verdict.UNCHECKED, reason=with_cause("vxcube-error", "internal error: %s" % exc))
+            else:
+                Sample.update(next_step=time.time() + self.config.VxcubePollInterval).where(
+                    Sample.sha256 == sha256).execute()
         finally:
             self.gateway.registry.release(key)
 
@@ -164,12 +197,21 @@ class Analyser:
         found = self.client.find_sample(sample.sha256) if sample.kind == "file" else None
         if found:
             samples = [found]
+            self.metrics.vxcube_cache_hits.labels("lookup").inc()
         else:
             data = self.gateway.spool.read_sample(sample.sha256)
             if data is None:
-                return self._finish(sample, Verdict.UNCHECKED, reason="file content lost before upload")
-            samples = self.client.upload(sample.name or sample.sha256, data)
+                return self._finish(sample, Verdict.UNCHECKED,
+                                    reason=with_cause("vxcube-error", "file content lost before upload"))
+            try:
+                samples = self.client.upload(sample.name or sample.sha256, data)
+            except VxcubeError as exc:
+                if exc.transient or not self._licence_spent():
+                    raise
+                return self._finish(sample, Verdict.UNCHECKED, reason=with_cause(
+                    "quota", "the vxCube licence has no uploads left (%s)" % exc))
             sample.uploaded = True
+            self.metrics.vxcube_uploads.inc()
         if sample.kind == MESSAGE_SAMPLE:
             return self._split(sample, samples)
         self._uploaded_as(sample, samples[0])
@@ -186,27 +228,32 @@ class Analyser:
     def _uploaded(self, sample):
         platforms = self.config.VxcubePlatforms or json.loads(sample.platforms)
         if not (sample.format_name and platforms):
-            return self._finish(sample, Verdict.UNCHECKED, reason="not analysable: vxCube does not recognise its format")
+            return self._finish(sample, Verdict.UNCHECKED,
+                                reason=with_cause("unsupported", "vxCube does not recognise its format"))
         analysis = self.client.start_analysis(sample.sample_id, platforms=platforms,
                                               analysis_time=int(self.config.VxcubeAnalysisTime))
         sample.analysis_id, sample.state = str(analysis["id"]), "analysing"
         sample.started = time.time()
         sample.next_step = sample.started + self.config.VxcubePollInterval
         sample.save()
-        LOG.info("sample %s: analysis %s started on %s", sample.sha256[:16], sample.analysis_id, ", ".join(platforms))
+        self._log(sample.sha256, logging.INFO, "analysis %s started on %s", sample.analysis_id, ", ".join(platforms))
 
     def _analysing(self, sample):
         analysis = self.client.get_analysis(sample.analysis_id)
-        tasks = analysis.get("tasks") or []
+        self._recovered(sample)
+        tasks = analysis["tasks"]      # the client checked the shape of the reply
         now = time.time()
         if tasks and all(t.get("status") in FINISHED_TASK for t in tasks):
             verdict = Verdict.worst(task_verdict(t) for t in tasks)
             scores = [t.get("maliciousness") for t in tasks if t.get("maliciousness") is not None]
             return self._finish(sample, verdict, tasks=tasks, maliciousness=max(scores) if scores else None,
-                                reason="" if verdict != Verdict.UNCHECKED else "analysis failed on every platform"
-                                if all(task_verdict(t) == Verdict.UNCHECKED for t in tasks) else "")
+                                reason="" if verdict != Verdict.UNCHECKED else with_cause(
+                                    "vxcube-error", "analysis failed or deleted on %s" % ", ".join(
+                                        str(t.get("platform_code") or "?") for t in tasks
+                                        if task_verdict(t) == Verdict.UNCHECKED)))
         if now - (sample.started or sample.created) > self.config.VxcubeTimeout:
-            return self._finish(sample, Verdict.UNCHECKED, tasks=tasks, reason="analysis timed out")
+            return self._finish(sample, Verdict.UNCHECKED, tasks=tasks,
+                                reason=with_cause("timeout", "analysis did not finish in %s" % render.duration(self.config.VxcubeTimeout)))
         interval, polls = self.config.VxcubePollInterval, self.polls.get(sample.sha256, 0) + 1
         self.polls[sample.sha256] = polls
         self.later(sample, min(interval * 2 ** min(polls, 3), interval * 6))
@@ -244,26 +291,65 @@ class Analyser:
     def _failed_call(self, sample, exc):
         now = time.time()
         if exc.transient and now - sample.created < self.config.VxcubeTimeout:
-            LOG.warning("sample %s: vxCube unavailable (%s); trying again", sample.sha256[:16], exc)
+            if self._changed(sample.sha256, str(exc)):
+                self._log(sample.sha256, logging.WARNING, "vxCube unavailable (%s); trying again", exc)
             failures = self.polls.get(sample.sha256, 0) + 1
             self.polls[sample.sha256] = failures
             self.later(sample, min(self.config.VxcubePollInterval * 2 ** min(failures, 4), 300))
             return
-        self._finish(sample, Verdict.UNCHECKED, reason="vxCube error: %s" % exc)
+        self._finish(sample, Verdict.UNCHECKED, reason=with_cause("vxcube-error", "vxCube error: %s" % exc))
+
+    def _log(self, sha256, level, text, *args, exc_info=False):
+        """A line about a sample names the messages that wait for it (their queue ids), so
+        ``grep QUEUEID`` finds it; the first id is the line's queue_id in LogFormat = Json."""
+        try:
+            ids = sorted({c.message for c in FileCheck.select(FileCheck.message).where(
+                FileCheck.sha256 == sha256, FileCheck.verdict == "")})
+        except Exception:      # storage failing: the line still goes out
+            ids = []
+        shown = ",".join(ids[:5]) + (" +%d more" % (len(ids) - 5) if len(ids) > 5 else "")
+        LOG.log(level, "sample %s (for %s): " + text, sha256[:16], shown or "no message", *args, exc_info=exc_info,
+                extra={"queue_id": ids[0] if ids else "-", "event": "sample",
+                       "fields": {"sample": sha256, "queue_ids": ids}})
+
+    def _changed(self, sha256, error):
+        """Whether ``error`` is news for this sample (then it is logged, else not again)."""
+        if self.failing.get(sha256) == error:
+            return False
+        self.failing[sha256] = error
+        return True
+
+    def _recovered(self, sample):
+        if self.failing.pop(sample.sha256, None) is not None:
+            self._log(sample.sha256, logging.INFO, "vxCube answers again")
+
+    def _licence_spent(self):
+        """Whether the licence has no uploads left: vxCube documents no error for a spent
+        quota, so a refused upload is checked against GET license."""
+        try:
+            licence = self.client.license()
+        except VxcubeError:
+            return False
+        spent, total = licence.get("uploads_spent"), licence.get("uploads_total")
+        return isinstance(spent, int) and isinstance(total, int) and spent >= total
 
     def _finish(self, sample, verdict, *, tasks=(), maliciousness=None, reason=""):
         self.due.pop(sample.sha256, None)
         self.polls.pop(sample.sha256, None)
+        self.failing.pop(sample.sha256, None)
         sample.state, sample.verdict, sample.reason = "done", verdict.label, reason
         sample.tasks_json = json.dumps(list(tasks))
         sample.maliciousness = maliciousness
         sample.finished = time.time()
         sample.save()
         self.gateway.spool.remove_sample(sample.sha256)
-        LOG.info("sample %s: %s%s", sample.sha256[:16], verdict.label, " (%s)" % reason if reason else "")
+        self._log(sample.sha256, logging.INFO, "%s%s", verdict.label, " (%s)" % reason if reason else "")
         self._deliver_result(sample)
         if verdict == Verdict.UNCHECKED:
+            self.metrics.unchecked.labels(cause_of(reason, verdict.label)).inc()
             sample.delete_instance()     # never cache a failure: the next copy is analysed again
+        elif sample.started:
+            self.metrics.analysis_seconds.observe(sample.finished - sample.started)
 
     def _deliver_result(self, sample):
         waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
@@ -286,12 +372,48 @@ def may_carry_files(raw):
     """False for a single-part text message (most mail): no parse, no upload is needed.
 
     Only the top header block is looked at; anything multipart, non-text, named or marked as
-    an attachment is extracted as usual."""
+    an attachment is extracted as usual, and so is a text that may hold a uuencoded file or
+    a header with two Content-Type fields (which one a mail program obeys is anyone's guess)."""
     end = raw.find(b"\r\n\r\n")
-    found = headers.fields(raw[:end + 2] if end >= 0 else raw, ("Content-Type", "Content-Disposition"))
+    head = raw[:end + 2] if end >= 0 else raw
+    found = headers.fields(head, ("Content-Type", "Content-Disposition"))
     ctype = found.get("content-type", "text/plain").strip().lower()
-    disposition = found.get("content-disposition", "").lower()
-    return not ctype.startswith("text/") or "name=" in ctype or "attachment" in disposition or "name=" in disposition
+    # the parameters are looked for in the raw block: the field values above are cut at 500
+    # characters for display, and a long first parameter must not hide a name=evil.exe after it
+    lower = head.lower()
+    return not ctype.startswith("text/") or b"name=" in lower or b"name*" in lower \
+        or b"attachment" in lower or b"\nbegin " in raw or b"\nbegin-base64 " in raw \
+        or lower.count(b"content-type:") > 1
+
+
+def first_seen(row, max_hold):
+    """When this content first reached vxgate: Postfix hands a deferred message over again
+    as a new record with the same bytes, and the hold counts from the first of them."""
+    oldest = (Message.select(Message.created)
+              .where(Message.created >= row.created - 2 * max_hold - 60, Message.sha256 == row.sha256,
+                     Message.mode == row.mode)
+              .order_by(Message.created).limit(1).scalar())
+    return min(oldest or row.created, row.created)
+
+
+def _beyond_limit(items, limit):
+    """SHA-256s of the distinct contents past the first ``limit`` ones (MIME order)."""
+    distinct = list(dict.fromkeys(item.sha256 for item in items if not item.cause))
+    return set(distinct[limit:])
+
+
+def _cause_before_upload(item, beyond, limit):
+    """(cause, text) when ``item`` is not to be uploaded at all, else None."""
+    if item.path == MESSAGE_SAMPLE:
+        return None
+    if item.cause:
+        return item.cause, item.cause_text
+    reason = not_analysable_reason(item)
+    if reason:
+        return "unsupported", reason
+    if item.sha256 in beyond:
+        return "too-many-files", "the message has more than VxcubeMaxFiles = %d files" % limit
+    return None
 
 
 def _fresh(sample, now, ttl):
@@ -309,6 +431,7 @@ class _WholeMessage:
     kind = MESSAGE_SAMPLE
     path = MESSAGE_SAMPLE
     detected_type = "eml"
+    cause = ""
 
     def __init__(self, raw, queue_id):
         import hashlib
@@ -331,6 +454,10 @@ def summarise(checks):
                        "rules": t.get("rules") or {"malicious": [], "suspicious": [], "neutral": []},
                        "id": t.get("id")} for t in tasks],
         })
+    for f in files:
+        f["cause"] = cause_of(f["reason"], f["verdict"]) if f["verdict"] == Verdict.UNCHECKED.label else ""
     verdict = Verdict.worst(Verdict.parse(f["verdict"]) for f in files)
     counts = {v.label: sum(1 for f in files if f["verdict"] == v.label) for v in Verdict if v != Verdict.NONE}
-    return {"verdict": verdict.label, "files": files, "counts": counts}
+    cause = worst_cause(f["cause"] for f in files)
+    return {"verdict": verdict.label, "files": files, "counts": counts, "cause": cause,
+            "cause_kind": cause_kind(cause)}

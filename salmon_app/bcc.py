@@ -17,6 +17,8 @@ from email.mime.text import MIMEText
 import jinja2
 
 from salmon_app import headers, models
+from salmon_app.compose import POLICY, one_line, put, to_bytes
+from salmon_app.log import qlog
 from salmon_app.policy.modify import zip_archive
 from salmon_app.receiver import Reply
 from salmon_app.verdict import Verdict
@@ -61,36 +63,58 @@ def finish(gateway, message, analysis):
 
 def render(gateway, row, analysis):
     config = gateway.config
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(config.BccTemplateDir or TEMPLATES),
-                             autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
+    env = _environment(config.BccTemplateDir or TEMPLATES)
     found = headers.fields(gateway.headers_of(row.id), ("To", "Cc", "Date"))
     files = [_file_view(f, config.VxcubeApiAddress) for f in analysis.get("files", [])]
+    # everything taken from the copy is shown as one line, so it cannot forge lines of the report
     values = {
         "verdict": analysis.get("verdict"), "counts": analysis.get("counts", {}), "files": files,
-        "subject": row.subject, "header_from": row.header_from, "message_id": row.message_id,
-        "header_rcpts": ", ".join(v for v in (found.get("to"), found.get("cc")) if v) or "(not shown)",
-        "date": found.get("date", ""), "mail_from": row.mail_from, "rcpt_to": row.rcpt_to,
-        "client": _client(row.client), "queue_id": row.id, "hostname": gateway.hostname,
+        "subject": one_line(row.subject), "header_from": one_line(row.header_from),
+        "message_id": one_line(row.message_id),
+        "header_rcpts": one_line(", ".join(v for v in (found.get("to"), found.get("cc")) if v)) or "(not shown)",
+        "date": one_line(found.get("date", "")), "mail_from": one_line(row.mail_from),
+        "rcpt_to": [one_line(a) for a in row.rcpt_to], "client": one_line(_client(row.client)),
+        "queue_id": row.id, "hostname": gateway.hostname,
     }
-    body = MIMEMultipart("alternative")
+    verdict = one_line(analysis.get("verdict", "")).upper()
+    body = MIMEMultipart("alternative", policy=POLICY)
     report = body
     if config.BccAttachOriginal:
-        report = MIMEMultipart("mixed")
+        report = MIMEMultipart("mixed", policy=POLICY)
     report["From"] = config.BccReporterAddress
     report["To"] = config.BccReportRecipientAddress
-    report["Subject"] = "[vxgate] %s: %s" % (analysis.get("verdict", "").upper(), row.subject or "(no subject)")
+    put(report, "Subject", "[vxgate] %s: %s" % (verdict, one_line(row.subject) or "(no subject)"),
+        placeholder="[vxgate] %s: (subject not shown)" % verdict)
     report["Date"] = email.utils.formatdate(localtime=True)
     report["Message-ID"] = email.utils.make_msgid(domain=gateway.hostname)
     report["Auto-Submitted"] = "auto-generated"
     report[LOOP_HEADER] = row.id
     for name, subtype in (("bcc_report.txt", "plain"), ("bcc_report.html", "html")):
-        part = MIMEText("", subtype)
-        part.set_payload(env.get_template(name).render(values), _QP_UTF8)   # readable in the raw source
+        part = MIMEText("", subtype, policy=POLICY)
+        part.set_payload(_render(env, name, values, config.BccTemplateDir, row.id), _QP_UTF8)   # readable raw
         body.attach(part)
     if report is not body:
         report.attach(body)
         report.attach(_original(gateway, row))
-    return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return to_bytes(report)
+
+
+def _environment(directory):
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(directory),
+                              autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
+
+
+def _render(env, name, values, custom_dir, queue_id):
+    """A template rendered; a broken custom one gives way to the built-in one (a report is
+    never held back by an edit of the templates)."""
+    try:
+        return env.get_template(name).render(values)
+    except (jinja2.TemplateError, OSError) as exc:
+        if not custom_dir:
+            raise
+        qlog(queue_id).error("report template %s in %s: %s: %s; the built-in template is used",
+                             name, custom_dir, type(exc).__name__, exc)
+        return _environment(TEMPLATES).get_template(name).render(values)
 
 
 def _original(gateway, row):
@@ -98,7 +122,7 @@ def _original(gateway, row):
     from email.mime.application import MIMEApplication
     password = gateway.repack_password.password_for(row.id)
     archive = zip_archive("%s.eml" % row.id, gateway.spool.read(row.id), password)
-    part = MIMEApplication(archive, "zip")
+    part = MIMEApplication(archive, "zip", policy=POLICY)
     part.add_header("Content-Disposition", "attachment", filename="original.zip")
     return part
 
@@ -107,7 +131,8 @@ def _file_view(item, api_address):
     tasks = item.get("tasks", [])
     rules = sorted({rule for t in tasks for kind in ("malicious", "suspicious")
                     for rule in (t.get("rules") or {}).get(kind, [])})
-    view = dict(item, platforms=[t.get("platform") for t in tasks if t.get("platform")], rules=rules)
+    view = dict(item, platforms=[t.get("platform") for t in tasks if t.get("platform")], rules=rules,
+                name=one_line(item.get("name")), reason=one_line(item.get("reason")))
     view["analysis_url"] = ("%s/api-2.0/analyses/%s" % (_base(api_address), item["analysis_id"])
                             if item.get("analysis_id") and api_address else "")
     return view

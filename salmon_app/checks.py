@@ -64,7 +64,7 @@ class Checks:
         client = row.client
         envelope = Envelope(mail_from=row.mail_from, rcpt_to=row.rcpt_to, helo=client.get("helo", ""),
                             client={"hostname": client.get("name", ""), "ip": client.get("addr") or client.get("peer_ip", ""),
-                                    "port": client.get("port") or client.get("peer_port", "")},
+                                    "port": _port(client)},
                             queue_id=row.id)
         decision = runtime.run(envelope, message.data(), analysis or {})
         if decision.error:
@@ -79,3 +79,9 @@ class Checks:
 
     def shut_down(self):
         self.analyser.shut_down()
+
+
+def _port(client):
+    """The client's port for the hook: XFORWARD's when numeric, 0 when it said [UNAVAILABLE]."""
+    port = str(client.get("port") or client.get("peer_port") or 0)
+    return int(port) if port.isascii() and port.isdigit() else 0

@@ -186,6 +186,16 @@ SCHEMA = [
     _p("Root", "VxcubeWorkers", "int", 4, "Threads talking to vxCube.", minimum=1),
     _p("Root", "VxcubeQueueSize", "int", 1000, "Files waiting for a vxCube worker before new ones wait in the database.", minimum=1),
     _p("Root", "VxcubeCacheTtl", "duration", 86400.0, "Keep clean/suspicious/dangerous verdicts by SHA-256 this long (unchecked is never cached).", minimum=0),
+    _p("Root", "VxcubeMaxFiles", "int", 20, "Most distinct files of one message that are analysed; the others are unchecked (cause too-many-files).", minimum=1),
+    _p("Root", "VxcubeUploadBudget", "int", 100, "New vxCube uploads per envelope sender and per client address (XFORWARD) within VxcubeUploadBudgetWindow; beyond it files are unchecked (cause budget). 0: no limit.", minimum=0),
+    _p("Root", "VxcubeUploadBudgetWindow", "duration", 3600.0, "The period VxcubeUploadBudget counts uploads over.", minimum=1),
+    _p("Root", "VxcubeMaxHold", "duration", 14400.0, "How long a message unchecked because of an outage (quota, budget, vxcube-error, timeout) is deferred before VxcubeHoldFallback (ctx.vxcube.hold_expired).", minimum=0),
+    _p("Root", "VxcubeHoldFallback", "choice", "Quarantine", "What the default hook does with such a message after VxcubeMaxHold.", choices=("Quarantine", "Accept")),
+    _p("Root", "LogTarget", "choice", "Auto", "Where the log goes: File (LogFile), Syslog (facility mail, LogSyslogAddress), Stderr (journald); Auto: Stderr under systemd, else File.", choices=("Auto", "File", "Syslog", "Stderr")),
+    _p("Root", "LogFormat", "choice", "Text", "Text lines, or Json: one object per line (time, level, logger, queue_id, event, message, fields).", choices=("Text", "Json")),
+    _p("Root", "LogLevel", "choice", "INFO", "Least important lines logged: DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    _p("Root", "LogFile", "str", "logs/vxgate.log", "The log file with LogTarget = File (reopened when logrotate moves it)."),
+    _p("Root", "LogSyslogAddress", "socket", "/dev/log", "Syslog with LogTarget = Syslog: a UNIX socket path, or IP:port for UDP."),
     # [Root]: the service
     _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload-hooks and doctor find vxgate through it."),
     _p("Root", "User", "str", "", "Started as root, vxgate switches to this user before it opens any file (empty: refuse to run as root without --allow-root)."),
@@ -211,6 +221,7 @@ SCHEMA = [
     _p("MailD", "SmtpRelayRetryMin", "duration", 60.0, "First back-off after the next hop failed (jittered, doubling).", minimum=0),
     _p("MailD", "SmtpRelayRetryMax", "duration", 1800.0, "Longest back-off between relay attempts.", minimum=0),
     _p("MailD", "SmtpRelayMaxAge", "duration", 5 * 86400.0, "Bounce what the next hop has not accepted after this long.", minimum=0),
+    _p("MailD", "SmtpErrorLimit", "int", 5, "Internal errors a message vxgate owns may meet before it is set aside as held and SmtpAdminAddress is told.", minimum=1),
     _p("MailD", "SmtpRecoveryLimit", "int", 3, "Start-ups a message may be in flight at before it is set aside as poisonous.", minimum=1),
     _p("MailD", "RepackPassword", "secret", "None", "Archive password for repacked threats: None, Plain(<password>) or HMAC(<secret>)."),
     # [MailD]: BCC mode
@@ -220,12 +231,16 @@ SCHEMA = [
     _p("MailD", "BccReporterPassword", "secret", "", "SMTP AUTH password of BccReporterAddress (never logged)."),
     _p("MailD", "BccReportRecipientAddress", "str", "", "The administrator who receives the reports."),
     _p("MailD", "BccSmtpServer", "hostsocket", None, "MTA that sends the reports: host, host:port, IP or UNIX socket."),
-    _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off.", choices=("Auto", "Implicit", "StartTls", "Off")),
+    _p("MailD", "BccSmtpTls", "choice", "Auto", "TLS to BccSmtpServer: Auto (STARTTLS when offered; implicit TLS on port 465), Implicit, StartTls (required), Off (the only setting that lets the password travel in cleartext).", choices=("Auto", "Implicit", "StartTls", "Off")),
+    _p("MailD", "BccSmtpVerifyTls", "bool", True, "Verify the certificate of BccSmtpServer against its host name or IP address (No: encrypt without checking)."),
+    _p("MailD", "BccSmtpCaFile", "str", "", "CA certificates (PEM file or directory) for a private BccSmtpServer certificate (empty: system CAs)."),
     _p("MailD", "BccAttachOriginal", "bool", False, "Attach the copy to the report as original.zip, protected by RepackPassword (the identifier is the queue id)."),
     _p("MailD", "BccTemplateDir", "str", "", "Directory with bcc_report.txt and bcc_report.html (empty: config/templates)."),
+    _p("MailD", "MetricsSocket", "socket", "127.0.0.1:9425", "Where Prometheus scrapes /metrics: IP:port (empty: off)."),
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
     _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
+    _p("Quarantine", "DatabaseBusyTimeout", "duration", 30.0, "How long a write waits for a database lock held by another process before it counts as a storage failure.", minimum=0.1),
     _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered, discarded and tempfailed mail and closed BCC copies this long.", minimum=0),
     _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected, failed and held messages and reported BCC copies this long.", minimum=0),
     _p("Quarantine", "KeepDeliveredMessages", "bool", False, "Keep the files of delivered mail (until DeliveredRetention) for export/release."),
@@ -420,6 +435,8 @@ def _check_together(config, seen, filename):
              "the MTA's re-injection socket" % config.SmtpSocket)
     if config.SmtpSocket is None:
         fail("SmtpSocket", "SmtpSocket is required: IP:port or a UNIX socket path")
+    if config.MetricsSocket is not None and config.MetricsSocket.is_unix:
+        fail("MetricsSocket", "MetricsSocket must be IP:port (Prometheus scrapes over HTTP), or empty for off")
     if config.SmtpSenderRelay is None:
         fail("SmtpSenderRelay", "SmtpSenderRelay is required: IP:port or a UNIX socket path")
 

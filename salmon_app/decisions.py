@@ -28,8 +28,12 @@ def apply(gateway, message, decision, analysis):
     if action == "accept":
         return accept(gateway, message, decision, fields)
     if action == "quarantine":
-        return gateway.conclude(queue_id, models.QUARANTINED,
+        told = gateway.conclude(queue_id, models.QUARANTINED,
                                 Reply(250, "2.0.0 Ok: queued as %s (held in quarantine)" % queue_id), why, **fields)
+        if not told:         # nobody heard the 250: the administrator is the one to know
+            gateway.notify_admin(message.row, "quarantined by the hook after the message was accepted",
+                                 fields.get("reason", ""), fields)
+        return told
     if action == "tempfail" or (action == "replycode" and str(decision.code).startswith("4")):
         reply = Reply(int(decision.code or 451), decision.text or _enhanced("4.7.1", decision.message or "Try again later"))
         if gateway.conclude(queue_id, models.TEMPFAILED, reply, why, remove_file=True, require_session=True, **fields):
@@ -47,7 +51,8 @@ def apply(gateway, message, decision, analysis):
         raise ValueError("unknown action %r" % action)
     # the session was already answered: keep the message, tell the administrator
     gateway.conclude(queue_id, models.QUARANTINED, None, why + "; answered already, so quarantined", **fields)
-    gateway.notify_admin(message.row, "%s after the message was accepted: quarantined" % action, fields["reason"])
+    gateway.notify_admin(message.row, "%s after the message was accepted: quarantined" % action,
+                         fields.get("reason", ""), fields)
     return False
 
 
@@ -89,7 +94,8 @@ def retry_later(gateway, message, why, fields):
     row = message.row
     if time.time() - row.created > gateway.config.SmtpRelayMaxAge:
         gateway.conclude(row.id, models.QUARANTINED, None, why + "; too old to retry, quarantined", **fields)
-        gateway.notify_admin(row, "temporary failures until the maximum age: quarantined", fields.get("reason", ""))
+        gateway.notify_admin(row, "temporary failures until the maximum age: quarantined", fields.get("reason", ""),
+                             fields)
         return False
     attempts = row.attempts + 1
     delay = gateway.retry_delay(attempts)

@@ -49,6 +49,9 @@ MESSAGES = [
     ("analysis fails (unchecked)", "alice@demo.test", ["bob@demo.test"],
      _message("Odd file", [("odd.exe", EXE + b"VXGATE-TEST-FAIL")])),
 ]
+# what the default hook does with each: a failed analysis is a vxCube outage, deferred (451,
+# the sending MTA retries) until VxcubeMaxHold, then quarantined
+EXPECTED = ["delivered", "delivered", "delivered", "delivered", "tempfailed"]
 
 
 def say(text):
@@ -143,7 +146,8 @@ def _summary(env, replies, sink):
         say("   %s  %s" % (row.id, label))
         say("      state %-10s verdict %-10s recipients %s" % (row.state, row.verdict, ", ".join(rcpts)))
         if got is None:
-            say("      not delivered")
+            say("      not delivered%s" % (": answered 451, the sending MTA keeps it and retries (the default hook "
+                                         "defers a vxCube outage until VxcubeMaxHold)" if row.state == "tempfailed" else ""))
             continue
         parsed = email.message_from_bytes(got.data)
         if got.data == data:
@@ -152,8 +156,8 @@ def _summary(env, replies, sink):
             zips = [p.get_filename() for p in parsed.walk() if p.get_content_type() == "application/zip"]
             say("      delivered modified: Subject %r, X-Vxgate-Verdict %s%s" % (
                 parsed["Subject"], parsed["X-Vxgate-Verdict"], ", repacked into " + ", ".join(zips) if zips else ""))
-    ok = len(rows) == len(MESSAGES) and all(r.state == "delivered" for r in rows)
-    say("   %d of %d messages delivered; every message is in the quarantine database." % (
-        sum(r.state == "delivered" for r in rows), len(MESSAGES)))
+    ok = [r.state for r in rows] == EXPECTED
+    say("   %d of %d messages delivered, %d deferred; every message is in the quarantine database." % (
+        sum(r.state == "delivered" for r in rows), len(MESSAGES), sum(r.state == "tempfailed" for r in rows)))
     models.db.close()
     return 0 if ok else 1

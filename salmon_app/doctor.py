@@ -49,6 +49,7 @@ def run(path, out=print, timeout=5.0):
     if config.BccSocket:
         check_smtp(report, "BccSmtpServer", config.BccSmtpServer, timeout, login=(
             config.BccReporterAddress, config.BccReporterPassword), tls=config.BccSmtpTls.lower(),
+            ca_file=config.BccSmtpCaFile, verify=config.BccSmtpVerifyTls,
             fix="check BccSmtpServer, BccReporterAddress and BccReporterPassword")
     out("%s" % ("all checks passed" if not report.failed else "%d check(s) failed" % report.failed))
     return 1 if report.failed else 0
@@ -154,7 +155,7 @@ def check_storage(report, config):
             report.add(OK, name, "%s (mode %o)" % (path, mode))
 
 
-def check_smtp(report, name, address, timeout, fix, login=None, tls="off"):
+def check_smtp(report, name, address, timeout, fix, login=None, tls="off", ca_file="", verify=True):
     """Connect the way vxgate's relay does (same TLS choice, same AUTH) and report what happened."""
     from salmon_app.relay import Relay, describe
     if address is None:
@@ -163,7 +164,7 @@ def check_smtp(report, name, address, timeout, fix, login=None, tls="off"):
     user, password = login if login and login[0] else (None, None)
     try:
         with Relay(address, timeout=timeout, hostname=socket.getfqdn(), username=user, password=password,
-                   tls=tls).connect() as client:
+                   tls=tls, ca_file=ca_file, verify=verify).connect() as client:
             greeting = client.ehlo_resp or client.helo_resp or b""
             seen = "%s answers: %s" % (address, greeting.decode("utf-8", "replace").splitlines()[0])
             if user:

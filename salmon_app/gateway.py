@@ -16,8 +16,10 @@ import time
 import tenacity
 
 from salmon_app import dsn, headers, models
+from salmon_app.durability import StorageGuard, is_storage_error
 from salmon_app.log import qlog
-from salmon_app.models import Message, Recipient
+from salmon_app.metrics import Metrics, reply_class
+from salmon_app.models import Event, Message, Recipient
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine.expire import expiry_hook
 from salmon_app.receiver import Reply, SmtpServer
@@ -59,8 +61,10 @@ class Gateway:
         self.config, self.router = config, router
         self.hostname = config.SmtpHostname or socket.getfqdn()
         self.spool = Spool(config.SpoolDir)
-        self.database = models.open_database(config.DatabasePath)
+        self.database = models.open_database(config.DatabasePath, busy_timeout=config.DatabaseBusyTimeout)
         self.registry = Registry()
+        self.storage = StorageGuard(self.spool, self.registry)
+        self.metrics = Metrics(self)
         self.stages = {
             "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step),
             "relay": Stage("relay", config.SmtpRelayWorkers, config.SmtpQueueSize, self.run_step),
@@ -78,7 +82,8 @@ class Gateway:
             self.servers.append(self.make_server(config.BccSocket, "bcc", bcc.recipient_check(config.BccMonitorAddresses)))
             self.relays["report"] = Relay(config.BccSmtpServer, timeout=config.SmtpRelayTimeout, hostname=self.hostname,
                                           username=config.BccReporterAddress or None,
-                                          password=config.BccReporterPassword or None, tls=config.BccSmtpTls.lower())
+                                          password=config.BccReporterPassword or None, tls=config.BccSmtpTls.lower(),
+                                          ca_file=config.BccSmtpCaFile, verify=config.BccSmtpVerifyTls)
         self.sweeper = None
 
     def make_server(self, address, mode, rcpt_check=None):
@@ -87,7 +92,9 @@ class Gateway:
                           max_connections=config.SmtpMaxConnections,
                           max_message_size=config.SmtpMaxMessageSize,
                           max_recipients=config.SmtpMaxRecipients, max_line=config.SmtpMaxLineLength,
-                          idle_timeout=config.SmtpIdleTimeout, name=mode, rcpt_check=rcpt_check)
+                          idle_timeout=config.SmtpIdleTimeout, name=mode, rcpt_check=rcpt_check,
+                          count_refused=self.metrics.smtp_refused.labels(mode).inc,
+                          count_error=self.metrics.smtp_errors.labels(mode).inc)
 
     # ------------------------------------------------------------ life cycle
     def start(self):
@@ -96,14 +103,17 @@ class Gateway:
         for stage in self.stages.values():
             stage.start()
         self.sweeper = Sweeper(self)
-        self.sweeper.hooks.append(expiry_hook(self.config))
+        self.sweeper.hooks.append(expiry_hook(self.config, metrics=self.metrics))
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:
             server.start()
+        if self.config.MetricsSocket:
+            self.metrics.serve(self.config.MetricsSocket)
 
     def shut_down(self, timeout=30.0):
         """Stop listening, answer waiting sessions, let workers finish; the rest resumes at start."""
+        metrics_closed = self.metrics.close_soon()     # its HTTP loop takes up to half a second to end
         for server in self.servers:
             server.stopping.set()
         for _, waiter in self.registry.open_waiters():
@@ -117,6 +127,7 @@ class Gateway:
             stage.stop(timeout)
         for relay in self.relays.values():
             relay.close()
+        metrics_closed.join(5)
         self.database.close()
 
     # ------------------------------------------------------------ moving messages
@@ -152,8 +163,10 @@ class Gateway:
                 message.next_state = None
             self.internal_error(queue_id, exc)
         finally:
-            # the hand-over happens only now, so no two workers ever touch one message at once
-            if not (message is not None and message.next_state and self._hand_over(message)):
+            # the hand-over happens only now, so no two workers ever touch one message at once;
+            # a message whose outcome waits in memory for storage stays held (never run again)
+            if not (message is not None and message.next_state and self._hand_over(message)) \
+                    and not self.storage.holds(queue_id):
                 if self.registry.release(queue_id):
                     row = Message.get_or_none(Message.id == queue_id)
                     if row is not None and row.state in STAGE_OF:
@@ -171,29 +184,40 @@ class Gateway:
     def _hand_over(self, message):
         if self.stages[STAGE_OF[message.next_state]].submit(message):
             return True
-        models.set_state(message.queue_id, message.next_state, None, **message.pending)   # the sweeper finds it
+        try:
+            models.set_state(message.queue_id, message.next_state, None, **message.pending)   # the sweeper finds it
+        except Exception as exc:      # the step repeats from the recorded state once storage works
+            message.log.error("could not record the hand-over to %s: %s", message.next_state, exc)
         return False
 
     def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False,
-                 recipients=(), **fields):
+                 recipients=(), settled=False, mode=None, **fields):
         """Record an outcome and give ``reply`` to the waiting session; True if the session got it.
 
         With ``require_session`` nothing is recorded unless the session takes the reply: a 4xx
-        or 5xx that nobody hears must not end a message vxgate already owns.
+        or 5xx that nobody hears must not end a message vxgate already owns. A ``settled``
+        outcome (the next hop decided) that cannot be recorded is kept in memory and recorded
+        later; the reply still goes out, and the message is never relayed again.
         """
         def record():
             models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
                              **dict(fields, has_file=False) if remove_file else fields)
             if remove_file:
                 self.spool.remove(queue_id)
+
+        def guarded():
+            self.storage.write(queue_id, record, settled=settled)
         waiter = self.registry.waiter(queue_id)
-        told = bool(waiter and reply and waiter.offer(reply, before=record))
+        told = bool(waiter and reply and waiter.offer(reply, before=guarded))
         if not told:
             if require_session:
                 return False
-            record()
+            guarded()
         if state != models.DELIVERED:     # a delivery has its summary line instead
-            qlog(queue_id).info("%s: %s", state, event)
+            qlog(queue_id).info("%s: %s", state, event, extra={"event": state, "fields": {
+                "reason": event, "verdict": fields.get("verdict"), "action": fields.get("action")}})
+        if told or not require_session:
+            self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
         return told
 
     def mark_answered(self, queue_id):
@@ -206,40 +230,62 @@ class Gateway:
         return bool(waiter and not waiter.closed)
 
     def internal_error(self, queue_id, exc):
-        """Every internal error is temporary: 451 to a waiting session, or a later retry."""
+        """Every internal error is temporary: 451 to a waiting session, or a later retry; a
+        message vxgate owns that fails SmtpErrorLimit times is set aside and the administrator told."""
         log = qlog(queue_id)
-        log.error("internal error: %s", exc, exc_info=exc)
+        storage = is_storage_error(exc)
+        if storage:
+            self.storage.failed(exc)
+            log.error("storage error: %s", exc)     # no traceback: the cause is the disk or the lock
+        else:
+            log.error("internal error: %s", exc, exc_info=exc)
         reason = "internal error: %s: %s" % (type(exc).__name__, exc)
         try:
             row = Message.get_by_id(queue_id)
             told = self.conclude(queue_id, models.TEMPFAILED, Reply(451, "4.3.0 Internal error, try again later"),
-                                 reason, remove_file=True, require_session=True)
-            if not told:
-                attempts = row.attempts + 1
-                retry_state = row.state if row.state in STAGE_OF else models.STORED
-                models.set_state(queue_id, retry_state, reason, attempts=attempts,
-                                 next_attempt=time.time() + self.retry_delay(attempts))
-        except Exception:
-            log.exception("could not record the internal error; the message stays as it was")
+                                 reason, remove_file=True, require_session=True, settled=True)
+            if told:
+                return
+            errors = Event.select().where(Event.message == queue_id, Event.text.startswith("internal error")).count()
+            if not storage and errors + 1 >= self.config.SmtpErrorLimit:
+                self.conclude(queue_id, models.HELD, None, "%s; failed %d times, set aside (vxgate quarantine "
+                              "show %s)" % (reason, errors + 1, queue_id))
+                self.notify_admin(row, "set aside after %d internal errors" % (errors + 1), reason, state=models.HELD)
+                return
+            attempts = row.attempts + 1
+            retry_state = row.state if row.state in STAGE_OF else models.STORED
+            models.set_state(queue_id, retry_state, reason, attempts=attempts,
+                             next_attempt=time.time() + self.retry_delay(attempts))
+        except Exception as failure:
+            log.error("could not record the internal error (%s); the message stays as it was", failure)
 
     # ------------------------------------------------------------ decisions
     def apply(self, message, decision, analysis):
         """Carry out the policy's decision (salmon_app/decisions.py)."""
         from salmon_app import decisions
+        self.metrics.verdicts.labels((analysis or {}).get("verdict") or "none", decision.action).inc()
         return decisions.apply(self, message, decision, analysis)
 
-    def notify_admin(self, row, what, reason=""):
-        """A short notice to SmtpAdminAddress about a message vxgate kept (never its content)."""
+    def notify_admin(self, row, what, reason="", fields=None, state=models.QUARANTINED):
+        """A short notice to SmtpAdminAddress about a message vxgate kept (never its content).
+
+        ``fields`` are the outcome being recorded (verdict, action, analysis): the record in
+        hand may predate them, and a notice must tell the verdict the decision was made on."""
+        fields = fields or {}
         qlog(row.id).warning("administrator notice: %s%s", what, " (%s)" % reason if reason else "")
         if not self.config.SmtpAdminAddress:
             return None
-        data = dsn.notice(self.hostname, row, what, reason, self.config.SmtpAdminAddress)
+        data = dsn.notice(self.hostname, row, what, reason, self.config.SmtpAdminAddress, state=state,
+                          verdict=fields.get("verdict") or row.verdict, action=fields.get("action") or row.action,
+                          files=analysed_files(fields.get("analysis_json") or row.analysis_json))
         return self.inject("notice", "", [self.config.SmtpAdminAddress], data, parent=row.id,
                            subject="vxgate notice about %s" % row.id)
 
     # ------------------------------------------------------------ relaying
     def relay(self, message):
         row = message.row
+        if row.state == models.DEFERRED and not self._intend_retry(row):
+            return
         addresses = message.recipients if message.recipients is not None else models.pending_recipients(row.id)
         params = row.params
         rcpt_params = params.get("rcpt", {})
@@ -254,6 +300,7 @@ class Gateway:
         message.recipients = None          # what is left is read from the record from now on
         now = time.time()
         ok, temp, perm = result.recipients("ok"), result.recipients("temp"), result.recipients("perm")
+        self._count_replies(row, result, ok, temp)
         if temp and now - row.created > self.config.SmtpRelayMaxAge:
             for address in temp:
                 result.replies[address] = (554, "5.4.7 Delivery time expired: " + result.replies[address][1])
@@ -268,23 +315,47 @@ class Gateway:
         if temp:
             self._defer(message, result, temp, recipients, summary, fields)
             if perm:
-                self.bounce(row, [(a, *result.replies[a]) for a in perm])
+                self._bounce_settled(row, [(a, *result.replies[a]) for a in perm])
         elif perm and not ok and not self._delivered_before(row.id) and self.conclude(
                 row.id, models.REJECTED, Reply(*_permanent(result.replies[perm[0]])),
                 "next hop refused every recipient: " + summary, require_session=True,
-                recipients=recipients, **fields):
+                recipients=recipients, settled=True, **fields):
             pass    # Postfix got the 5xx and bounces
         else:
             if perm:
-                self.bounce(row, [(a, *result.replies[a]) for a in perm])
+                self._bounce_settled(row, [(a, *result.replies[a]) for a in perm])
             final = models.DELIVERED if (ok or self._delivered_before(row.id)) else models.FAILED
             next_hop = result.next_hop_id
             reply = Reply(250, "2.0.0 Ok: queued as %s%s" % (row.id, " (next hop: %s)" % next_hop if next_hop else ""))
-            self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id,
+            self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id, mode=row.mode,
                           remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages,
-                          recipients=recipients, **fields)
+                          recipients=recipients, settled=True, **fields)
         message.pending.clear()
-        self.summary(message, result, started)
+        self.summary(message, result, started, fields)
+
+    def _count_replies(self, row, result, ok, temp):
+        replies = self.metrics.relay_replies
+        destination = RELAY_OF[row.mode]
+        for code, _ in result.replies.values():
+            replies.labels(destination, reply_class(code)).inc()
+        if row.mode == "report":
+            self.metrics.bcc_reports.labels("sent" if ok else "deferred" if temp else "failed").inc()
+
+    def _intend_retry(self, row):
+        """Before a retry, push the next attempt back durably: a failed record of its outcome can
+        then never make the sweeper relay again at once. False (relay nothing) while storage fails."""
+        if self.storage.failing:
+            return False
+
+        def intent():
+            with models.writing():
+                models.update_message(row.id, next_attempt=time.time() + self.retry_delay(row.attempts + 1))
+        try:
+            return self.storage.write(row.id, intent, settled=False)
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            return False
 
     def _delivered_before(self, queue_id):
         return Recipient.select().where(Recipient.message == queue_id, Recipient.state == "delivered").exists()
@@ -297,14 +368,26 @@ class Gateway:
         fields = dict(fields, attempts=attempts, next_attempt=time.time() + delay, last_reply=reason)
         event = "deferred %s for %.1fs: %s" % (", ".join(temp), delay, summary)
 
+        # recipients the next hop took make this a fact: kept in memory if storage fails, never re-sent
+        settled = any(state == "delivered" for _, state, _ in recipients)
+
         def record(answered=False):
-            models.set_state(row.id, models.DEFERRED, event, recipients, **dict(fields, answered=True) if answered else fields)
+            self.storage.write(row.id, lambda: models.set_state(
+                row.id, models.DEFERRED, event, recipients, **dict(fields, answered=True) if answered else fields),
+                settled=settled)
         waiter = self.registry.waiter(row.id)
         reply = Reply(250, "2.0.0 Ok: queued as %s (next hop deferred, vxgate retries)" % row.id)
         if not (waiter and waiter.offer(reply, before=lambda: record(True))):
             record()
         row.attempts = attempts
-        message.log.warning("deferred %s for %.1fs: %s", ", ".join(temp), delay, reason)
+        message.log.warning("deferred %s for %.1fs: %s", ", ".join(temp), delay, reason,
+                            extra={"event": "deferred", "fields": {"to": temp, "retry_in": round(delay, 1),
+                                                                   "attempt": attempts, "reply": reason}})
+
+    def _bounce_settled(self, row, failures):
+        # the next hop's refusal is a fact: a bounce that cannot be stored yet waits in memory,
+        # ahead of the message's own record, instead of turning the relay into an error
+        self.storage.write(row.id, lambda: self.bounce(row, failures), settled=True)
 
     def bounce(self, row, failures):
         """Tell the sender which recipients failed for good (never for a null sender)."""
@@ -338,12 +421,20 @@ class Gateway:
         self.submit(queue_id, models.RELAYING)
         return queue_id
 
-    def summary(self, message, result, started):
+    def summary(self, message, result, started, fields):
+        """The one line that answers "what happened to this mail and why" (a field each for Json)."""
         row = message.row
         outcome = "; ".join("%s=%d" % (a, c) for a, (c, _) in result.replies.items())
-        message.log.info("from=<%s> to=%s size=%d outcome=%s next_hop_id=%s time=%.3fs",
-                         row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, outcome,
-                         result.next_hop_id or "-", time.time() - row.created)
+        verdict, action = fields.get("verdict") or row.verdict, fields.get("action") or row.action or "-"
+        files = analysed_files(fields.get("analysis_json") or row.analysis_json)
+        took = time.time() - row.created
+        message.log.info("from=<%s> to=%s size=%d verdict=%s action=%s files=%s outcome=%s next_hop_id=%s time=%.3fs",
+                         row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, verdict, action,
+                         ",".join(files) or "-", outcome, result.next_hop_id or "-", took,
+                         extra={"event": "summary", "fields": {
+                             "from": row.mail_from, "to": row.rcpt_to, "size": row.size, "verdict": verdict,
+                             "action": action, "files": files, "outcome": outcome,
+                             "next_hop_id": result.next_hop_id, "time": round(took, 3)}})
 
 
 class Intake:
@@ -351,9 +442,20 @@ class Intake:
 
     def __init__(self, gateway, mode):
         self.gateway, self.mode = gateway, mode
+        self.received = gateway.metrics.received.labels(mode)
+
+    def refusal(self):
+        """Asked at MAIL FROM: a 451 while the spool or database cannot be written."""
+        return self.gateway.storage.refusal()
 
     def open(self, envelope):
-        return self.gateway.spool.writer(new_queue_id())
+        try:
+            return self.gateway.spool.writer(new_queue_id())
+        except OSError as exc:
+            qlog(None).error("cannot open a spool file: %s", exc)
+            if is_storage_error(exc):
+                self.gateway.storage.failed(exc)
+            raise Reply(451, "4.3.0 Could not store the message, try again later") from None
 
     def accept(self, envelope, writer):
         gateway, queue_id = self.gateway, writer.queue_id
@@ -366,12 +468,22 @@ class Intake:
         except Exception as exc:
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
-            log.exception("could not store the message: %s", exc)
-            gateway.spool.remove(queue_id)
+            if is_storage_error(exc):
+                gateway.storage.failed(exc)
+                log.error("could not store the message: %s", exc)
+            else:
+                log.exception("could not store the message: %s", exc)
+            try:
+                gateway.spool.remove(queue_id)
+            except OSError:
+                pass
             return Reply(451, "4.3.0 Could not store the message, try again later")
+        self.received.inc()
+        client = envelope.xforward.get("ADDR") or envelope.peer[0]
         log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
-                 ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size,
-                 envelope.xforward.get("ADDR") or envelope.peer[0])
+                 ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size, client,
+                 extra={"event": "received", "fields": {"from": envelope.mail_from, "to": envelope.rcpt_to,
+                                                        "size": writer.size, "client": client}})
         gateway.submit(message, models.STORED)
         if own:
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
@@ -408,6 +520,24 @@ class Intake:
         message = StoredMessage(self.gateway, row)
         message.recipients = list(envelope.rcpt_to)
         return message
+
+
+def analysed_files(analysis_json):
+    """["name(type):verdict", ...] from a stored analysis; names cleaned (they are the sender's)."""
+    if not analysis_json or analysis_json == "{}":
+        return []
+    try:
+        files = json.loads(analysis_json).get("files") or []
+    except (ValueError, AttributeError):
+        return []
+    return ["%s(%s):%s" % (_printable(f.get("name") or "?"), f.get("type") or "?", f.get("verdict") or "?")
+            for f in files if isinstance(f, dict)]
+
+
+def _printable(text, limit=80):
+    text = str(text)[:limit]
+    return text if text.isprintable() and " " not in text and "," not in text else "".join(
+        c if c.isprintable() and c not in " ," else "?" for c in text)
 
 
 def parse_headers(block):

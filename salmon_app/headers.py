@@ -1,26 +1,47 @@
 """Reading a few header fields of a stored message for records and reports, for people.
 
-Only the header block is parsed (never the body), RFC 2047 words are decoded, and nothing
-here raises: a malformed header gives empty values, never an error for the message.
+Only the header block is parsed (never the body), RFC 2047 words are decoded, raw 8-bit
+text is read as UTF-8 (RFC 6532), and what comes back is one clean line: unfolded, with
+control characters (also ones that encoded words decode to) as spaces, at most 500
+characters. Header blocks are attacker text, so nothing here raises (a malformed header
+gives an empty or raw value) and the work is linear in the block: the standard library's
+line-based parser, and decoding of only the start of each wanted value.
 """
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
+
+MAX_VALUE = 500
+# Only the start of a value is decoded: enough for MAX_VALUE characters of the shortest
+# encoded words, and decode_header() scans each line once per "=?" (quadratic on a long one).
+MAX_RAW = 16384
+# Controls become spaces; C1 and U+2028/9 too, where str.splitlines() also breaks a line.
+_CONTROLS = {c: " " for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
 
 
 def fields(block, names):
     """{name.lower(): decoded value} for the ``names`` present in the header ``block`` (bytes)."""
     try:
         parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        raw = {}
+        for name, value in parsed.raw_items():
+            raw.setdefault(name.lower(), value)   # the first occurrence, as Message.get() has it
     except Exception:
         return {}
-    values = {}
-    for name in names:
-        value = parsed.get(name)
-        if value is None:
-            continue
-        try:
-            values[name.lower()] = str(make_header(decode_header(str(value))))[:500]
-        except Exception:
-            values[name.lower()] = str(value)[:500]
-    return values
+    return {name.lower(): readable(raw[name.lower()]) for name in names if name.lower() in raw}
+
+
+def readable(value):
+    """A raw header value (8-bit bytes as surrogate escapes) as one line of text for people."""
+    try:
+        text = value[:MAX_RAW].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        if text.isascii():   # with raw UTF-8 beside them, decode_header() garbles both
+            try:
+                text = str(make_header(decode_header(text)))
+            except Exception:
+                pass   # an undecodable encoded word: show the text as it is
+        # unfolds too: a continuation line starts with white space
+        text = " ".join(text.translate(_CONTROLS).split())[:MAX_VALUE]
+        return text.encode("utf-8", "replace").decode("utf-8")   # no lone surrogates for SQLite
+    except Exception:
+        return ""

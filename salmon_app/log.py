@@ -10,6 +10,9 @@ LOG = logging.getLogger("vxgate")
 
 class QueueLog(logging.LoggerAdapter):
     def process(self, msg, kwargs):
+        # the id opens the text line and is a field of its own for LogFormat = Json
+        extra = kwargs.get("extra")
+        kwargs["extra"] = dict(extra, queue_id=self.extra["queue_id"]) if extra else self.extra
         return "%s: %s" % (self.extra["queue_id"], msg), kwargs
 
 
@@ -18,20 +21,48 @@ def qlog(queue_id, logger=LOG):
 
 
 class RedactFilter(logging.Filter):
-    """Replaces configured secrets in any record; a last line of defence behind careful code."""
+    """Replaces configured secrets in any record, its traceback included; a last line of
+    defence behind careful code."""
 
     def __init__(self, secrets=()):
         super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        # longest first: a secret that contains another is replaced whole
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
     def filter(self, record):
         if self.secrets:
             text = record.getMessage()
-            if any(secret in text for secret in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                record.msg, record.args = text, ()
+            if self._found(text):
+                record.msg, record.args = self._redact(text), ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text and self._found(record.exc_text):
+                record.exc_text = self._redact(record.exc_text)   # the formatter uses it as it is
         return True
+
+    def _found(self, text):
+        return any(secret in text for secret in self.secrets)
+
+    def _redact(self, text):
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def config_secrets(config):
+    """Every secret of ``config`` as it may show up in a log line: the values of the secret
+    parameters, and what ``Kind(...)`` values (``Plain(<password>)``, ``HMAC(<secret>)``) wrap."""
+    from salmon_app.config import SCHEMA
+    found = []
+    for param in SCHEMA:
+        value = getattr(config, param.name) if param.kind == "secret" else None
+        if value and value != param.default:     # RepackPassword's default "None" is no secret
+            found.append(value)
+            kind, paren, rest = value.partition("(")
+            if paren and kind.strip().isalpha() and rest.rstrip().endswith(")"):
+                inner = rest.rstrip()[:-1]
+                found += [inner, inner.strip()]
+    return found
 
 
 def install_redaction(secrets):

@@ -8,6 +8,7 @@ lock instead of SQLite's sleeping busy handler (which costs milliseconds per col
 import contextlib
 import json
 import os
+import sqlite3
 import threading
 import time
 
@@ -21,8 +22,10 @@ STORED, CHECKING, ANALYSING, RELAYING, DEFERRED = "stored", "checking", "analysi
 DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD = (
     "delivered", "quarantined", "rejected", "discarded", "tempfailed", "failed", "dropped", "held")
 REPORTED, CLOSED = "reported", "closed"     # BCC copies: a report was sent / nothing to report
+PARKED = "parked"      # put on hold by an administrator (vxgate queue hold); goes on when released
 IN_FLIGHT = (STORED, CHECKING, ANALYSING, RELAYING, DEFERRED)
 FINAL = (DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD, REPORTED, CLOSED)
+OWNED = IN_FLIGHT + (PARKED,)       # not finished: never expired or deleted without --force
 
 
 class BaseModel(peewee.Model):
@@ -59,6 +62,7 @@ class Message(BaseModel):
     last_reply = peewee.TextField(default="")
     parent = peewee.CharField(null=True, index=True)  # a notice's or report's subject message
     has_file = peewee.BooleanField(default=True)
+    parked_from = peewee.CharField(default="")        # the state a parked message goes back to
 
     @property
     def rcpt_to(self):
@@ -129,22 +133,42 @@ class FileCheck(BaseModel):
     cached = peewee.BooleanField(default=False)
 
 
-MODELS = [Message, Recipient, Event, Sample, FileCheck]
+class Probe(BaseModel):
+    """One row rewritten to learn whether the database can be written (salmon_app/durability.py)."""
+    time = peewee.FloatField()
 
 
-def open_database(path, synchronous="FULL"):
+MODELS = [Message, Recipient, Event, Sample, FileCheck, Probe]
+
+
+def open_database(path, synchronous="FULL", busy_timeout=30.0):
     """Open (creating if needed, mode 0600) and bind the database; returns the peewee database."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if not os.path.exists(path):
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     database = peewee.SqliteDatabase(path, pragmas={
-        "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": 30000,
+        "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": int(busy_timeout * 1000),
         "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
     db.initialize(database)
     with writing():
         database.create_tables(MODELS)
+        _add_new_columns(database)
     return database
+
+
+def _add_new_columns(database):
+    """Columns a newer vxgate added to a table an older one created (an upgrade in place):
+    added with their defaults, so queued mail survives the upgrade. Versioned migrations
+    replace this when a change needs more than a new column."""
+    from playhouse.migrate import SqliteMigrator, migrate
+    migrator = SqliteMigrator(database)
+    for model in MODELS:
+        table = model._meta.table_name
+        present = {column.name for column in database.get_columns(table)}
+        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
+        if missing:
+            migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
 
 
 _DEPTH = threading.local()
@@ -167,10 +191,16 @@ def writing():
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                # a COMMIT that failed (disk full) may leave the transaction open: end it, or
+                # every later BEGIN fails with "cannot start a transaction within a transaction"
+                if connection.in_transaction:
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
-            connection.execute("COMMIT")
         finally:
             _DEPTH.n = depth
 
@@ -244,3 +274,32 @@ def pending_recipients(queue_id):
     cursor = _execute('SELECT "address" FROM "recipient" WHERE "message" = ? '
                       "AND \"state\" IN ('pending', 'deferred') ORDER BY \"id\"", (queue_id,))
     return [address for (address,) in cursor.fetchall()]
+
+
+def probe():
+    with writing():
+        _execute('INSERT OR REPLACE INTO "probe" ("id", "time") VALUES (1, ?)', (time.time(),))
+
+
+# Read at scrape time by salmon_app/metrics.py.
+def owned_by_state():
+    """{state: (count, oldest created)} of the messages vxgate owns."""
+    cursor = _execute('SELECT "state", COUNT(*), MIN("created") FROM "message" WHERE "state" IN (%s) GROUP BY "state"'
+                      % ", ".join("?" * len(OWNED)), OWNED)
+    return {state: (count, oldest) for state, count, oldest in cursor.fetchall()}
+
+
+def stored_totals():
+    """(records, bytes of the files still in the spool)."""
+    count, size = _execute('SELECT COUNT(*), COALESCE(SUM(CASE WHEN "has_file" THEN "size" ELSE 0 END), 0) '
+                           'FROM "message"').fetchone()
+    return count, size
+
+
+def samples_in_flight():
+    return _execute('SELECT COUNT(*) FROM "sample" WHERE "state" != \'done\'').fetchone()[0]
+
+
+def mode_of(queue_id):
+    row = _execute('SELECT "mode" FROM "message" WHERE "id" = ?', (queue_id,)).fetchone()
+    return row[0] if row else "unknown"

@@ -18,6 +18,8 @@ class Stage:
         self.name, self.workers, self.handle = name, workers, handle
         self.queue = queue.Queue(maxsize=size)
         self.threads = []
+        self.busy = 0                  # workers inside a step (read by /metrics)
+        self._busy_lock = threading.Lock()
 
     def start(self):
         for number in range(self.workers):
@@ -37,10 +39,15 @@ class Stage:
             item = self.queue.get()
             if item is _STOP:
                 return
+            with self._busy_lock:
+                self.busy += 1
             try:
                 self.handle(item)
             except Exception:   # the handler reports per message; this only keeps the pool alive
                 LOG.exception("%s: worker error on %r", self.name, item)
+            finally:
+                with self._busy_lock:
+                    self.busy -= 1
 
     def stop(self, timeout=30.0):
         """Let workers finish what they hold; what is still queued stays in the database."""

@@ -9,16 +9,16 @@ after the file is fsynced and its record committed, and 451 on any internal erro
 """
 import dataclasses
 import logging
-import re
 import socket
 import threading
 import time
 
+from salmon_app.smtp_syntax import XFORWARD_ATTRS, BadSyntax, printable, split_path, xforward_value
+
 LOG = logging.getLogger("vxgate.smtpd")
 
-_MAIL_RE = re.compile(rb"^MAIL FROM:\s*<((?:\"[^\"]*\"|[^>])*)>\s*(.*)$", re.I | re.S)
-_RCPT_RE = re.compile(rb"^RCPT TO:\s*<((?:\"[^\"]*\"|[^>])*)>\s*(.*)$", re.I | re.S)
-_XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+_MAIL_PARAMS = ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH")
+_RCPT_PARAMS = ("NOTIFY", "ORCPT")
 
 
 @dataclasses.dataclass
@@ -61,8 +61,10 @@ class SmtpServer:
     """Listens on a TCP or UNIX socket and runs a Session thread per connection (capped)."""
 
     def __init__(self, address, intake, *, hostname, max_connections, max_message_size,
-                 max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None):
+                 max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None,
+                 count_refused=lambda: None, count_error=lambda: None):
         self.address, self.intake, self.name = address, intake, name
+        self.count_refused, self.count_error = count_refused, count_error     # for /metrics
         self.hostname = hostname
         self.max_connections, self.max_message_size = max_connections, max_message_size
         self.max_recipients, self.max_line, self.idle_timeout = max_recipients, max_line, idle_timeout
@@ -98,6 +100,7 @@ class SmtpServer:
                 if session:
                     self.sessions.add(session)
             if busy:
+                self.count_refused()
                 _refuse(conn, b"421 4.7.0 %s Too many connections, try again later\r\n" % self.hostname.encode())
                 continue
             threading.Thread(target=session.run, name="%s-session" % self.name, daemon=True).start()
@@ -204,6 +207,8 @@ class Session:
                     if self.command(line.rstrip(b"\r\n")) == "quit":
                         break
                 except Reply as reply:
+                    if reply.code >= 500:
+                        server.count_error()
                     self.conn.sendall(reply.line())
             else:
                 self.send(421, "4.3.2 %s Service shutting down" % server.hostname)
@@ -257,7 +262,7 @@ class Session:
         server = self.server
         self.send(250, "\n".join([
             server.hostname, "PIPELINING", "SIZE %d" % server.max_message_size, "8BITMIME",
-            "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "XFORWARD " + " ".join(_XFORWARD_ATTRS)]))
+            "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "XFORWARD " + " ".join(XFORWARD_ATTRS)]))
 
     def smtp_HELO(self, arg, line):
         if not arg:
@@ -269,11 +274,22 @@ class Session:
     def smtp_XFORWARD(self, arg, line):
         if self.envelope is not None:
             raise Reply(503, "5.5.1 Error: XFORWARD not allowed inside a transaction")
-        for item in arg.decode("utf-8", "replace").split():
-            name, _, value = item.partition("=")
-            if name.upper() not in _XFORWARD_ATTRS or not _:
-                raise Reply(501, "5.5.4 Bad XFORWARD attribute: %s" % name)
-            self.xforward[name.upper()] = value
+        items = arg.split()
+        if not items:
+            raise Reply(501, "5.5.4 Syntax: XFORWARD attribute=value...")
+        if len(items) > len(XFORWARD_ATTRS):
+            raise Reply(501, "5.5.4 Too many XFORWARD attributes")
+        update = {}   # all or nothing: a refused command changes no attribute
+        for item in items:
+            name, sep, value = item.partition(b"=")
+            name = name.decode("ascii", "replace").upper()
+            if name not in XFORWARD_ATTRS or not sep:
+                raise Reply(501, "5.5.4 Bad XFORWARD attribute: %s" % printable(name))
+            try:
+                update[name] = xforward_value(name, value)
+            except BadSyntax as exc:
+                raise Reply(501, "5.5.4 %s" % exc) from None
+        self.xforward.update(update)
         self.send(250, "2.0.0 Ok")
 
     def smtp_MAIL(self, arg, line):
@@ -281,21 +297,22 @@ class Session:
             raise Reply(503, "5.5.1 Error: nested MAIL command")
         if not self.helo:
             raise Reply(503, "5.5.1 Error: send HELO/EHLO first")
-        match = _MAIL_RE.match(line)
-        if not match:
-            raise Reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
-        params = self._params(match.group(2), ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"))
+        refusal = getattr(self.server.intake, "refusal", None)
+        reply = refusal() if callable(refusal) else None
+        if isinstance(reply, Reply):
+            raise reply   # the gateway cannot store mail now (spool or database): a 4xx
+        path, rest = self._path(line, b"MAIL FROM:")
+        params = self._params(rest, _MAIL_PARAMS, utf8=False)
         if "SIZE" in params:
-            try:
-                size = int(params["SIZE"])
-            except ValueError:
-                raise Reply(501, "5.5.4 Bad SIZE parameter") from None
-            if size > self.server.max_message_size:
+            size = params["SIZE"]
+            if not (isinstance(size, str) and size.isascii() and size.isdigit() and len(size) <= 20):
+                raise Reply(501, "5.5.4 Bad SIZE parameter")
+            if int(size) > self.server.max_message_size:
                 raise Reply(552, "5.3.4 Message size exceeds fixed limit of %d bytes" % self.server.max_message_size)
         if params.get("BODY", "7BIT").upper() not in ("7BIT", "8BITMIME"):
             raise Reply(555, "5.5.4 Unsupported BODY type")
         params.pop("AUTH", None)   # a trusted client's AUTH= is not ours to forward
-        address = self._address(match.group(1), "SMTPUTF8" in params)
+        address = self._address(path, "SMTPUTF8" in params)
         self.envelope = Envelope(mail_from=address, helo=self.helo, peer=self.peer,
                                  xforward=dict(self.xforward), mail_params=params)
         self.send(250, "2.1.0 Ok")
@@ -303,11 +320,10 @@ class Session:
     def smtp_RCPT(self, arg, line):
         if self.envelope is None:
             raise Reply(503, "5.5.1 Error: need MAIL command")
-        match = _RCPT_RE.match(line)
-        if not match:
-            raise Reply(501, "5.5.4 Syntax: RCPT TO:<address>")
-        params = self._params(match.group(2), ("NOTIFY", "ORCPT"))
-        address = self._address(match.group(1), "SMTPUTF8" in self.envelope.mail_params)
+        path, rest = self._path(line, b"RCPT TO:")
+        smtputf8 = "SMTPUTF8" in self.envelope.mail_params
+        params = self._params(rest, _RCPT_PARAMS, utf8=smtputf8)
+        address = self._address(path, smtputf8)
         if not address:
             raise Reply(553, "5.1.3 Empty recipient address")
         if len(self.envelope.rcpt_to) >= self.server.max_recipients:
@@ -348,7 +364,7 @@ class Session:
         rfile, limit, max_size = self.rfile, self.server.max_line + 2, self.server.max_message_size
         problem = None
         after_crlf = True     # the end is CRLF.CRLF only: after a line that ended in CRLF
-        in_headers, headers = True, []
+        in_headers, headers, kept = True, [], 0   # kept: a running count (a sum per line is quadratic)
         write = writer.write
         while True:
             line = rfile.readline(limit)
@@ -377,19 +393,42 @@ class Session:
             if in_headers:
                 if line in (b"\r\n", b"\n"):
                     in_headers = False
-                elif sum(map(len, headers)) < 65536:
+                elif kept < 65536:
                     headers.append(line)
+                    kept += len(line)
             write(line)
         envelope.headers = b"".join(headers)
         return problem
 
-    def _params(self, text, allowed):
+    @staticmethod
+    def _path(line, prefix):
+        try:
+            return split_path(line, prefix)
+        except BadSyntax as exc:
+            raise Reply(501, "5.5.4 %s" % exc) from None
+
+    @staticmethod
+    def _params(raw, allowed, utf8):
+        """ESMTP parameters (RFC 5321 4.1.2): no more than there are keywords, values printable
+        ASCII, or UTF-8 under SMTPUTF8 (RFC 6531), so that they relay unchanged."""
+        items = raw.split()
+        if len(items) > len(allowed):
+            raise Reply(501, "5.5.4 Too many parameters")
+        utf8 = utf8 or any(item.upper() == b"SMTPUTF8" for item in items)
         params = {}
-        for item in text.decode("utf-8", "replace").split():
-            name, sep, value = item.partition("=")
-            if name.upper() not in allowed:
-                raise Reply(555, "5.5.4 Unsupported parameter %s" % name)
-            params[name.upper()] = value if sep else True
+        for item in items:
+            name, sep, value = item.partition(b"=")
+            name = name.decode("ascii", "replace").upper()
+            if name not in allowed:
+                raise Reply(555, "5.5.4 Unsupported parameter %s" % printable(name))
+            try:
+                value = value.decode("utf-8" if utf8 else "ascii")
+            except UnicodeDecodeError:
+                raise Reply(501, "5.5.4 Bad %s value: %s" % (
+                    name, "not UTF-8" if utf8 else "not ASCII (SMTPUTF8 was not given)")) from None
+            if any(c < " " or c == "\x7f" for c in value):
+                raise Reply(501, "5.5.4 Bad %s value: control characters" % name)
+            params[name] = value if sep else True
         return params
 
     def _address(self, raw, smtputf8):
@@ -402,8 +441,8 @@ class Session:
                 address = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise Reply(553, "5.6.7 Address is not valid UTF-8") from None
-        if "\r" in address or "\n" in address:
-            raise Reply(501, "5.1.7 Bad address syntax")
+        if any(c < " " or c == "\x7f" for c in address):
+            raise Reply(501, "5.1.7 Bad address syntax: control characters")
         if ":" in address and address.startswith("@"):
             address = address.split(":", 1)[1]   # drop an obsolete source route
         return address

@@ -69,6 +69,8 @@ class Sweeper:
     def _run(self):
         while not self.stopping.wait(self.interval):
             try:
+                if not self.gateway.storage.retry():
+                    continue       # nothing moves while records cannot be written
                 self.sweep()
                 for hook in self.hooks:
                     hook()

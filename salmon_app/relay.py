@@ -3,10 +3,14 @@
 ``smtplib`` speaks the commands, but its ``data()``/``sendmail()`` rewrite line endings, so
 the message body is dot-stuffed and sent here byte for byte (DKIM signatures stay valid).
 Each relay worker thread keeps its connection open between messages (Postfix's re-injection
-port allows it); TCP_NODELAY is set because a relay waits on every small reply.
+port allows it); TCP_NODELAY is set because a relay waits on every small reply. Credentials
+(the BCC reporter's) go only over TLS, checked against the host name or IP address
+configured, unless TLS is switched off explicitly: a server that offers no STARTTLS (or an
+attacker who strips it) gets no password, and the message is deferred instead.
 """
 import dataclasses
 import logging
+import os
 import re
 import smtplib
 import socket
@@ -71,14 +75,20 @@ class _ClientSSL(_Verbatim, smtplib.SMTP_SSL):
     """Implicit TLS (port 465) with the same verbatim envelope."""
 
 
+class TlsRequired(smtplib.SMTPException):
+    """Credentials would travel in cleartext: the connection is given up instead."""
+
+
 class Relay:
     """Sends stored messages to one destination (SmtpSenderRelay, or BccSmtpServer for reports)."""
 
-    def __init__(self, address, *, timeout, hostname, username=None, password=None, tls="auto"):
+    def __init__(self, address, *, timeout, hostname, username=None, password=None, tls="auto",
+                 ca_file="", verify=True):
         self.address, self.timeout, self.hostname = address, timeout, hostname
         self.username, self._password = username, password
         # "auto": STARTTLS when offered (implicit TLS on port 465); "implicit"; "starttls": required; "off"
         self.tls = "implicit" if tls == "auto" and not address.is_unix and address.port == 465 else tls
+        self.ca_file, self.verify, self._ssl_context = ca_file, verify, None
         self._local = threading.local()
 
     def __repr__(self):
@@ -128,17 +138,51 @@ class Relay:
         host, port = (self.address.path, 0) if self.address.is_unix else (self.address.host, self.address.port)
         if self.tls == "implicit":
             client = _ClientSSL(host, port, local_hostname=self.hostname, timeout=self.timeout,
-                                context=ssl.create_default_context())
+                                context=self._context())
         else:
             client = _Client(self.address, self.timeout, self.hostname)
             client.connect(host, port)
-        client.ehlo_or_helo_if_needed()
-        if self.tls == "starttls" or (self.tls == "auto" and client.has_extn("starttls")):
-            client.starttls(context=ssl.create_default_context())   # raises when not offered
-            client.ehlo()
-        if self.username:
-            client.login(self.username, self._password or "")
+            client._host = host     # starttls() checks the certificate against _host, which only __init__ sets
+        try:
+            client.ehlo_or_helo_if_needed()
+            if self.tls == "starttls" or (self.tls == "auto" and client.has_extn("starttls")):
+                client.starttls(context=self._context())   # raises when not offered
+                client.ehlo()
+            if self.username:
+                # a UNIX socket never leaves the machine; anything else needs TLS unless it is "off"
+                if self.tls != "off" and not self.address.is_unix and not isinstance(client.sock, ssl.SSLSocket):
+                    raise TlsRequired("%s offers no STARTTLS: the password is not sent in cleartext "
+                                      "(TLS setting Off would allow it)" % self.address)
+                client.login(self.username, self._password or "")
+        except Exception:
+            client.close()
+            raise
         return client
+
+    def _context(self):
+        if self._ssl_context is None:       # made once: loading CA certificates takes a while
+            self._ssl_context = self.tls_context()
+        return self._ssl_context
+
+    def tls_context(self):
+        """Certificates checked against the system CAs, or only ``ca_file`` (a PEM file or a
+        directory of them) when set; nothing checked when ``verify`` is off."""
+        try:
+            if not self.ca_file:
+                context = ssl.create_default_context()
+            elif os.path.isdir(self.ca_file):
+                context = ssl.create_default_context(capath=self.ca_file)
+                for name in sorted(os.listdir(self.ca_file)):   # plain PEM files need no c_rehash links
+                    if name.endswith((".pem", ".crt")):
+                        context.load_verify_locations(cafile=os.path.join(self.ca_file, name))
+            else:
+                context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ValueError) as exc:     # ssl.SSLError is an OSError
+            raise smtplib.SMTPException("cannot load the CA certificates %s: %s" % (self.ca_file, exc)) from None
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     def close(self):
         client = getattr(self._local, "client", None)
@@ -232,4 +276,8 @@ def describe(exc):
     """One line about an SMTP or socket error, for replies, logs and doctor."""
     if isinstance(exc, smtplib.SMTPResponseException):
         return "%s %s" % (exc.smtp_code, _text(exc.smtp_error))
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS: certificate not trusted: %s" % exc.verify_message
+    if isinstance(exc, ssl.SSLError):
+        return "TLS failed: %s" % (exc.reason or exc)
     return "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__

@@ -8,6 +8,7 @@ received the message matches it, whatever the real recipients are.
 import os
 
 from salmon_app.log import qlog
+from salmon_app.smtp_syntax import relayable_xforward
 
 
 class StoredMessage:
@@ -37,8 +38,7 @@ class StoredMessage:
 
     def xforward(self):
         """XFORWARD attributes to pass on, as received (already xtext-encoded)."""
-        return {k.upper(): v for k, v in self.row.client.items()
-                if k.upper() in ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")}
+        return relayable_xforward(self.row.client)
 
     def forward(self, state, **fields):
         self.gateway.forward(self, state, **fields)

@@ -129,13 +129,22 @@ class SpoolWriter:
         self.hash = hashlib.sha256()
         self.size = 0
         self.committed = False
+        self.error = None
 
     def write(self, data):
-        self.handle.write(data)
+        # A write that fails (disk full) is kept, not raised: the session must read DATA to its
+        # end and then answer 451, instead of dropping the connection without a reply.
+        if self.error is None:
+            try:
+                self.handle.write(data)
+            except OSError as exc:
+                self.error = exc
         self.hash.update(data)
         self.size += len(data)
 
     def commit(self):
+        if self.error is not None:
+            raise self.error
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
@@ -157,7 +166,10 @@ class SpoolWriter:
         if self.committed:
             return
         if not self.handle.closed:
-            self.handle.close()
+            try:
+                self.handle.close()     # flushes: on a full disk that fails, and that is fine here
+            except OSError:
+                pass
         try:
             os.unlink(self.tmp_path)
         except FileNotFoundError:

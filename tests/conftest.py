@@ -43,7 +43,7 @@ def make_config(tmp_path, sink_port, **params):
         SmtpSocket=SocketAddr("127.0.0.1", 0), SmtpSenderRelay=SocketAddr("127.0.0.1", sink_port),
         SpoolDir=str(tmp_path / "spool"), DatabasePath=str(tmp_path / "quarantine.db"),
         SmtpHostname="vxgate.test", SmtpReplyTimeout=10.0, SmtpRelayRetryMin=0.2,
-        SmtpRelayRetryMax=0.5)
+        SmtpRelayRetryMax=0.5, MetricsSocket=None)
     values.update(params)
     return vxconfig.Config(vxconfig.defaults()).replace(**values)
 

@@ -30,7 +30,8 @@ def bcc(vxgate, vxsim, report_server):
                     BccMonitorAddresses=["monitor@bcc.example.internal", "@bcc2.example.internal"],
                     BccReporterAddress="reporter@corp.test", BccReporterPassword=PASSWORD,
                     BccReportRecipientAddress="admin@corp.test",
-                    BccSmtpServer=SocketAddr("127.0.0.1", report_server.port), **extra)
+                    BccSmtpServer=SocketAddr("127.0.0.1", report_server.port),
+                    **dict(dict(BccSmtpTls="Off"), **extra))   # the sink has no STARTTLS (TLS: test_bcc_tls.py)
         gw.bcc_port = gw.gateway.servers[1].port
         return gw
     return start
@@ -159,3 +160,19 @@ def test_original_attached_as_protected_archive_when_asked(bcc, report_server):
         zf.setpassword(RepackPassword.parse("HMAC(report-secret)").password_for(row.id).encode())
         assert zf.read(row.id + ".eml") == data
     assert {"text/plain", "text/html"} <= {p.get_content_type() for p in parsed.walk()}
+
+
+def test_broken_custom_template_gives_way_to_the_built_in_one(bcc, report_server, tmp_path, caplog):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "bcc_report.txt").write_text("Subject: {{ subject \n")          # a syntax error
+    (templates / "bcc_report.html").write_text("<p>custom {{ subject }}</p>\n")
+    gw = bcc(BccTemplateDir=str(templates))
+    send_copy(gw, mail_with([("bad.exe", pe_image(EICAR))], subject="templated"))
+    row = wait_closed(1)[0]
+    assert row.state == "reported"
+    parsed = email.message_from_bytes(report_server.wait_for(1, 10)[0].data)
+    parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in parsed.walk() if not p.is_multipart()}
+    assert "vxgate BCC monitor" in parts["text/plain"] and "bad.exe" in parts["text/plain"]
+    assert parts["text/html"].strip() == "<p>custom templated</p>"
+    assert "report template bcc_report.txt" in caplog.text and "built-in template is used" in caplog.text

@@ -71,6 +71,9 @@ def test_salmon_start_and_stop(app, sink):
             break
     else:
         raise AssertionError("vxgate still listening after salmon stop")
+    deadline = time.time() + 15     # the listener closes first; the last line follows the clean-up
+    while "vxgate stopped" not in app["log"].read_text() and time.time() < deadline:
+        time.sleep(0.05)
     log = app["log"].read_text()
     assert "signal SIGTERM received" in log and "vxgate stopped" in log
     assert "received from=<a@x.test> to=<b@x.test>,<c@x.test>" in log

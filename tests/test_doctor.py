@@ -30,6 +30,7 @@ def setup(tmp_path, sink, vxsim):
                       "BccSocket": "127.0.0.1:%d" % free_port(), "BccMonitorAddresses": "monitor@bcc.test",
                       "BccReporterAddress": "reporter@corp.test", "BccReporterPassword": "pw-ok",
                       "BccReportRecipientAddress": "admin@corp.test", "BccSmtpServer": "127.0.0.1:%d" % report.port,
+                      "BccSmtpTls": "Off",     # the sink has no STARTTLS; Off lets AUTH go in cleartext
                       "SmtpHook": "config/hooks/default.lua"},
             "Quarantine": {"SpoolDir": str(spool), "DatabasePath": str(db)},
         }
@@ -64,6 +65,7 @@ def test_all_checks_pass_except_vxgate_not_running(setup):
     ({"VxcubeApiKey": "00000000-0000-0000-0000-000000000000"}, "FAIL vxCube", "check VxcubeApiKey"),
     ({"VxcubeApiAddress": "http://127.0.0.1:1"}, "FAIL vxCube", "check VxcubeApiAddress"),
     ({"BccReporterPassword": "wrong"}, "FAIL BccSmtpServer", "BccReporterPassword"),
+    ({"BccSmtpTls": "Auto"}, "FAIL BccSmtpServer", "password is not sent in cleartext"),
     ({"SmtpHook": "function smtp_hook(ctx) return {action = end"}, "FAIL SmtpHook", "reload-hooks"),
     ({"SmtpSocket": "192.0.2.1:10025"}, "FAIL SmtpSocket", "local address"),
 ])

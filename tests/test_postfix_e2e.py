@@ -470,7 +470,7 @@ def bcc_params(vxsim, report_server):
                 BccMonitorAddresses=[MONITOR],
                 BccReporterAddress="reporter@corp.test", BccReporterPassword=REPORT_PASSWORD,
                 BccReportRecipientAddress="admin@corp.test",
-                BccSmtpServer=SocketAddr("127.0.0.1", report_server.port))
+                BccSmtpServer=SocketAddr("127.0.0.1", report_server.port), BccSmtpTls="Off")
 
 
 def test_bcc_and_smtp_mode_together(vxgate, postfix, sink, vxsim, report_server):

@@ -191,13 +191,25 @@ def test_lmtp_on_a_unix_socket_replies_per_recipient(vxgate, sink, tmp_path):
     assert got.rcpt_tos == ["b@x.test", "c@x.test"] and got.data == body()
 
 
-def test_quoted_local_parts_relayed_verbatim(vxgate, sink, raw):
+def test_quoted_local_parts_source_routes_and_parameters_relayed_verbatim(vxgate, sink, raw):
     gw = vxgate()
     client = raw(gw.port)
     client.cmd(b"EHLO t")
     assert client.cmd(b'MAIL FROM:<"john doe"@x.test>')[0] == 250
     assert client.cmd(b'RCPT TO:<"a..b"@y.test>')[0] == 250
+    assert client.cmd(b"RCPT TO:<@r1.test,@r2.test:c@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@y.test")[0] == 250
+    assert client.cmd(b'RCPT TO:  <"d e"@y.test>')[0] == 250
+    assert client.cmd(b"RCPT TO:<>")[0] == 553
+    assert client.cmd(b"RCPT TO:<x@y.test> NOTIFY=NEVER NOTIFY=NEVER NOTIFY=NEVER")[0] == 501
     client.cmd(b"DATA")
     assert client.cmd(b"Subject: q\r\n\r\nx\r\n.\r\n")[0] == 250
     got = sink.wait_for(1, 10)[0]
-    assert got.mail_from == '"john doe"@x.test' and got.rcpt_tos == ['"a..b"@y.test']
+    assert got.mail_from == '"john doe"@x.test' and got.rcpt_tos == ['"a..b"@y.test', "c@y.test", '"d e"@y.test']
+    assert Message.get().params["rcpt"] == {"c@y.test": {"NOTIFY": "SUCCESS,FAILURE", "ORCPT": "rfc822;c@y.test"}}
+    # a quoted '>' and a quoted pair (checked on the record: the test sink cuts at the first '>')
+    assert client.cmd(b'MAIL FROM:<"a\\">b"@x.test> BODY=8BITMIME RET=HDRS ENVID=id+2B1')[0] == 250
+    client.cmd(b"RCPT TO:<b@y.test>")
+    client.cmd(b"DATA")
+    assert client.cmd(b"Subject: q\r\n\r\nx\r\n.\r\n")[0] == 250
+    row = Message.get(Message.mail_from == '"a\\">b"@x.test')
+    assert row.params["mail"] == {"BODY": "8BITMIME", "RET": "HDRS", "ENVID": "id+2B1"}

@@ -4,10 +4,18 @@
 --
 -- Verdicts and what happens (the README explains the verdict scale):
 --   clean, none  -> delivered untouched (byte for byte, DKIM intact)
---   unchecked    -> delivered with "X-Vxgate-Verdict: unchecked": an analysis that failed is
---                   not a verdict (see PeekabooAV issue #57), and holding mail back every
---                   time the sandbox is unreachable would turn an outage into lost mail;
---                   sites that prefer to defer write {action = "tempfail"} here instead.
+--   unchecked    -> depends on why (ctx.vxcube.cause, its kind in ctx.vxcube.cause_kind):
+--     sender     (too-many-files, too-deep, encrypted, unparseable): the sender chose to send
+--                something nobody can look into, so it fails closed: quarantine (checked
+--                first, whatever the verdict: a dangerous file next to a hidden one does not
+--                make the hidden one harmless).
+--     outage     (quota, budget, vxcube-error, timeout): not the message's fault, and not a
+--                verdict (see PeekabooAV issue #57): tempfail, so it is analysed again later,
+--                until VxcubeMaxHold has passed (ctx.vxcube.hold_expired); then
+--                VxcubeHoldFallback (ctx.vxcube.hold_fallback): quarantine, or deliver with
+--                "X-Vxgate-Verdict: unchecked".
+--     unsupported (vxCube cannot run the file, e.g. an empty one): delivered with
+--                "X-Vxgate-Verdict: unchecked".
 --   suspicious   -> delivered with "X-Vxgate-Verdict: suspicious" and "[SUSPICIOUS]" in the
 --                   subject, so the recipient is warned and mail filters can sort it.
 --   dangerous    -> each dangerous file is repacked into a password-protected zip next to a
@@ -22,10 +30,22 @@ local VERDICT_HEADER = "X-Vxgate-Verdict"
 local SUBJECT_TAG = "[SUSPICIOUS]"
 
 function smtp_hook(ctx)
-  local verdict = ctx.vxcube.verdict
+  local vx = ctx.vxcube
+  local verdict = vx.verdict
   -- The common case costs one field read: nothing was found, so nothing is changed.
   if verdict == "clean" or verdict == "none" then
     return {action = "accept"}
+  end
+
+  if vx.cause_kind == "sender" then
+    return {action = "quarantine", message = "unchecked: " .. vx.cause}
+  end
+  if verdict == "unchecked" and vx.cause_kind == "outage" then
+    if not vx.hold_expired then
+      return {action = "tempfail", message = "not analysed yet (" .. vx.cause .. "), try again later"}
+    elseif vx.hold_fallback == "quarantine" then
+      return {action = "quarantine", message = "unchecked: " .. vx.cause .. " for longer than VxcubeMaxHold"}
+    end
   end
 
   local modifier = ctx.modifier

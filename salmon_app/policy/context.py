@@ -10,7 +10,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
-from salmon_app.verdict import TASK_VERDICTS, Verdict, task_verdict
+from salmon_app.verdict import CAUSES, TASK_VERDICTS, Verdict, cause_kind, cause_of, task_verdict, worst_cause
 
 from . import drweb, mime
 
@@ -34,6 +34,8 @@ def _family(ip):
 def envelope_view(envelope):
     client = envelope.client or {}
     ip = str(client.get("ip") or "")
+    if ip[:5].upper() == "IPV6:":     # Postfix's XFORWARD ADDR form; hooks compare plain addresses
+        ip = ip[5:]
     return {
         "from": envelope.mail_from or "", "to": list(envelope.rcpt_to), "helo": envelope.helo,
         "queue_id": envelope.queue_id,
@@ -73,14 +75,29 @@ def vxcube_view(analysis):
               "sha256": f.get("sha256"), "verdict": _label(f.get("verdict") or "unchecked"),
               "maliciousness": f.get("maliciousness"), "analysis_id": f.get("analysis_id"),
               "path": str(f["path"]) if f.get("path") else None,
+              "reason": f.get("reason") or "",
               "tasks": [_task_view(t) for t in f.get("tasks") or ()]}
              for f in analysis.get("files") or ()]
+    for view, f in zip(files, analysis.get("files") or ()):
+        view["cause"] = _file_cause(view["verdict"], f)
     worst = Verdict.worst(Verdict.parse(f["verdict"]) for f in files)
     verdict = _label(analysis["verdict"]) if analysis.get("verdict") else worst.label
     counts = {v.label: 0 for v in Verdict}
     for f in files:
         counts[f["verdict"]] += 1
-    return {"verdict": verdict, "files": files, "counts": counts}
+    cause = worst_cause(f["cause"] for f in files)
+    return {"verdict": verdict, "files": files, "counts": counts,
+            "cause": cause, "cause_kind": cause_kind(cause),
+            "held": float(analysis.get("held") or 0), "hold_expired": bool(analysis.get("hold_expired")),
+            "hold_fallback": str(analysis.get("hold_fallback") or "quarantine")}
+
+
+def _file_cause(label, analysed):
+    """Why a file is unchecked ("" unless it is): the stored token, else read from its reason."""
+    if label != Verdict.UNCHECKED.label:
+        return ""
+    cause = analysed.get("cause")
+    return cause if cause in CAUSES else cause_of(analysed.get("reason"), label)
 
 
 def to_lua_plain(value):

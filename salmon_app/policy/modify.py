@@ -19,8 +19,10 @@ import secrets
 
 import pyzipper
 
+from salmon_app.compose import one_line
+
 from . import mime
-from .result import HEADER_OPS, Decision, clean_text
+from .result import HEADER_OPS, Decision
 
 log = logging.getLogger("vxgate.policy")
 
@@ -122,14 +124,15 @@ def _repack(part, op, password, queue_id, eol, whole=False):
         name, content, archive = "message.eml", part.raw, "quarantine.zip"
     else:
         name = part.name or "attachment-%s.bin" % part.path
-        content, archive = part.decoded, name + ".zip"
+        content, archive = part.decoded, one_line(name, limit=200) + ".zip"
+    shown = one_line(name, limit=200)    # the sender's file name: in headers, the notice, the log
     identifier = "%s-%s" % (queue_id or "vxgate", secrets.token_hex(4))
     chosen = op.get("password") or password or NO_PASSWORD
     secret = chosen.password_for(identifier)
     log.info("%s: repacked %s as %s, identifier %s", queue_id or "-",
-             "the message" if whole else "part %s (%s)" % (part.path, name), archive, identifier)
+             "the message" if whole else "part %s (%s)" % (part.path, shown), archive, identifier)
     boundary = "=_vxgate_" + secrets.token_hex(12)
-    notice = _notice(name, archive, identifier, chosen.kind, op.get("message") or "")
+    notice = _notice(shown, archive, identifier, chosen.kind, op.get("message") or "")
     body = [
         b"--%s" % boundary.encode(),
         b"Content-Type: text/plain; charset=\"utf-8\"",
@@ -187,17 +190,18 @@ def _base64(data, eol):
 
 
 def _param(key, value):
-    if value.isascii() and value.isprintable():
+    if value.isascii() and value.isprintable() and "=?" not in value:   # clients decode =?..?= in quotes
         return b'%s="%s"' % (key.encode(), value.replace("\\", "\\\\").replace('"', '\\"').encode())
     return b"%s*=%s" % (key.encode(), email.utils.encode_rfc2231(value, "utf-8").encode())
 
 
 def _field(name, value, eol):
-    value = clean_text(value)
-    if value.isascii() and len(name) + len(value) < 996:
+    value = one_line(value, limit=2000)
+    if value.isascii() and "=?" not in value and len(name) + len(value) < 996:
         return ("%s: %s" % (name, value)).encode() + eol
-    encoded = email.header.Header(value, "utf-8" if not value.isascii() else "us-ascii",
-                                  header_name=name).encode(linesep=eol.decode())
+    # utf-8 encoded words even for ASCII: they fold anywhere (a long ASCII word cannot), and
+    # text that looks like an encoded word is shown as it is instead of being decoded again
+    encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep=eol.decode())
     return ("%s: %s" % (name, encoded)).encode() + eol
 
 

@@ -89,7 +89,7 @@ def _missing(store, queue_id, repair, user):
                       % (fresh.state, store.file_path(fresh.id)))
     if not repair:
         return finding
-    if fresh.state in models.IN_FLIGHT:
+    if fresh.state in models.OWNED:
         finding.action = "not repaired: in flight (the daemon handles it)"
         return finding
     with models.writing():

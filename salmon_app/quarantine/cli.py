@@ -208,7 +208,7 @@ def cmd_delete(args, store):
 def cmd_purge(args, store):
     from salmon_app.quarantine import expire
     states = _flatten(args.state)
-    busy = [s for s in states if s in models.IN_FLIGHT]
+    busy = [s for s in states if s in models.OWNED]
     if busy:
         args._parser.error("%s: purge never removes messages in flight" % ", ".join(busy))
     summary = expire.purge(store, args.older_than, states or None, dry_run=args.dry_run)
@@ -263,6 +263,8 @@ def register(subparsers):
     parser = subparsers.add_parser("quarantine", help="list, inspect, release, export, delete and expire messages",
                                    description=description)
     build(parser)
+    from salmon_app.quarantine import queue
+    queue.register(subparsers, _runner, queue_id_arg)
     return parser
 
 
@@ -345,7 +347,10 @@ def _error(exc):
     print("%s: %s" % (PROG, exc), file=sys.stderr)
 
 
-def _runner(func):
+def _runner(func, prog=PROG):
+    def _error(exc):      # errors name the command the user typed
+        print("%s: %s" % (prog, exc), file=sys.stderr)
+
     def run(args):
         try:
             sys.stdout.reconfigure(errors="backslashreplace")

@@ -29,7 +29,7 @@ SCAN = 5000        # ids selected per round; removal itself goes in batches of r
 
 def purge_candidates(before, states=None):
     """Query of finished messages received before ``before`` (epoch seconds)."""
-    states = [s for s in (states or models.FINAL) if s not in models.IN_FLIGHT]
+    states = [s for s in (states or models.FINAL) if s not in models.OWNED]
     return (Message.select(Message.id, Message.state, Message.size, Message.has_file)
             .where(Message.created < before, Message.state.in_(states)).order_by(Message.created))
 
@@ -95,7 +95,7 @@ def _count(summary, removed):
             summary["bytes"] += item.size
 
 
-def expiry_hook(config, interval=3600.0, clock=time.monotonic):
+def expiry_hook(config, interval=3600.0, clock=time.monotonic, metrics=None):
     """A sweeper hook that runs ``expire(config)`` now and then every ``interval`` seconds."""
     state = {"due": clock()}
 
@@ -104,7 +104,10 @@ def expiry_hook(config, interval=3600.0, clock=time.monotonic):
             return
         state["due"] = clock() + interval
         try:
-            expire(config)
+            summary = expire(config)
+            if metrics is not None:
+                metrics.expiry_runs.inc()
+                metrics.expired.inc(summary["messages"])
         except Exception:
             LOG.exception("expiry failed; trying again in %ds", interval)
     return hook

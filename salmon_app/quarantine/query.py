@@ -17,8 +17,8 @@ from salmon_app.models import Message, Recipient
 from salmon_app.quarantine import render
 from salmon_app.verdict import Verdict
 
-STATES = models.IN_FLIGHT + models.FINAL
-STATE_GROUPS = {"in-flight": models.IN_FLIGHT, "final": models.FINAL}
+STATES = models.OWNED + models.FINAL
+STATE_GROUPS = {"in-flight": models.OWNED, "final": models.FINAL}
 MODES = ("smtp", "bcc", "notice", "report")
 VERDICTS = tuple(v.label for v in Verdict)
 SORT_KEYS = ("created", "size", "state", "sender")

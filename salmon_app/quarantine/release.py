@@ -19,6 +19,7 @@ from salmon_app.models import Message
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import CLAIM_STALE, QuarantineError, Release, client_of, who
 from salmon_app.relay import Relay, RelayResult
+from salmon_app.smtp_syntax import relayable_xforward
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ def make_relay(config):
 
 def refuse_reason(store, row, to=None):
     """Why ``row`` cannot be released (text), or None."""
-    if row.state in models.IN_FLIGHT:
+    if row.state in models.OWNED:
         return ("%s: still in flight (state %s): vxgate is handling it; release works on finished "
                 "messages (see vxgate quarantine show %s)" % (row.id, row.state, row.id))
     if row.mode == "bcc" and not to:
@@ -71,8 +72,7 @@ def release(store, queue_id, relay, *, to=None, force=False, user=None):
     client = client_of(row)
     mail_params = row.params.get("mail") or {}
     rcpt_params = row.params.get("rcpt") or {}
-    xforward = {k.upper(): v for k, v in client.items()
-                if k.upper() in ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")}
+    xforward = relayable_xforward(client)
     try:
         with source:
             size = os.fstat(source.fileno()).st_size

@@ -38,7 +38,7 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH):
             skipped.update({queue_id: None for queue_id in chunk if queue_id not in found})
             doomed = []
             for r in rows:
-                if r.state in models.IN_FLIGHT and not allow_in_flight:
+                if r.state in models.OWNED and not allow_in_flight:
                     skipped[r.id] = r.state
                 else:
                     doomed.append(r)

@@ -13,6 +13,7 @@ from salmon_app.analysis import FileCheck, Sample
 from salmon_app.models import Message
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import Release
+from salmon_app.verdict import never_analysed
 
 
 def stats(store, since=None):
@@ -41,7 +42,7 @@ def stats(store, since=None):
     by_content = {}
     skipped = 0
     for sha256, cached, reason in checks:
-        if (reason or "").startswith("not analysable"):
+        if never_analysed(reason):
             skipped += 1
             continue
         entry = by_content.setdefault(sha256, [0, 0])

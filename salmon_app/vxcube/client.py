@@ -4,7 +4,10 @@ requests session per thread, puts a timeout on every call, and retries what may 
 later (connection errors, timeouts, 429 honouring Retry-After, 5xx) with jittered
 exponential backoff under a ``RetryPolicy`` built from configuration values. Every failure
 is a ``VxcubeError`` that says whether it is transient; the API key never appears in an
-error, a repr or a log line.
+error, a repr or a log line. Every reply is checked for the shape vxgate relies on before it
+is returned: a reply of the wrong shape (``"tasks": "garbage"``) is a transient error of that
+request, retried like a 5xx, never an exception deeper in vxgate. Retries are logged at
+debug level; the caller logs what changes for its work.
 """
 import email.utils
 import logging
@@ -117,7 +120,7 @@ def _is_transient(error):
 
 
 def _log_retry(retry_state):
-    log.warning("vxCube call failed (%s); attempt %d, retrying in %.2fs",
+    log.debug("vxCube call failed (%s); attempt %d, retrying in %.2fs",
                 retry_state.outcome.exception(), retry_state.attempt_number,
                 retry_state.upcoming_sleep)
 
@@ -140,7 +143,7 @@ def _retry_after(value):
 class VxcubeClient:
     """The vxCube API v2.0 calls a mail filter needs; safe to share between threads."""
 
-    def __init__(self, address, api_key, *, timeout=30.0, verify=True, retry=None):
+    def __init__(self, address, api_key, *, timeout=30.0, verify=True, retry=None, metrics=None):
         if not api_key:
             raise ValueError("a vxCube API key is required")
         self.base_url = api_base_url(address)
@@ -152,6 +155,7 @@ class VxcubeClient:
         self._local = threading.local()
         self._sessions = []
         self._sessions_lock = threading.Lock()
+        self.metrics = metrics       # salmon_app.metrics.Metrics, or None (doctor, tests)
 
     def __repr__(self):
         return "VxcubeClient(%r)" % self.base_url
@@ -175,19 +179,16 @@ class VxcubeClient:
     def find_sample(self, sha256):
         """The Sample with this SHA-256 already on the server, or None."""
         sha256 = sha256.lower()
-        reply = self._call("GET", "samples", json={"sha256": sha256, "count": 1, "offset": 0})
+        reply = self._call("GET", "samples", _samples_shape,
+                           json={"sha256": sha256, "count": 1, "offset": 0})
         # Check the hash ourselves: a proxy that drops GET bodies turns the lookup into
         # "list the latest samples", and a wrong match would skip an analysis.
-        return next((sample for sample in _as_list(reply, "samples")
-                     if str(sample.get("sha256", "")).lower() == sha256), None)
+        return next((sample for sample in reply if str(sample.get("sha256", "")).lower() == sha256), None)
 
     def upload(self, filename, data):
         """Upload a file; an archive or an e-mail may come back split into several Samples."""
-        reply = self._call("POST", "samples",
-                           files={"file": (filename, data, "application/octet-stream")})
-        if isinstance(reply, dict) and "samples" in reply:
-            return _as_list(reply["samples"], "samples")
-        return _as_list(reply, "samples")
+        return self._call("POST", "samples", _upload_shape,
+                          files={"file": (filename, data, "application/octet-stream")})
 
     def start_analysis(self, sample_id, platforms=None, analysis_time=None, format_name=None):
         """Start an analysis of a sample; omitted settings are left to the server."""
@@ -195,20 +196,20 @@ class VxcubeClient:
                 "platforms": list(platforms) if platforms is not None else None,
                 "analysis_time": analysis_time, "format_name": format_name}
         body = {name: value for name, value in body.items() if value is not None}
-        return _as_dict(self._call("POST", "analyses", json=body), "analysis")
+        return self._call("POST", "analyses", _started_shape, json=body)
 
     def get_analysis(self, analysis_id):
         path = "analyses/%s" % urllib.parse.quote(str(analysis_id), safe="")
-        return _as_dict(self._call("GET", path), "analysis")
+        return self._call("GET", path, _analysis_shape)
 
     def license(self):
-        return _as_dict(self._call("GET", "license"), "licence")
+        return self._call("GET", "license", _licence_shape)
 
     def platforms(self):
-        return _as_list(self._call("GET", "platforms"), "platforms")
+        return self._call("GET", "platforms", lambda reply: _as_list(reply, "platforms"))
 
     def formats(self):
-        return _as_list(self._call("GET", "formats"), "formats")
+        return self._call("GET", "formats", lambda reply: _as_list(reply, "formats"))
 
     # --- transport ----------------------------------------------------------------
 
@@ -223,20 +224,39 @@ class VxcubeClient:
             self._local.session = session
         return session
 
-    def _call(self, method, path, **kwargs):
+    def _call(self, method, path, shape, **kwargs):
         # copy(): one Retrying object may be running in several threads at once.
-        return self._retrying.copy()(self._attempt, method, path, **kwargs)
+        retrying = self._retrying.copy()
+        try:
+            return retrying(self._attempt, method, path, shape, **kwargs)
+        finally:
+            retries = retrying.statistics.get("attempt_number", 1) - 1
+            if self.metrics is not None and retries > 0:
+                self.metrics.vxcube_retries.inc(retries)
 
-    def _attempt(self, method, path, **kwargs):
+    def _observe(self, path, status, seconds):
+        if self.metrics is not None:
+            endpoint = path.strip("/").split("/", 1)[0] or "/"     # samples, analyses, license, ...
+            self.metrics.vxcube_requests.labels(endpoint, status).inc()
+            self.metrics.vxcube_latency.labels(endpoint).observe(seconds)
+
+    def _attempt(self, method, path, shape, **kwargs):
         started = time.monotonic()
         try:
             response = self._session().request(method, self.base_url + path,
                                                timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
+            self._observe(path, "error", time.monotonic() - started)
             raise self._transport_error(method, path, exc) from None
+        self._observe(path, str(response.status_code), time.monotonic() - started)
         log.debug("%s %s -> %d in %.3fs", method, path, response.status_code,
                   time.monotonic() - started)
-        return self._decode(method, path, response)
+        reply = self._decode(method, path, response)
+        try:
+            return shape(reply)
+        except _Malformed as exc:
+            raise VxcubeError("vxCube %s %s: malformed reply (%s)" % (method, path, exc),
+                              response.status_code, transient=True) from None
 
     def _transport_error(self, method, path, exc):
         # A certificate that does not verify will not verify on the next try either.
@@ -254,9 +274,9 @@ class VxcubeClient:
                 return None
             try:
                 return response.json()
-            except ValueError:
+            except ValueError:   # a proxy's page, a truncated reply: may be right next time
                 raise VxcubeError("vxCube %s %s: reply is not JSON" % (method, path),
-                                  status) from None
+                                  status, transient=True) from None
         message = self._scrub("vxCube %s %s: %s" % (method, path, _error_text(response)))
         transient = status == 429 or status >= 500
         retry_after = _retry_after(response.headers.get("Retry-After")) if transient else None
@@ -286,15 +306,91 @@ def _error_text(response):
     return response.reason or "error"
 
 
+# --- reply shapes: what vxgate reads of each reply, checked before anybody reads it ---------
+
+class _Malformed(Exception):
+    """A reply that is JSON but not of the expected shape (the text says where)."""
+
+
 def _as_list(reply, what):
     if isinstance(reply, list):
         return reply
     if isinstance(reply, dict):
         return [reply]
-    raise VxcubeError("vxCube sent no %s where some were expected" % what)
+    raise _Malformed("no %s where some were expected" % what)
 
 
 def _as_dict(reply, what):
     if not isinstance(reply, dict):
-        raise VxcubeError("vxCube sent no %s object" % what)
+        raise _Malformed("no %s object" % what)
     return reply
+
+
+def _typed(obj, name, types, what, required=False):
+    value = obj.get(name)
+    if value is None and not required:
+        return
+    # bool is an int in Python, never in vxCube's replies
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise _Malformed("%s %s is %s" % (what, name, type(value).__name__ if value is not None else "missing"))
+
+
+def _sample_shape(sample):
+    sample = _as_dict(sample, "sample")
+    _typed(sample, "id", (int, str), "sample", required=True)
+    for name in ("sha256", "name", "format_name"):
+        _typed(sample, name, str, "sample")
+    _typed(sample, "size", int, "sample")
+    _typed(sample, "platforms", list, "sample")
+    if not all(isinstance(code, str) for code in sample.get("platforms") or ()):
+        raise _Malformed("sample platforms are not codes")
+    return sample
+
+
+def _samples_shape(reply):
+    return [_sample_shape(sample) for sample in _as_list(reply, "samples")]
+
+
+def _upload_shape(reply):
+    """A Sample, or ``{"samples": [...]}`` for an archive or an e-mail vxCube split."""
+    if isinstance(reply, dict) and "samples" in reply and "id" not in reply:
+        if not isinstance(reply["samples"], list):
+            raise _Malformed("samples is %s" % type(reply["samples"]).__name__)
+        samples = _samples_shape(reply["samples"])
+        for sample in samples:
+            _typed(sample, "sha256", str, "split sample", required=True)
+        return samples
+    return _samples_shape(reply)
+
+
+def _task_shape(task):
+    task = _as_dict(task, "task")
+    _typed(task, "status", str, "task", required=True)
+    for name in ("verdict", "platform_code"):
+        _typed(task, name, str, "task")
+    _typed(task, "maliciousness", (int, float), "task")
+    _typed(task, "rules", dict, "task")
+    if any(not isinstance(v, list) for v in (task.get("rules") or {}).values()):
+        raise _Malformed("task rules are not lists")
+    return task
+
+
+def _analysis_shape(reply, tasks_required=True):
+    analysis = _as_dict(reply, "analysis")
+    _typed(analysis, "id", (int, str), "analysis", required=True)
+    _typed(analysis, "tasks", list, "analysis", required=tasks_required)
+    analysis["tasks"] = [_task_shape(task) for task in analysis.get("tasks") or ()]
+    return analysis
+
+
+def _started_shape(reply):
+    # what POST analyses returns has no need to list its tasks yet
+    return _analysis_shape(reply, tasks_required=False)
+
+
+def _licence_shape(reply):
+    licence = _as_dict(reply, "licence")
+    for name in ("uploads_spent", "uploads_total"):
+        _typed(licence, name, int, "licence", required=True)
+    _typed(licence, "upload_max_size", int, "licence")
+    return licence

@@ -7,6 +7,13 @@ Types come from the bytes (puremagic, refined for PE, ZIP/OOXML and OLE containe
 says nothing. A part is addressed by its IMAP-style MIME path, a dotted string ("1",
 "2.1", ...: RFC 3501 section numbers). Broken parts never raise: they are skipped and
 recorded in ``Extraction.problems``.
+
+What vxgate cannot open never disappears: a part nested too deeply, an ambiguous or broken
+structure, a message fragment, an encrypted archive or a TNEF blob that does not parse
+becomes a ``FileItem`` with a ``cause`` (a token of ``salmon_app.verdict.CAUSES``), which
+the analysis records as unchecked with that cause. Files hidden where mail programs still
+show them (uuencoded in a text body, inside winmail.dat, in an attached message, also one
+sent base64-encoded) are extracted and analysed like any attachment.
 """
 import email.errors
 import email.header
@@ -21,6 +28,8 @@ import zipfile
 from dataclasses import dataclass, field
 
 import puremagic
+
+from salmon_app.vxcube import containers
 
 log = logging.getLogger("vxgate.vxcube.extract")
 
@@ -56,6 +65,8 @@ class FileItem:
     mime_type: str
     path: str
     selected: bool
+    cause: str = ""         # why vxgate cannot have it analysed (a verdict.CAUSES token)
+    cause_text: str = ""    # the same for people
     size: int = field(init=False)
     sha256: str = field(init=False)
 
@@ -73,6 +84,14 @@ class Extraction:
     @property
     def selected(self):
         return [item for item in self.files if item.selected]
+
+    def unopened(self, path, cause, text, name="", content=b""):
+        """Record a part vxgate cannot open: it is always reported, whatever its type."""
+        where = _dotted(path) if isinstance(path, list) else path
+        self.problems.append("%s: %s" % (where or "message", text))
+        self.files.append(FileItem(name=name or "part-%s" % (where or "message"), content=content,
+                                   detected_type="", mime_type="", path=where, selected=True,
+                                   cause=cause, cause_text=text))
 
 
 # --- type detection -----------------------------------------------------------------
@@ -215,13 +234,31 @@ def extract_files(raw, types=None):
     return extract(raw, types).files
 
 
+# Defects that leave the parts of a multipart unknown: what a mail program shows may differ.
+_STRUCTURE_DEFECTS = (email.errors.NoBoundaryInMultipartDefect,
+                      email.errors.StartBoundaryNotFoundDefect,
+                      email.errors.MultipartInvariantViolationDefect)
+# Fields whose second copy mail programs may obey instead of the first (RFC 5322 allows one).
+_SINGLE_FIELDS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition")
+
+
 def _walk(part, path, types, result):
     for defect in part.defects:  # malformed but readable: note it and carry on
         result.problems.append("%s: %s" % (_dotted(path) or "message", type(defect).__name__))
     if len(path) > MAX_DEPTH:
-        result.problems.append("%s: nested too deeply, skipped" % _dotted(path))
-    elif path and part.get_content_type() == "message/rfc822" and part.is_multipart():
+        return result.unopened(path, "too-deep", "nested more than %d levels deep" % MAX_DEPTH)
+    broken = [d for d in part.defects if isinstance(d, _STRUCTURE_DEFECTS)]
+    if broken:
+        result.unopened(path, "unparseable", "broken multipart structure (%s)" % type(broken[0]).__name__)
+    for name in _SINGLE_FIELDS:
+        values = {" ".join(str(v).lower().split()) for v in part.get_all(name) or ()}
+        if len(values) > 1:
+            result.unopened(path, "unparseable", "%d different %s fields" % (len(values), name))
+    ctype = part.get_content_type()
+    if path and ctype == "message/rfc822":
         _walk_attached_message(part, path, types, result)
+    elif path and ctype == "message/partial":
+        result.unopened(path, "unparseable", "message/partial: a fragment vxgate cannot put together")
     elif part.is_multipart():
         _walk_children(part.get_payload(), path, types, result)
     else:
@@ -230,11 +267,29 @@ def _walk(part, path, types, result):
 
 def _walk_attached_message(part, path, types, result):
     # RFC 3501: the body of an attached message at "2" is "2.1"; its parts are "2.1", "2.2".
-    inner = part.get_payload()[0]
+    if part.get("Content-Transfer-Encoding", "").strip().lower() in ("base64", "quoted-printable"):
+        # Not allowed for message/rfc822 (RFC 2046 5.2.1), but mail programs decode it: so do we.
+        inner = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(_decode_transfer(part))
+    else:
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+    if inner is None:
+        return result.unopened(path, "unparseable", "attached message without content")
     if inner.is_multipart():
         _walk_children(inner.get_payload(), path, types, result)
     else:
-        _take_leaf(inner, path + [1], types, result)
+        _walk(inner, path + [1], types, result)
+
+
+def _decode_transfer(part):
+    """The decoded body of a message/* part sent with a content transfer encoding."""
+    holder = email.message.Message()
+    holder["Content-Transfer-Encoding"] = part.get("Content-Transfer-Encoding", "")
+    body = part.get_payload()
+    if isinstance(body, list):     # the parser took the encoded text for a message
+        body = body[0].as_string() if body else ""
+    holder.set_payload(body)
+    return holder.get_payload(decode=True) or b""
 
 
 def _walk_children(children, path, types, result):
@@ -242,21 +297,41 @@ def _walk_children(children, path, types, result):
         try:
             _walk(child, path + [number], types, result)
         except Exception as exc:  # one broken part must not hide the others
-            result.problems.append("%s: skipped (%s: %s)"
-                                   % (_dotted(path + [number]), type(exc).__name__, exc))
+            result.unopened(path + [number], "unparseable", "skipped (%s: %s)" % (type(exc).__name__, exc))
 
 
 def _take_leaf(part, path, types, result):
     name = _filename(part)
+    dotted = _dotted(path)
     if not _is_file(part, name):
+        if part.get_content_maintype() == "text":
+            for inner, content in containers.uuencoded_files(part.get_payload(decode=True) or b""):
+                _add_file(result, types, _clean_name(inner), content, "application/x-uuencode", dotted)
         return
     content = part.get_payload(decode=True) or b""
+    mime_type = part.get_content_type()
+    if containers.is_tnef(content, mime_type, name):
+        return _take_tnef(content, dotted, types, result, name or "winmail.dat")
+    _add_file(result, types, name, content, mime_type, dotted)
+
+
+def _take_tnef(content, dotted, types, result, name):
+    try:
+        found = containers.tnef_files(content)
+    except containers.Unreadable as exc:
+        return result.unopened(dotted, exc.cause, "%s: %s" % (name, exc), name=name, content=content)
+    for number, (inner, data) in enumerate(found, 1):
+        _add_file(result, types, _clean_name(inner) or "%s-%d" % (name, number), data, "application/ms-tnef", dotted)
+
+
+def _add_file(result, types, name, content, mime_type, dotted):
     detected = detect_type(content, name)
-    dotted = _dotted(path)
+    encrypted = containers.encryption(content, detected)
     result.files.append(FileItem(
-        name=name or "attachment-%s.%s" % (dotted, detected or "bin"),
-        content=content, detected_type=detected, mime_type=part.get_content_type(),
-        path=dotted, selected=is_selected(detected, name, types)))
+        name=name or "attachment-%s.%s" % (dotted, detected or "bin"), content=content,
+        detected_type=detected, mime_type=mime_type, path=dotted,
+        selected=bool(encrypted) or is_selected(detected, name, types),
+        cause="encrypted" if encrypted else "", cause_text=encrypted or ""))
 
 
 def _is_file(part, name):
@@ -272,7 +347,13 @@ def is_file_part(name, disposition, maintype):
 
 
 def _filename(part):
-    name = part.get_filename() or ""
+    return _clean_name(part.get_filename() or "")
+
+
+def _clean_name(name):
+    # cut first: decode_header rescans the rest of the line from every "=?", quadratic on a long
+    # name (RFC 2231 continuations make 54 KB of one name); no real file name is that long
+    name = str(name or "")[:1024]
     if "=?" in name:  # RFC 2047 words in a parameter: wrong but what mailers send
         try:
             name = str(email.header.make_header(email.header.decode_header(name)))

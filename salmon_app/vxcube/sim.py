@@ -13,6 +13,11 @@ platforms, i.e. it is not analysable unless ``format_name`` is passed. An upload
 (RFC 822 content, or a name ending .eml) is split: every attachment becomes a Sample and
 the reply is ``{"samples": [...]}``.
 
+The licence (``uploads_total``, ``--uploads-total``) counts uploads of new content; once it
+is spent, an upload of new content is answered ``403 {"message": "Upload limit exceeded"}``
+and ``GET license`` shows ``uploads_spent == uploads_total``. vxCube's API reference does not
+document this answer, so clients should not rely on its wording (vxgate checks the licence).
+
 Each analysis has one task per platform: "in queue" for the first fifth of the emulated
 analysis time, then "processing" with ``progress``, then finished. The outcome depends on
 markers anywhere in the file, first match wins:
@@ -31,8 +36,10 @@ Test controls, outside the API and without authentication:
 - ``POST /_sim/faults`` with an object or a list of objects: {"status": 500, "count": 3}
   answers the next 3 API requests with HTTP 500; "retry_after": seconds adds a
   Retry-After header; {"drop": true} closes the connection without a reply; {"delay": 2.0}
-  waits before replying (combine it with status or drop, or alone); "path": "samples"
-  limits the fault to API paths starting so. ``DELETE /_sim/faults`` clears them;
+  waits before replying (combine it with status or drop, or alone); {"body": "<text>"}
+  answers 200 with that text as the JSON body (a reply of the wrong shape, such as
+  ``{"tasks": "garbage"}``, or no JSON at all); "path": "samples" limits the fault to API
+  paths starting so. ``DELETE /_sim/faults`` clears them;
 - ``POST /_sim/reset`` forgets samples, analyses, counters and faults (not the settings);
 - ``GET|POST /_sim/config`` reads or changes "analysis_time", "uploads_total",
   "upload_max_size".
@@ -107,7 +114,7 @@ _CLEAN = {"status": "successful", "verdict": "clean1", "maliciousness": 0,
           "rules": {"malicious": [], "suspicious": [], "neutral": []},
           "detects": [], "sample_detect": None}
 
-_FAULT_KEYS = {"status", "count", "retry_after", "drop", "delay", "path"}
+_FAULT_KEYS = {"status", "count", "retry_after", "drop", "delay", "path", "body"}
 _SETTINGS = {"analysis_time": float, "uploads_total": int, "upload_max_size": int}
 
 
@@ -455,16 +462,19 @@ def _valid_fault(spec):
     unknown = set(spec) - _FAULT_KEYS
     if unknown:
         raise ValueError("unknown fault key(s): %s" % ", ".join(sorted(unknown)))
-    status = spec.get("status")
+    status, body = spec.get("status"), spec.get("body")
     fault = {"status": None if status is None else int(status), "count": int(spec.get("count", 1)),
              "retry_after": spec.get("retry_after"), "drop": bool(spec.get("drop", False)),
-             "delay": float(spec.get("delay") or 0), "path": _api_path(spec.get("path") or "")}
+             "delay": float(spec.get("delay") or 0), "path": _api_path(spec.get("path") or ""),
+             "body": body.decode("latin-1") if isinstance(body, bytes) else body}
+    if body is not None and not isinstance(fault["body"], str):
+        raise ValueError("a fault body is text")
     if status is not None and not 400 <= fault["status"] <= 599:
         raise ValueError("a fault status must be 4xx or 5xx")
     if fault["count"] < 1 or fault["delay"] < 0:
         raise ValueError("a fault needs count >= 1 and delay >= 0")
-    if fault["status"] is None and not fault["drop"] and not fault["delay"]:
-        raise ValueError("a fault needs status, drop or delay")
+    if fault["status"] is None and not fault["drop"] and not fault["delay"] and fault["body"] is None:
+        raise ValueError("a fault needs status, drop, delay or body")
     return fault
 
 
@@ -540,6 +550,10 @@ class _Controls:
             raise ApiError(400, {"message": "bad setting: %s" % exc}) from None
 
 
+class _RawBody(bytes):
+    """A reply body sent as it is (a fault's malformed JSON)."""
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as vxCube: clients reuse connections
     server_version = "vxCubeSim/1.0"
@@ -607,6 +621,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 headers = {"Retry-After": str(fault["retry_after"])} \
                     if fault["retry_after"] is not None else {}
                 return fault["status"], {"message": "simulated fault"}, headers
+            if fault["body"] is not None:
+                return 200, _RawBody(fault["body"].encode("latin-1")), {}
         backend.authorised(request.headers.get("Authorization"))
         name, args = _route(_API_ROUTES, request.method, _api_path(request.path))
         return (*getattr(backend, name)(request, *args), {})
@@ -616,7 +632,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.connection.shutdown(socket.SHUT_RDWR)
 
     def _reply(self, status, payload, headers=None):
-        body = json.dumps(payload).encode()
+        body = payload if isinstance(payload, _RawBody) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -681,11 +697,11 @@ class VxcubeSim:
             self._server = self._thread = None
 
     def set_fault(self, status=None, *, count=1, retry_after=None, drop=False, delay=None,
-                  path=None):
+                  path=None, body=None):
         """Make the next ``count`` API requests (under ``path``) fail as described."""
         return self.backend.add_fault({"status": status, "count": count,
                                        "retry_after": retry_after, "drop": drop,
-                                       "delay": delay, "path": path})
+                                       "delay": delay, "path": path, "body": body})
 
     def clear_faults(self):
         self.backend.clear_faults()
@@ -720,6 +736,13 @@ def parse_listen(text):
     return host, int(match.group(3) or match.group(4))
 
 
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError("not a count: %r" % text)
+    return value
+
+
 def _argument(parse):
     def convert(text):
         try:
@@ -740,12 +763,16 @@ def main(argv=None):
                         help="API key clients must send (default: a fixed demo key)")
     parser.add_argument("--analysis-time", default="2s", type=_argument(parse_duration),
                         help="emulated analysis time, e.g. 2s or 500ms (default %(default)s)")
+    parser.add_argument("--uploads-total", default=100000, type=_argument(_count),
+                        help="licence quota: uploads of new content before every further one "
+                             "is refused with 403 (default %(default)s)")
     args = parser.parse_args(argv)
     host, port = args.listen
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    sim = VxcubeSim(host, port, api_key=args.key, analysis_time=args.analysis_time).start()
+    sim = VxcubeSim(host, port, api_key=args.key, analysis_time=args.analysis_time,
+                    uploads_total=args.uploads_total).start()
     print(sim.url, flush=True)
     if args.key == DEFAULT_API_KEY:
         print("API key: %s" % DEFAULT_API_KEY, file=sys.stderr, flush=True)

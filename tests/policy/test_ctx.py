@@ -124,6 +124,29 @@ def test_failed_task_is_unchecked(value):
     assert value("ctx.vxcube.files[1].tasks[1].verdict", PLAIN, result) == "unchecked"
 
 
+def test_unchecked_causes(value):
+    result = analysis("dangerous", [("2", "report.pdf", "unchecked"), ("3", "Setup.EXE", "dangerous")])
+    result["files"][0]["reason"] = "encrypted: password-protected zip"
+    result.update(hold_fallback="accept")
+    assert value("ctx.vxcube.files[1].cause .. ' ' .. ctx.vxcube.files[1].reason", MESSAGE, result) \
+        == "encrypted encrypted: password-protected zip"
+    assert value("'[' .. ctx.vxcube.files[2].cause .. ']'", MESSAGE, result) == "[]"
+    assert value("ctx.vxcube.cause .. ' ' .. ctx.vxcube.cause_kind", MESSAGE, result) == "encrypted sender"
+    assert value("ctx.message.part[2].vxcube.cause", MESSAGE, result) == "encrypted"
+    assert value("tostring(ctx.vxcube.hold_expired) .. ctx.vxcube.held .. ctx.vxcube.hold_fallback",
+                 MESSAGE, result) == "false0.0accept"
+    # an outage that has lasted: what the analysis measured reaches the hook
+    outage = analysis("unchecked", [("3", "Setup.EXE", "unchecked")])
+    outage["files"][0]["reason"] = "quota: the vxCube licence has no uploads left"
+    outage.update(held=7200.5, hold_expired=True)
+    assert value("ctx.vxcube.cause .. ' ' .. ctx.vxcube.cause_kind .. ' ' .. ctx.vxcube.held .. ' '"
+                 " .. tostring(ctx.vxcube.hold_expired)", MESSAGE, outage) == "quota outage 7200.5 true"
+
+
+def test_no_cause_without_unchecked(value):
+    assert value("'[' .. ctx.vxcube.cause .. ctx.vxcube.cause_kind .. ']'") == "[]"
+
+
 # --- drweb -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("expression, expected", [
@@ -164,3 +187,11 @@ def test_logging(run, caplog):
         ("NOTICE", "Q1: hello"), ("ERROR", "Q1: 42"), ("DEBUG", "Q1: nil")]
     decision = run("drweb.log('loud', 'x')")
     assert decision.error and "unknown log level" in decision.reason
+
+
+def test_xforward_ipv6_prefix_is_not_shown_to_hooks():
+    from salmon_app.policy.context import envelope_view
+    from salmon_app.policy import Envelope
+    view = envelope_view(Envelope(mail_from="a@x.test", rcpt_to=["b@x.test"],
+                                  client={"ip": "IPV6:2001:db8::1", "port": "25"}))
+    assert view["sender"]["ip"] == "2001:db8::1" and view["sender"]["family"] == "ipv6"

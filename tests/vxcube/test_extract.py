@@ -6,6 +6,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from salmon_app.vxcube import containers
 from salmon_app.vxcube import extract as extract_module
 from salmon_app.vxcube.extract import (FileItem, describe, detect_type, extract, extract_files,
                                        is_email, not_analysable_reason)
@@ -164,7 +165,7 @@ def test_readable_parts_of_a_broken_message_are_kept_and_defects_recorded():
     assert any("NoBoundaryInMultipart" in p for p in extract(MALFORMED["no boundary"]).problems)
 
 
-def test_a_part_that_fails_is_skipped_and_recorded(monkeypatch, make_mail):
+def test_a_part_that_fails_is_recorded_unchecked(monkeypatch, make_mail):
     real = extract_module.detect_type
 
     def fragile(content, filename=None):
@@ -175,7 +176,8 @@ def test_a_part_that_fails_is_skipped_and_recorded(monkeypatch, make_mail):
     monkeypatch.setattr(extract_module, "detect_type", fragile)
     raw = make_mail([("bad.pdf", PDF, "application/pdf"), ("good.pdf", PDF, "application/pdf")])
     result = extract(raw, {"pdf"})
-    assert [item.name for item in result.files] == ["good.pdf"]
+    assert [(item.name, item.cause) for item in result.files] == [("part-2", "unparseable"), ("good.pdf", "")]
+    assert result.files[0].selected       # reported whatever its type: it was not looked at
     assert result.problems == ["2: skipped (RuntimeError: cannot read this part)"]
 
 
@@ -188,8 +190,8 @@ def test_nesting_beyond_the_limit_is_recorded_not_followed():
     raw += b"--B%d\r\nContent-Type: application/pdf; name=\"deep.pdf\"\r\n\r\n%%PDF\r\n" % (
         depth - 1)
     result = extract(raw)
-    assert result.files == []
-    assert any("nested too deeply" in problem for problem in result.problems)
+    assert [(item.cause, item.content) for item in result.files] == [("too-deep", b"")]
+    assert any("nested more than 32 levels" in problem for problem in result.problems)
 
 
 # --- reporting -------------------------------------------------------------------------
@@ -205,3 +207,39 @@ def test_not_analysable_reason_and_describe():
                      path="3", selected=True)
     assert not_analysable_reason(empty) == "empty file"
     assert describe(item).startswith("a.pdf [pdf, application/pdf, %d bytes" % len(PDF))
+
+
+# --- hiding places (tests/support/hostile.py) ------------------------------------------------
+
+def _hidden_files():
+    from support.hostile import HIDDEN_FILES
+    return HIDDEN_FILES
+
+
+@pytest.mark.parametrize("name, raw, expected", _hidden_files(), ids=[h[0] for h in _hidden_files()])
+def test_every_hiding_place_is_found_or_has_a_cause(name, raw, expected):
+    from support.mail import EICAR
+    selected = extract(raw, {"exe"}).selected
+    if expected == "analysed":
+        assert any(EICAR in item.content and item.detected_type == "exe" and not item.cause
+                   for item in selected)
+    else:
+        assert expected in {item.cause for item in selected}
+
+
+def test_tnef_made_of_tiny_objects_is_refused_in_linear_time():
+    import struct
+    import time
+    blob = struct.pack("<IH", 0x223E9F78, 1) + (struct.pack("<BHHI", 1, 0x8008, 1, 1) + b"x" + struct.pack("<H", 120)) * 400000
+    started = time.monotonic()
+    with pytest.raises(containers.Unreadable) as refused:
+        containers.tnef_files(blob)
+    assert time.monotonic() - started < 2 and refused.value.cause == "unparseable"
+
+
+def test_begin_lines_in_prose_cost_nothing():
+    import time
+    text = b"begin 644 \r\n" * 200000 + b"begin the meeting at 10\r\n" * 1000
+    started = time.monotonic()
+    assert containers.uuencoded_files(text) == []
+    assert time.monotonic() - started < 2

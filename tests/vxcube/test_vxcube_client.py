@@ -297,3 +297,37 @@ def test_key_scrubbed_even_if_a_reply_echoes_it(sim):
     with pytest.raises(VxcubeError) as caught:
         client._decode("GET", "license", reply)
     assert key not in str(caught.value) and "<api-key>" in str(caught.value)
+
+
+# --- replies of the wrong shape --------------------------------------------------------------
+
+def _bad_json():
+    import sys, os
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from support.hostile import VXCUBE_BAD_JSON
+    return VXCUBE_BAD_JSON
+
+
+@pytest.mark.parametrize("body", _bad_json())
+def test_a_reply_of_the_wrong_shape_is_a_transient_error_and_retried(client, sim, body):
+    for call, path in ((lambda: client.get_analysis("a1"), "analyses"),
+                       (lambda: client.start_analysis(1), "analyses"),
+                       (lambda: client.find_sample("0" * 64), "samples"),
+                       (lambda: client.upload("a.pdf", PDF), "samples"),
+                       (lambda: client.license(), "license")):
+        if body in (b"[]",) and path == "samples":
+            continue        # an empty list is a fine answer to a lookup
+        sim.clear_faults()
+        sim.set_fault(body=body, count=10, path=path)
+        requests_before = sim.stats()["requests"]
+        with pytest.raises(VxcubeError) as caught:
+            call()
+        assert caught.value.transient, (body, path)
+        assert sim.stats()["requests"] - requests_before == 3      # every attempt of the policy
+
+
+def test_a_wrong_shape_once_is_retried_to_the_right_answer(client, sim):
+    sample = client.upload("a.pdf", PDF)[0]
+    analysis = client.start_analysis(sample["id"])
+    sim.set_fault(body=b'{"tasks": [{"status": null}]}', count=2, path="analyses/")
+    assert client.get_analysis(analysis["id"])["id"] == analysis["id"]

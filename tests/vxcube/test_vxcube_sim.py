@@ -185,6 +185,16 @@ def test_fault_scoped_by_path(sim, api):
     assert upload(api, "a.pdf", PDF).status_code == 201
 
 
+def test_body_fault_answers_200_with_that_text(sim, api):
+    session, base = api
+    sim.set_fault(body='{"tasks": "garbage"}', path="analyses")
+    sim.set_fault(body="{not json", path="license")
+    reply = session.get(base + "analyses/x", timeout=5)
+    assert (reply.status_code, reply.text) == (200, '{"tasks": "garbage"}')
+    assert session.get(base + "license", timeout=5).text == "{not json"
+    assert session.get(base + "license", timeout=5).json()["uploads_total"] == 100000
+
+
 def test_drop_closes_without_a_reply(sim, api):
     sim.set_fault(drop=True)
     with pytest.raises(requests.ConnectionError):
@@ -231,14 +241,14 @@ def test_command_line_runs_until_sigterm(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     process = subprocess.Popen(
         [sys.executable, "-m", "salmon_app.vxcube.sim", "--listen", "127.0.0.1:0",
-         "--key", "cli-key", "--analysis-time", "100ms"],
+         "--key", "cli-key", "--analysis-time", "100ms", "--uploads-total", "7"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         reply = requests.get(url + "/api-2.0/license", timeout=5,
                              headers={"Authorization": "api-key cli-key"})
-        assert reply.status_code == 200
+        assert reply.status_code == 200 and reply.json()["uploads_total"] == 7
         assert requests.get(url + "/_sim/config", timeout=5).json()["analysis_time"] == 0.1
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0

@@ -1,0 +1,108 @@
+"""LogTarget and LogFormat with real mail: syslog to a real UDP listener (facility mail, the
+Postfix-like tag, the queue id), and JSON lines that all parse and carry the queue id."""
+import json
+import logging
+import socket
+import time
+
+import pytest
+
+from salmon_app import config as vxconfig
+from salmon_app import logsetup
+from salmon_app.models import Message
+from support.mail import EICAR, mail_with, pe_image, vxcube_params
+
+from test_relay import body, wait_state
+
+
+def _config(**values):
+    return vxconfig.Config(vxconfig.defaults()).replace(**values)
+
+
+@pytest.fixture
+def attach():
+    root = logging.getLogger()
+    added = []
+
+    def add(handler):
+        root.addHandler(handler)
+        added.append(handler)
+        return handler
+    yield add
+    for handler in added:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def test_syslog_target_sends_mail_facility_lines_with_the_queue_id(vxgate, sink, attach):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(10)
+    address = vxconfig.parse_socket("127.0.0.1:%d" % listener.getsockname()[1])
+    attach(logsetup.make_handler(_config(LogTarget="Syslog", LogSyslogAddress=address)))
+    gw = vxgate()
+    gw.send("alice@x.test", ["bob@x.test"], body(1))
+    queue_id = Message.get().id
+    lines = []
+    while not any("verdict=" in line for line in lines):
+        lines.append(listener.recv(65536).decode())
+    listener.close()
+    mine = [line for line in lines if ": %s: " % queue_id in line]
+    assert len(mine) >= 2, lines       # received ... and the summary
+    for line in mine:
+        priority, _, rest = line[1:].partition(">")
+        assert int(priority) // 8 == 2, line          # facility mail, as Postfix logs
+        assert rest.startswith("vxgate["), line
+    summary = [line for line in mine if "verdict=" in line][0]
+    assert "from=<alice@x.test> to=<bob@x.test>" in summary and "outcome=bob@x.test=250" in summary
+
+
+def test_json_lines_all_parse_and_carry_the_queue_id(vxgate, sink, vxsim, attach, tmp_path):
+    log_file = tmp_path / "vxgate.json.log"
+    attach(logsetup.make_handler(_config(LogTarget="File", LogFormat="Json", LogFile=str(log_file))))
+    gw = vxgate(**vxcube_params(vxsim))
+    gw.send("alice@x.test", ["bob@x.test"], body(2))
+    gw.send("alice@x.test", ["bob@x.test"], mail_with([("in voice,1.exe", pe_image(EICAR)), ("x.txt", b"t")]))
+    sink.stop()
+    gw.send("alice@x.test", ["carol@x.test"], body(3))
+    wait_state(Message.rcpt_json.contains("carol"), "deferred")
+    deadline = time.time() + 15
+    while True:        # the deferral is recorded before its line is written: wait for the line
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]     # every line parses
+        if any(r["event"] == "deferred" for r in records) or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert records and all(set(r) >= {"time", "level", "logger", "queue_id", "event", "message"} for r in records)
+    ids = {m.id for m in Message.select()}
+    about = [r for r in records if r["queue_id"]]
+    assert {r["queue_id"] for r in about} == ids
+    for record in about:       # the text still opens with the id, as in the text format
+        if record["event"] != "sample":          # a sample's lines name all the messages it holds up
+            assert record["message"].startswith(record["queue_id"] + ": ")
+    summaries = [r for r in records if r["event"] == "summary" and "=250" in r["outcome"]]
+    assert len(summaries) == 2
+    eicar = [r for r in summaries if r["verdict"] == "dangerous"][0]
+    assert eicar["files"] == ["in?voice?1.exe(exe):dangerous"] and eicar["action"]    # one token per file
+    assert eicar["from"] == "alice@x.test" and eicar["to"] == ["bob@x.test"]
+    samples = [r for r in records if r["event"] == "sample"]     # lines about a vxCube sample
+    eicar_id = Message.get(Message.verdict == "dangerous").id
+    assert samples and all(r["queue_ids"] == [eicar_id] and r["queue_id"] == eicar_id for r in samples)
+    assert any("(for %s): dangerous" % eicar_id in r["message"] for r in samples)
+    received = [r for r in records if r["event"] == "received"]
+    assert len(received) == 3 and all(r["client"] == "127.0.0.1" for r in received)
+    deferred = [r for r in records if r["event"] == "deferred"]
+    assert deferred and deferred[0]["to"] == ["carol@x.test"] and deferred[0]["attempt"] == 1
+
+
+def test_auto_target_is_the_journal_under_systemd_and_a_file_elsewhere():
+    config = _config()
+    assert logsetup.target(config, {"JOURNAL_STREAM": "8:1234"}) == "stderr"
+    assert logsetup.target(config, {}) == "file"
+    assert logsetup.target(_config(LogTarget="Syslog"), {"JOURNAL_STREAM": "8:1"}) == "syslog"
+
+
+def test_a_missing_syslog_socket_falls_back_to_stderr(tmp_path, capsys):
+    handler = logsetup.make_handler(_config(LogTarget="Syslog", LogSyslogAddress=vxconfig.parse_socket(
+        str(tmp_path / "no-such-log-socket"))))
+    assert isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    assert "does not answer" in capsys.readouterr().err

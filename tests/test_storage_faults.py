@@ -1,0 +1,215 @@
+"""Storage faults: a full disk or a database locked by another process never makes vxgate
+deliver a message twice, lose one it acknowledged, or leave a client without a reply.
+
+The spool and database live on a real 4 MB tmpfs (needs root, as in CI); the disk is filled
+with a real file; the database lock is held by a real second process.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from salmon_app.models import Event, Message
+
+from test_relay import body, wait_state
+
+
+def _mount_tmpfs(path, size="4m"):
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    return result.returncode == 0, result.stderr.strip()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A directory on a 4 MB tmpfs, with ``fill()`` and ``free()`` to take and give back its space."""
+    path = tmp_path / "small"
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    ok, why = _mount_tmpfs(path)
+    if not ok:
+        pytest.skip("cannot mount a tmpfs here: %s" % why)
+
+    class Disk:
+        root = path
+        filler = path / "filler"
+
+        def fill(self):
+            with open(self.filler, "ab") as handle:
+                try:
+                    while True:
+                        handle.write(b"\0" * 65536)
+                        handle.flush()
+                except OSError:
+                    pass
+            # the last blocks: small writes until nothing fits
+            with open(self.filler, "ab", buffering=0) as handle:
+                try:
+                    while True:
+                        handle.write(b"\0" * 512)
+                except OSError:
+                    pass
+
+        def free(self):
+            os.unlink(self.filler)
+    yield Disk()
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _params(disk):
+    return dict(SpoolDir=str(disk.root / "spool"), DatabasePath=str(disk.root / "quarantine.db"))
+
+
+def _send(gw, n):
+    with gw.client() as client:
+        client.ehlo()
+        client.mail("a@x.test")
+        client.rcpt("b@x.test")
+        return client.data(body(n))
+
+
+def _copies(sink, n):
+    return [m for m in list(sink.messages) if m.data == body(n)]
+
+
+def _wait(condition, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def _fill_once(disk):
+    """A next hop whose acceptance of the first message coincides with the disk filling up."""
+    done = []
+
+    def on_data(msg):
+        if not done:
+            done.append(msg)
+            disk.fill()
+    return on_data
+
+
+def _refused_at_mail(gw):
+    client = gw.client()
+    client.ehlo()
+    code, text = client.mail("c@x.test")
+    client.close()
+    return code
+
+
+@pytest.mark.parametrize("first", ["deferred", "fresh"])
+def test_disk_full_after_the_next_hop_accepted_delivers_exactly_once(vxgate, sink, small_disk, first):
+    gw = vxgate(**_params(small_disk))
+    if first == "deferred":          # the reported case: owned, deferred, next hop back, disk full
+        sink.stop()
+        code, text = _send(gw, 1)
+        assert code == 250 and b"deferred" in text
+        row = wait_state(Message.mode == "smtp", "deferred")[0]
+        sink.on_data = _fill_once(small_disk)
+        sink.start()
+    else:                            # the client waits: the next hop has it, so it hears 250
+        sink.on_data = _fill_once(small_disk)
+        code, text = _send(gw, 1)
+        assert code == 250 and b"next hop: SINK" in text, (code, text)
+        row = Message.get()
+    _wait(lambda: _copies(sink, 1), 15, "the relay")
+    time.sleep(4)       # before the fix: the sweeper relayed it again about once a second
+    assert len(_copies(sink, 1)) == 1
+    assert gw.gateway.storage.failing and gw.gateway.storage.holds(row.id)
+    assert _refused_at_mail(gw) == 451          # Postfix keeps new mail while storage fails
+    small_disk.free()
+    wait_state(Message.id == row.id, "delivered", timeout=15)
+    _wait(lambda: not gw.gateway.storage.failing, 15, "storage to count as working again")
+    assert _send(gw, 2)[0] == 250
+    time.sleep(1)
+    assert len(_copies(sink, 1)) == 1 and len(_copies(sink, 2)) == 1
+
+
+def test_full_disk_relays_nothing_until_space_returns(vxgate, sink, small_disk):
+    gw = vxgate(**_params(small_disk))
+    sink.stop()
+    assert _send(gw, 1)[0] == 250
+    row = wait_state(Message.mode == "smtp", "deferred")[0]
+    small_disk.fill()
+    sink.start()
+    time.sleep(4)
+    assert len(_copies(sink, 1)) <= 1
+    small_disk.free()
+    wait_state(Message.id == row.id, "delivered", timeout=15)
+    time.sleep(1)
+    assert len(_copies(sink, 1)) == 1
+
+
+def test_disk_full_during_data_answers_451_at_once_and_recovers(vxgate, sink, small_disk):
+    gw = vxgate(**_params(small_disk))
+    small_disk.fill()
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 2000    # 2 MB: cannot fit
+    with gw.client() as client:
+        client.ehlo()
+        client.mail("a@x.test")
+        client.rcpt("b@x.test")
+        started = time.monotonic()
+        code, text = client.data(big)
+        took = time.monotonic() - started
+    assert code == 451 and b"4.3.0" in text, (code, text)
+    assert took < 10, took          # before the fix: no reply at all, the client waited 150 s
+    assert not os.listdir(small_disk.root / "spool" / "tmp")     # nothing half-stored stays
+    small_disk.free()
+    _wait(lambda: not gw.gateway.storage.failing, 15, "storage to count as working again")
+    assert _send(gw, 3)[0] == 250
+    assert len(sink.wait_for(1, 10)) == 1 and Message.select().where(Message.state == "delivered").count() == 1
+
+
+_LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def test_database_locked_by_another_process_never_relays_twice(vxgate, sink, tmp_path):
+    gw = vxgate(DatabaseBusyTimeout=0.5)
+    sink.stop()
+    assert _send(gw, 4)[0] == 250
+    row = wait_state(Message.mode == "smtp", "deferred")[0]
+    locker = subprocess.Popen([sys.executable, "-c", _LOCKER, str(tmp_path / "quarantine.db"), "8"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        sink.start()
+        time.sleep(6)       # 12 busy time-outs: before the fix, one more copy per failed record
+        assert len(_copies(sink, 4)) <= 1
+        assert locker.wait(20) == 0
+    finally:
+        locker.kill()
+    wait_state(Message.id == row.id, "delivered", timeout=15)
+    time.sleep(1)
+    assert len(_copies(sink, 4)) == 1
+
+
+def test_internal_errors_on_an_owned_message_are_bounded(vxgate, sink):
+    admin = "postmaster@x.test"
+    gw = vxgate(SmtpErrorLimit=3, SmtpAdminAddress=admin)
+    sink.stop()
+    assert _send(gw, 5)[0] == 250
+    row = wait_state(Message.mode == "smtp", "deferred")[0]
+    os.unlink(gw.gateway.spool.path(row.id))     # every retry now fails inside vxgate
+    sink.start()
+    held = wait_state(Message.id == row.id, "held", timeout=30)[0]
+    errors = Event.select().where(Event.message == row.id, Event.text.startswith("internal error")).count()
+    assert errors == 3 and "set aside" in held.reason + " ".join(
+        e.text for e in Event.select().where(Event.message == row.id))
+    notices = [m for m in sink.wait_for(1, 10) if m.rcpt_tos == [admin]]
+    assert len(notices) == 1 and row.id.encode() in notices[0].data
+    assert not gw.gateway.storage.failing      # a missing file is not a storage fault
