@@ -2,7 +2,7 @@
 
 A hook that loads can still be wrong for every message (``action = "acept"`` tempfails all
 mail). ``dry_run()`` runs it on five samples (no attachment, and one file that vxCube found
-clean, suspicious, dangerous, or could not analyse) and returns one line per sample with the
+clean, suspicious, dangerous, or could not analyse: an outage, cause ``vxcube-error``) and returns one line per sample with the
 decision, or the error a real message would have met. Nothing is sent or stored.
 """
 import base64
@@ -34,7 +34,7 @@ def _analysis(verdict):
     return {"verdict": verdict, "files": [{
         "name": "%s.exe" % verdict, "type": "exe", "size": len(_FILE), "sha256": "0" * 64, "verdict": verdict,
         "maliciousness": task["maliciousness"], "analysis_id": "dry-run-%s" % verdict, "path": "2",
-        "tasks": [task]}]}
+        "cause": "vxcube-error" if verdict == "unchecked" else "", "tasks": [task]}]}
 
 
 SAMPLES = [("no attachment", _message("Lunch on Friday?"), {})] + [
