@@ -201,7 +201,7 @@ PRIVATE = 0o077     # no bit for group or others
 
 @pytest.fixture
 def service(sink):
-    """An application directory like /opt/vxgate (config/logging.conf, logs/, run/) whose state lives
+    """An application directory like /opt/vxgate (config/, logs/, run/) whose state lives
     in directories that do not exist yet; ``run(*args)`` runs salmon/vxgate there under umask 0.
     (Under /tmp, not pytest's private tmp_path, so that a service user can reach it.)"""
     import pathlib
@@ -211,7 +211,6 @@ def service(sink):
     os.chmod(tmp_path, 0o755)
     home = tmp_path / "app"
     (home / "config").mkdir(parents=True)
-    (home / "config" / "logging.conf").write_text(open(os.path.join(ROOT, "config", "logging.conf")).read())
     port = free_port()
     ini = home / "vxgate.ini"
     ini.write_text("[Root]\nPidFile = %s\n[MailD]\nSmtpSocket = 127.0.0.1:%d\nSmtpSenderRelay = 127.0.0.1:%d\n"
@@ -439,7 +438,6 @@ def test_upgrade_in_place_finishes_every_message_in_flight(service, sink):
     old = service["home"].with_name("app.old")
     os.rename(service["home"], old)
     (service["home"] / "config").mkdir(parents=True)
-    (service["home"] / "config" / "logging.conf").write_text((old / "config" / "logging.conf").read_text())
     os.rename(old / "vxgate.ini", service["ini"])
     sink.data_reply = None
     assert service["run"](SALMON, "start").returncode == 0

@@ -144,11 +144,10 @@ def wait_port(port, up=True, timeout=30):
 
 @pytest.fixture
 def app(tmp_path, sink):
-    """An application directory like /opt/vxgate: .venv, config/, its own ini and logs/."""
+    """An application directory like /opt/vxgate: .venv, config/hooks, its own ini; logs/ appears."""
     home = tmp_path / "opt-vxgate"
     (home / "config").mkdir(parents=True)
     os.symlink(os.path.dirname(BIN), home / ".venv")
-    shutil.copy(os.path.join(ROOT, "config", "logging.conf"), home / "config")
     shutil.copytree(os.path.join(ROOT, "config", "hooks"), home / "config" / "hooks")
     port = free_port()
     ini = home / "vxgate.ini"
