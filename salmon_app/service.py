@@ -18,15 +18,6 @@ from salmon_app import pidfile, sdnotify
 LOG = logging.getLogger("vxgate")
 
 
-def stderr_is_journal():
-    """True when systemd connected stderr to the journal ($JOURNAL_STREAM names its device:inode)."""
-    try:
-        st = os.fstat(2)
-    except OSError:
-        return False
-    return os.environ.get("JOURNAL_STREAM") == "%d:%d" % (st.st_dev, st.st_ino)
-
-
 def refuse_root():
     """Root only when told: the ``salmon`` wrapper switched to ``User`` or was given --allow-root."""
     if os.geteuid() == 0 and not os.environ.get("VXGATE_ALLOW_ROOT"):
