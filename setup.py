@@ -14,6 +14,7 @@ setup(
         "tenacity==9.2.1",
         "peewee==4.5.3",
         "lupa==2.8",
+        "google-re2==1.1.20251105",
         "pyzipper==0.4.0",
         "puremagic==1.30",
         "tnefparse==1.4.0",

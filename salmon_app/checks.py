@@ -2,14 +2,17 @@
 
 ``analyse()`` returns the analysis of a message, or None while analyses are pending (the
 message then re-enters the check stage when they finish). ``decide()`` runs ``SmtpHook`` in
-the calling worker thread's own Lua runtime (one per thread: Lua states are not thread-safe,
-and a runaway hook then stalls one worker, never the others). Without a hook every message
-is accepted unchanged.
+the calling worker thread's own Lua runtime, held in a child process of that worker
+(``policy.process``): Lua states are not thread-safe, and a runaway hook, even one stuck in
+a single C call or a Python callback, then holds one worker for at most ``SmtpHookTimeout``
+plus half a second, never the others. Without a hook every message is accepted unchanged.
 """
 import logging
 import threading
+import time
 
-from salmon_app.policy import Decision, Envelope, HookError, HookRuntime
+from salmon_app.policy import Decision, Envelope, HookError
+from salmon_app.policy.process import HookProcess
 
 LOG = logging.getLogger("vxgate.policy")
 
@@ -21,6 +24,8 @@ class Checks:
         self.analyser = Analyser(gateway)
         self.local = threading.local()
         self.generation = 0          # bumped by reload(): every runtime re-reads its hook
+        self.processes = set()       # of every worker, stopped at shut-down
+        self.lock = threading.Lock()
 
     def analyse(self, message):
         return self.analyser.analyse(message)
@@ -37,15 +42,15 @@ class Checks:
         elif self.local.generation != self.generation:
             runtime.reload()
             self.local.generation = self.generation
-        if runtime._source:
-            self.last_good = runtime._source
+        if runtime.source:
+            self.last_good = runtime.source
         return runtime
 
     def _new_runtime(self, config, previous=None):
         options = dict(memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
-                       on_error=config.SmtpHookErrorAction.lower())
+                       on_error=config.SmtpHookErrorAction.lower(), list_dir=config.SmtpHookLists)
         try:
-            return HookRuntime(config.SmtpHook, **options)
+            runtime = HookProcess(config.SmtpHook, **options)
         except HookError:
             if previous is not None:
                 LOG.error("SmtpHook does not load; this worker keeps the hook it had")
@@ -54,7 +59,13 @@ class Checks:
                 raise
             # the file was broken after other threads loaded it: keep running the old hook here too
             LOG.error("SmtpHook does not load; this worker uses the last version that did")
-            return HookRuntime(self.last_good.decode("utf-8", "replace"), **options)
+            runtime = HookProcess(config.SmtpHook, source=self.last_good, **options)
+        with self.lock:
+            if previous is not None:
+                self.processes.discard(previous)
+                previous.close()
+            self.processes.add(runtime)
+        return runtime
 
     def decide(self, message, analysis):
         runtime = self.runtime()
@@ -66,8 +77,12 @@ class Checks:
                             client={"hostname": client.get("name", ""), "ip": client.get("addr") or client.get("peer_ip", ""),
                                     "port": _port(client)},
                             queue_id=row.id)
+        metrics = self.gateway.metrics
+        started = time.monotonic()
         decision = runtime.run(envelope, message.data(), analysis or {})
+        metrics.hook_seconds.observe(time.monotonic() - started)
         if decision.error:
+            metrics.hook_failures.labels(failure_kind(decision.reason)).inc()
             message.log.error("hook failed: %s; action %s", decision.reason, decision.action)
         return decision
 
@@ -79,9 +94,22 @@ class Checks:
 
     def shut_down(self):
         self.analyser.shut_down()
+        with self.lock:
+            for runtime in self.processes:
+                runtime.close()
+            self.processes.clear()
 
 
 def _port(client):
     """The client's port for the hook: XFORWARD's when numeric, 0 when it said [UNAVAILABLE]."""
     port = str(client.get("port") or client.get("peer_port") or 0)
     return int(port) if port.isascii() and port.isdigit() else 0
+
+
+def failure_kind(reason):
+    """time limit, memory limit or error: the label of a failed hook call in /metrics."""
+    reason = str(reason or "")
+    for kind in ("time limit", "memory limit"):
+        if kind in reason:
+            return kind
+    return "error"

@@ -111,7 +111,8 @@ def _check_hook(config, dry_run=False, quiet=False):
         return True
     from salmon_app.policy import HookError, HookRuntime
     try:
-        HookRuntime(config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout)
+        HookRuntime(config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
+                    list_dir=config.SmtpHookLists)
     except HookError as exc:
         print("vxgate: SmtpHook does not load: %s" % exc, file=sys.stderr)
         return False

@@ -62,7 +62,8 @@ def check_hook(report, config):
         return
     from salmon_app.policy import HookError, HookRuntime
     try:
-        HookRuntime(config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout)
+        HookRuntime(config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
+                    list_dir=config.SmtpHookLists)
         report.add(OK, "SmtpHook", "loads (%s)" % ("inline" if "smtp_hook" in config.SmtpHook else config.SmtpHook))
     except HookError as exc:
         report.add(FAIL, "SmtpHook", str(exc), "fix the Lua error, then `vxgate reload-hooks`")

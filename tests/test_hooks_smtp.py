@@ -2,11 +2,14 @@
 recipients, hook failures and sandbox escapes (the server stays alive, the message tempfails)."""
 import email
 import io
+import os
+import threading
 import time
 
 import pytest
 import pyzipper
 
+from support.hostile import HOOK_C_CALLS, HOOK_FILE_READS, HOOK_REGEX_BOMBS
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from salmon_app.models import Message, Recipient
@@ -33,8 +36,8 @@ def send(gw, data=PLAIN, rcpts=("b@x.test",), sender="a@x.test"):
 def wait_state(state, timeout=15):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        row = Message.get_or_none(Message.mode == "smtp")
-        if row and row.state == state:
+        row = Message.get_or_none((Message.mode == "smtp") & (Message.state == state))
+        if row:
             return row
         time.sleep(0.05)
     raise AssertionError([(r.id, r.state) for r in Message.select()])
@@ -191,3 +194,128 @@ def test_changed_inline_hook_reaches_every_worker(vxgate, sink):
     gw.gateway.config = gw.gateway.config.replace(SmtpHook=hook('return {action = "accept"}'))
     gw.gateway.checks.reload()
     assert [send(gw)[0] for _ in range(4)] == [250] * 4
+
+
+# --- hostile hooks: regex bombs, C-call loops, file reads (tests/support/hostile.py) -----------
+
+def subject_mail(subject, body=b"body\r\n"):
+    return (b"From: a@x.test\r\nTo: b@x.test\r\nSubject: %s\r\nMessage-ID: <%d@x.test>\r\n\r\n"
+            % (subject.encode(), abs(hash(subject)))) + body
+
+
+class Sender(threading.Thread):
+    """Sends one message in the background; ``result`` is (code, seconds) once done."""
+
+    def __init__(self, gw, data):
+        super().__init__(daemon=True)
+        self.gw, self.data, self.result = gw, data, None
+
+    def run(self):
+        started = time.monotonic()
+        code = send(self.gw, self.data)[0]
+        self.result = (code, time.monotonic() - started)
+
+
+def test_regex_bombs_on_the_subject_stall_nobody(vxgate, sink):
+    # Python's re backtracked for seconds on each of these while holding the GIL: every
+    # thread of the daemon froze. RE2 answers at once, and the hook accepts both messages.
+    patterns = "{%s}" % ", ".join("[[%s]]" % p for p, _ in HOOK_REGEX_BOMBS)
+    gw = vxgate(SmtpWorkers=2, SmtpHookTimeout=30, SmtpHook=hook(
+        "local subject = ctx.message.header.value('Subject') or ''\n"
+        "for _, p in ipairs(%s) do drweb.regex.match(p, subject) drweb.regex.search(p, subject) end\n"
+        "return {action = 'accept'}" % patterns))
+    assert send(gw, subject_mail("warm-up"))[0] == 250   # both workers' runtimes exist
+    attacks = [Sender(gw, subject_mail(text)) for _, text in HOOK_REGEX_BOMBS]
+    for attack in attacks:
+        attack.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert send(gw, subject_mail("clean"))[0] == 250
+    assert time.monotonic() - started < 5
+    for attack in attacks:
+        attack.join(60)
+        assert attack.result[0] == 250
+    assert len(sink.wait_for(2 + len(attacks), 10)) == 2 + len(attacks)
+
+
+@pytest.mark.parametrize("lua", HOOK_C_CALLS)
+def test_c_call_loops_fail_within_the_time_limit(vxgate, sink, lua):
+    # One C call runs no Lua instructions, so no instruction hook stops it: the worker
+    # kills the hook's process at SmtpHookTimeout + 0.5 s and never uses a late result.
+    gw = vxgate(SmtpHookTimeout=0.5, SmtpWorkers=1, SmtpHook=hook(
+        "if ctx.message.header.value('Subject') == 'attack' then %s end\n"
+        "return {action = 'accept'}" % lua))
+    assert send(gw, subject_mail("warm-up"))[0] == 250    # the worker's process is running
+    started = time.monotonic()
+    code, text = send(gw, subject_mail("attack"))
+    assert code == 451 and time.monotonic() - started < 0.5 + 0.5 + 1.5
+    assert "time limit" in wait_state("tempfailed").reason
+    assert send(gw, subject_mail("clean"))[0] == 250      # the same worker, a fresh process
+    assert len(sink.wait_for(2, 10)) == 2
+
+
+def test_a_runaway_hook_holds_one_worker_not_the_others(vxgate, sink):
+    gw = vxgate(SmtpHookTimeout=3, SmtpWorkers=2, SmtpHook=hook(
+        "if ctx.message.header.value('Subject') == 'attack' then %s end\n"
+        "return {action = 'accept'}" % HOOK_C_CALLS[0]))
+    attack = Sender(gw, subject_mail("attack"))
+    attack.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert send(gw, subject_mail("clean"))[0] == 250
+    assert time.monotonic() - started < 2.5 and attack.result is None   # still held
+    attack.join(30)
+    assert attack.result[0] == 451 and attack.result[1] < 3 + 0.5 + 2
+    assert [m.data.count(b"Subject: clean") for m in sink.messages] == [1]
+
+
+SECRETS = {"VxcubeApiKey": "api-key-SECRET-1", "BccReporterPassword": "bcc-SECRET-2",
+           "RepackPassword": "Plain(zip-SECRET-3)"}
+
+
+@pytest.fixture
+def list_dir(tmp_path):
+    """<tmp>/hooks/lists with the traps of HOOK_FILE_READS; <tmp>/vxgate.ini holds secrets."""
+    ini = tmp_path / "vxgate.ini"
+    ini.write_text("[Root]\n" + "".join("%s = %s\n" % kv for kv in SECRETS.items()))
+    lists = tmp_path / "hooks" / "lists"
+    lists.mkdir(parents=True)
+    os.mkfifo(lists / "fifo")
+    os.symlink(ini, lists / "escape")
+    with open(lists / "big.txt", "wb") as big:
+        big.truncate(9 * 2**20)      # sparse: larger than SmtpHookMemory below
+    (lists / "allow.txt").write_text("# trusted\n a@x.test \n\nb@x.test\n")
+    return lists
+
+
+def test_hooks_read_lists_from_smtp_hook_lists(vxgate, sink, list_dir):
+    gw = vxgate(SmtpHookLists=str(list_dir), SmtpHook=hook(
+        "local allow = drweb.load_set('allow.txt')\n"
+        "ctx.modifier.add_header_field('X-Allowed', tostring(allow[ctx.from]))\n"
+        "return {action = 'accept'}"))
+    send(gw)
+    assert b"X-Allowed: true\r\n" in sink.wait_for(1, 10)[0].data
+
+
+@pytest.mark.parametrize("path", HOOK_FILE_READS)
+def test_hook_file_reads_outside_the_lists_are_refused(vxgate, sink, list_dir, path):
+    path = path.format(ini=list_dir.parent.parent / "vxgate.ini")
+    gw = vxgate(SmtpHookLists=str(list_dir), SmtpHookMemory=8 * 2**20, SmtpHookTimeout=2,
+                SmtpHook=hook(
+        "if ctx.message.header.value('Subject') == 'caught' then\n"
+        "  local ok, lines = pcall(drweb.load_array, %r)\n"
+        "  ctx.modifier.add_header_field('X-Leak', ok and table.concat(lines, ' ') or lines)\n"
+        "  return {action = 'accept'}\n"
+        "end\n"
+        "ctx.modifier.add_header_field('X-Leak', table.concat(drweb.load_array(%r), ' '))\n"
+        "return {action = 'accept'}" % (path, path)))
+    started = time.monotonic()
+    code, _ = send(gw, subject_mail("plain"))
+    assert code == 451 and time.monotonic() - started < 5
+    reason = wait_state("tempfailed").reason
+    assert any(why in reason for why in ("only from", "not a regular file", "larger than")), reason
+    Message.delete().execute()
+    assert send(gw, subject_mail("caught"))[0] == 250
+    data = sink.wait_for(1, 10)[0].data
+    assert b"X-Leak: " in data and not any(s.encode() in data for s in SECRETS.values())
+    assert b"SECRET" not in data and b"root:" not in data

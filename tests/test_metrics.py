@@ -131,3 +131,27 @@ def test_vxcube_requests_uploads_cache_and_unchecked_causes(vxgate, sink, vxsim)
     assert value(values, "vxgate_vxcube_requests_total", endpoint="samples", status="200") >= 3
     assert value(values, "vxgate_vxcube_request_seconds_count", endpoint="analyses") >= 3
     assert value(values, "vxgate_vxcube_analyses_in_flight") == 0
+
+
+FAILING_HOOK = """
+function smtp_hook(ctx)
+  local subject = ctx.message.header.value("Subject") or ""
+  if subject == "boom" then error("boom") end
+  if subject == "loop" then while true do end end
+  return {action = "accept"}
+end
+"""
+
+
+def test_hook_run_time_and_failures_by_kind(vxgate, sink):
+    gw = vxgate(SmtpHook=FAILING_HOOK, SmtpHookTimeout=0.3, MetricsSocket=SocketAddr("127.0.0.1", 0))
+    gw.send("a@x.test", ["b@x.test"], b"Subject: fine\r\n\r\nok\r\n")
+    for subject in (b"boom", b"loop"):
+        with pytest.raises(smtplib.SMTPDataError) as failed:
+            gw.send("a@x.test", ["b@x.test"], b"Subject: " + subject + b"\r\n\r\nx\r\n")
+        assert failed.value.smtp_code == 451          # SmtpHookErrorAction = Tempfail
+    values = scrape(gw)
+    assert value(values, "vxgate_hook_seconds_count") == 3
+    assert value(values, "vxgate_hook_failures_total", kind="error") == 1
+    assert value(values, "vxgate_hook_failures_total", kind="time limit") == 1
+    assert value(values, "vxgate_verdicts_total", verdict="none", action="tempfail") == 2

@@ -1,11 +1,12 @@
 """``HookRuntime``: one compiled hook in one Lua state, run once per message.
 
-A runtime belongs to one worker thread (Lua states are not shared). ``run`` never raises for
-anything the hook does: a Lua error, a bad result table, the time or memory limit all give
-``Decision(on_error, error=True, reason=...)`` and a log line, and the runtime stays usable
-(a state that failed in its own host code is rebuilt from the last good source). A hook
-read from a file is reloaded when the file changes (checked at most once a second); a
-version that does not load is logged and the previous one kept.
+A runtime belongs to one worker thread (Lua states are not shared); in the daemon it lives
+in that worker's hook process (``process.py``), which bounds what the limits here cannot.
+``run`` never raises for anything the hook does: a Lua error, a bad result table, the time
+or memory limit all give ``Decision(on_error, error=True, reason=...)`` and a log line, and
+the runtime stays usable (a state that failed in its own host code is rebuilt from the last
+good source). A hook read from a file is reloaded when the file changes (checked at most
+once a second); a version that does not load is logged and the previous one kept.
 """
 import logging
 import os
@@ -30,24 +31,46 @@ def is_source(hook_spec):
     return "smtp_hook" in hook_spec and ("\n" in hook_spec or "(" in hook_spec)
 
 
+def check_limits(memory_limit, time_limit, on_error):
+    """ValueError for limits no runtime can work with (a programming error, not the hook's)."""
+    if on_error not in result.ON_ERROR_ACTIONS:
+        raise ValueError("on_error must be one of %s, not %r"
+                         % (", ".join(result.ON_ERROR_ACTIONS), on_error))
+    if memory_limit < 4 * context.MEMORY_RESERVE or not time_limit > 0:
+        raise ValueError("a hook needs memory_limit >= 4 MB and a positive time_limit")
+
+
+def failure(queue_id, on_error, reason):
+    """The Decision for a hook that failed, logged with its reason."""
+    log.warning("%s: hook failed, answering %s: %s", queue_id or "-", on_error, reason)
+    return Decision(on_error, error=True, reason=str(reason).split("\n", 1)[0])
+
+
 class HookRuntime:
-    def __init__(self, hook_spec, memory_limit=64 * 2**20, time_limit=5.0, on_error="tempfail"):
-        if on_error not in result.ON_ERROR_ACTIONS:
-            raise ValueError("on_error must be one of %s, not %r"
-                             % (", ".join(result.ON_ERROR_ACTIONS), on_error))
-        if memory_limit < 4 * context.MEMORY_RESERVE or not time_limit > 0:
-            raise ValueError("a hook needs memory_limit >= 4 MB and a positive time_limit")
+    def __init__(self, hook_spec, memory_limit=64 * 2**20, time_limit=5.0, on_error="tempfail",
+                 list_dir=None, source=None):
+        """``list_dir``: the only folder ``drweb.load_array``/``load_set`` read (``SmtpHookLists``);
+        None means the hook file's folder (no lists for inline code), "" no lists at all.
+        ``source``: the code to start with instead of reading the hook file now (a version
+        that loaded before; the file is still checked for changes)."""
+        check_limits(memory_limit, time_limit, on_error)
         self.memory_limit, self.time_limit, self.on_error = memory_limit, time_limit, on_error
         self.path = None if is_source(hook_spec) else os.path.abspath(hook_spec)
         self._source = hook_spec.encode() if self.path is None else None
         self._chunkname = b"=SmtpHook" if self.path is None else b"@" + self.path.encode()
         self._mtime, self._checked, self._broken = None, time.monotonic(), False
-        self._bridge = context.Bridge(os.path.dirname(self.path or os.path.abspath("x")),
-                                      memory_limit)
-        source = self._read()
+        if list_dir is None:
+            list_dir = os.path.dirname(self.path) if self.path else ""
+        self._bridge = context.Bridge(list_dir and os.path.abspath(list_dir), memory_limit)
+        source = self._read() if source is None else source
         self._host = self._new_host()
         self._hook = self._compile(source)
         self._source = source
+
+    @property
+    def source(self):
+        """The code in force (bytes)."""
+        return self._source
 
     # --- loading -----------------------------------------------------------------------
 
@@ -151,8 +174,7 @@ class HookRuntime:
         return decision
 
     def _failed(self, queue_id, reason):
-        log.warning("%s: hook failed, answering %s: %s", queue_id or "-", self.on_error, reason)
-        return Decision(self.on_error, error=True, reason=str(reason).split("\n", 1)[0])
+        return failure(queue_id, self.on_error, reason)
 
     def _tidy(self):
         # Lua's collector paces itself on the state's own growth; a big message can leave

@@ -13,8 +13,9 @@ Limits: ``max_memory`` caps the state; a count hook checks a wall-clock deadline
 fires, a kill flag makes every later check, and every wrapped ``pcall``/``xpcall``/
 ``coroutine.resume``, raise again, so a hook cannot swallow it. ``__gc`` metamethods are
 refused because finalizers run with debug hooks off, out of reach of the deadline. A single
-long call into a C function (a pathological Lua pattern, a regular expression) is not
-interrupted; memory still bounds it.
+long call into a C function (``table.move`` over a huge range, a quadratic ``gsub``) runs no
+instructions and is not interrupted here: its result is discarded as a time-out, and the
+daemon bounds the call itself by running the state in a process it kills (``process.py``).
 """
 import time
 
@@ -99,7 +100,10 @@ local function guarded(limit_at, f, ...)
   local r = tpack(xpcall(f, stop_reason, ...))
   sethook()
   deadline = huge
+  -- A single C call (table.move, string.rep, a slow gsub) runs no instructions, so no
+  -- count hook fires in it: a result that arrives late is still a time-out, never used.
   local why = killed or (not r[1] and r[2] == MEMORY and "memory limit exceeded")
+              or (now() > limit_at and "time limit exceeded")
   killed = nil
   if why then return false, why end
   return tunpack(r, 1, r.n)

@@ -1,4 +1,6 @@
 """The byte-offset MIME tree behind ctx.message and the repacker, on awkward input."""
+import time
+
 import pytest
 from support.policy_data import EXE, multipart
 
@@ -56,3 +58,23 @@ def test_paths_agree_with_the_attachment_extractor():
         {(p.path, p.name) for p in root.walk() if p.is_file}
     for item in files:
         assert root.part_at(item.path).decoded == item.content
+
+
+@pytest.mark.parametrize("value", [b"=?a?q?a " * 32000, b"=?utf-8?q?" + b"x" * 200000,
+                                   b"=?" * 100000, b"=?x?b?" * 40000])
+def test_header_decoding_is_linear(value):
+    # The standard library's encoded-word pattern took 80 s on the first (quadratic).
+    started = time.monotonic()
+    assert parse_mime(b"Subject: " + value + b"\r\n\r\nx").header("Subject")
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("raw, text", [
+    (b"=?utf-8?q?a?= =?utf-8?q?b?=", "ab"),
+    (b"x =?utf-8?q?a?= y", "x a y"),
+    (b"=?utf-8?b?4oKs?=(=?bogus?q?z?=)", "\u20ac(=?bogus?q?z?=)"),
+    (b"=?utf-8?b?!!!not base64!!!?=", "=?utf-8?b?!!!not base64!!!?="),
+    (b"=?ISO-8859-1?Q?caf=E9_au_lait?=", "caf\u00e9 au lait"),
+])
+def test_encoded_words(raw, text):
+    assert parse_mime(b"Subject: " + raw + b"\r\n\r\nx").header("Subject") == text

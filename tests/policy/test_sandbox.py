@@ -2,6 +2,7 @@
 import time
 
 import pytest
+from support.hostile import HOOK_REGEX_BOMBS
 from support.policy_data import PLAIN
 
 from salmon_app.policy import Envelope, HookError, HookRuntime
@@ -139,3 +140,26 @@ def test_message_larger_than_the_memory_limit(envelope):
     huge = PLAIN + b"x" * (10 * 2**20)
     assert runtime.run(envelope, huge, {}).reason == "memory limit exceeded"
     assert runtime.run(envelope, PLAIN, {}).action == "accept"
+
+
+def test_a_result_computed_past_the_limit_is_not_used(envelope):
+    # One C call executes no Lua instruction, so the count hook never fires inside it; the
+    # hook then returns at once. In the daemon the process is killed; here it runs to its end.
+    runtime = HookRuntime("function smtp_hook(ctx) table.move({}, 1, 3e7, 1, {}) "
+                          "return {action = 'accept'} end", time_limit=0.05)
+    decision = runtime.run(envelope, PLAIN, {})
+    assert (decision.action, decision.reason) == ("tempfail", "time limit exceeded")
+
+
+@pytest.mark.parametrize("pattern, text", HOOK_REGEX_BOMBS)
+def test_regex_bombs_answer_at_once(run, pattern, text):
+    started = time.monotonic()
+    decision = run("return {action = drweb.regex.match([[%s]], %r) and 'reject' or 'accept'}"
+                   % (pattern, text))
+    assert not decision.error and time.monotonic() - started < 0.5
+
+
+def test_regexes_on_binary_text(value):
+    # RE2 takes UTF-8: bytes that are not UTF-8 match no pattern character, but are no error.
+    assert value("tostring(drweb.regex.search('c', 'ab\\255cd')) .. "
+                 "tostring(drweb.regex.match('ab.cd', 'ab\\255cd'))") == "truefalse"

@@ -266,3 +266,45 @@ VXCUBE_BAD_JSON = [
     b"{not json",
     b'{"id": {"nested": true}}',
 ]
+
+# ------------------------------------------------------------------ HOOKS
+# Hook code that attacks the daemon through the policy engine (a careless or hostile hook
+# author, or an innocent hook fed attacker text). tests/test_hooks_smtp.py runs each over SMTP.
+
+# (pattern, subject): regular expressions that backtrack exponentially in Python's re,
+# which holds the GIL of the whole daemon (27 characters froze every thread for 8 s). The
+# hook matches the message's Subject; the answer must come at once, other clients unharmed.
+HOOK_REGEX_BOMBS = [
+    (r"(\w+\s?)*", "a" * 27 + "!"),
+    (r"(a+)+$", "a" * 40 + "!"),
+    (r"(a|aa)*c", "a" * 40),
+    (r"(.*a){12}", "a" * 40),
+    (r"^(([a-z])+.)+[A-Z]([a-z])+$", "a" * 40 + "!"),
+]
+
+# Lua snippets that run one C function for a long time without executing Lua instructions,
+# so no instruction count hook stops them. Each must fail within SmtpHookTimeout + 0.5 s
+# and its result must never be used.
+HOOK_C_CALLS = [
+    "table.move({}, 1, 4e8, 1, {})",                            # ran 5.4 s against 0.5 s
+    "string.rep('', 1e12)",                                      # loops, allocates nothing
+    "local s = string.rep(' ', 300000) .. 'x' s = s:gsub('%s+$', '')",   # quadratic right-trim
+    "string.rep('a', 3000):find('.-.-.-b')",                     # pattern backtracking
+    "string.rep(' ', 300000):match('^%s*(.-)%s*x$')",
+]
+
+# Files a hook must not read through drweb.load_array / load_set (the daemon's ini with its
+# secrets, devices, FIFOs, anything outside SmtpHookLists). "{ini}" is the gateway's ini file
+# by absolute path; the test puts "fifo", a symbolic link "escape" to the ini and "big.txt"
+# (larger than SmtpHookMemory) into the list folder, which is <tmp>/hooks/lists.
+HOOK_FILE_READS = [
+    "{ini}",
+    "../../vxgate.ini",
+    "escape",
+    "/dev/zero",                                                 # grew the daemon to 1.4 GB
+    "fifo",                                                      # would wait for a writer
+    "big.txt",
+    "/etc/passwd",
+    "/proc/self/environ",                                        # the daemon's environment
+    "",                                                          # the folder itself
+]

@@ -3,7 +3,7 @@
 local drweb = require "drweb"   -- the global drweb works too; require keeps old policies running
 
 -- One pattern per line, matched against the whole envelope sender, case-insensitively.
--- A relative path is read from this file's folder, once, when the hook is loaded:
+-- A list file is read from the SmtpHookLists folder (config/hooks/lists), once, at load:
 --   local TRUSTED = drweb.load_array("trusted_senders.txt")
 local TRUSTED = {
   [[.*@example\.com]],

@@ -1,0 +1,119 @@
+"""HookProcess: the daemon's hook runtime in a child process, killed and replaced on overrun."""
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+from support.hostile import HOOK_C_CALLS
+from support.policy_data import PLAIN
+
+from salmon_app.policy import Envelope, HookError
+from salmon_app.policy.process import SLACK, HookProcess
+
+BAD = Envelope("bad@example.org", ["bob@example.com"], queue_id="Q2")
+
+
+def guarded(code):
+    return ("function smtp_hook(ctx)\n if ctx.from == 'bad@example.org' then %s end\n"
+            " drweb.notice('ran') return {action = 'accept'}\nend" % code)
+
+
+@pytest.fixture
+def process():
+    made = []
+
+    def make(code, **kw):
+        made.append(HookProcess(code, **kw))
+        return made[-1]
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.mark.parametrize("code", HOOK_C_CALLS[:2])
+def test_overrun_is_killed_and_replaced(process, envelope, code):
+    hook = process(guarded(code), time_limit=0.3)
+    child = hook._child.pid
+    started = time.monotonic()
+    decision = hook.run(BAD, PLAIN, {})
+    assert time.monotonic() - started < 0.3 + SLACK + 1
+    assert (decision.action, decision.error, decision.reason) == ("tempfail", True,
+                                                                  "time limit exceeded")
+    assert hook.run(envelope, PLAIN, {}).action == "accept"
+    assert hook._child.pid != child
+
+
+def test_a_child_that_dies_is_a_hook_failure_then_replaced(process, envelope):
+    hook = process(guarded(""), on_error="accept")
+    hook._child.kill()
+    hook._child.wait()
+    decision = hook.run(envelope, PLAIN, {})
+    assert decision.error and decision.action == "accept" and "ended" in decision.reason
+    assert not hook.run(envelope, PLAIN, {}).error
+
+
+def test_hook_logs_reach_the_daemons_log(process, envelope, caplog):
+    caplog.set_level(logging.DEBUG, logger="vxgate.hook")
+    process(guarded("")).run(envelope, PLAIN, {})
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "vxgate.hook"] == [("vxgate.hook", "NOTICE", "Q1: ran")]
+
+
+def test_load_errors_and_reloads(process, envelope, tmp_path):
+    with pytest.raises(HookError, match="smtp_hook"):
+        process("x = 1 -- smtp_hook(ctx) missing")
+    path = tmp_path / "hook.lua"
+    path.write_text("function smtp_hook(ctx) return {action = 'reject'} end")
+    hook = process(str(path))
+    assert hook.run(envelope, PLAIN, {}).action == "reject"
+    path.write_text("function smtp_hook(ctx) return {action = ")
+    assert hook.reload() is False and hook.run(envelope, PLAIN, {}).action == "reject"
+    path.write_text("function smtp_hook(ctx) return {action = 'discard'} end")
+    assert hook.reload() is True and hook.run(envelope, PLAIN, {}).action == "discard"
+    assert b"discard" in hook.source
+
+
+def test_a_replacement_runs_the_last_version_that_loaded(process, envelope, tmp_path):
+    path = tmp_path / "hook.lua"
+    path.write_text(guarded("while true do end"))
+    hook = process(str(path), time_limit=0.3)
+    path.write_text("broken(")
+    assert hook.run(BAD, PLAIN, {}).reason == "time limit exceeded"
+    hook._restart()   # as after a kill: the new child starts from the source in force
+    assert hook.run(envelope, PLAIN, {}).action == "accept"
+
+
+def test_close_stops_the_child(envelope):
+    hook = HookProcess(guarded(""))
+    child = hook._child
+    hook.close()
+    assert child.poll() is not None
+    assert hook.run(envelope, PLAIN, {}).reason == "vxgate is shutting down"
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stuck_child_dies_with_the_daemon():
+    daemon = subprocess.Popen([sys.executable, "-c", (
+        "from salmon_app.policy import Envelope\n"
+        "from salmon_app.policy.process import HookProcess\n"
+        "hook = HookProcess('function smtp_hook(ctx) table.move({}, 1, 1e12, 1, {}) end',"
+        " time_limit=600)\n"
+        "print(hook._child.pid, flush=True)\n"
+        "hook.run(Envelope('a@x.test', ['b@x.test']), b'x', {})\n")], stdout=subprocess.PIPE)
+    child = int(daemon.stdout.readline())
+    time.sleep(0.5)                      # the child is inside table.move now
+    assert _alive(child)
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
