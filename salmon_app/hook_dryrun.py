@@ -58,7 +58,7 @@ def describe(decision):
 def dry_run(config):
     """(lines, ok): the hook's decision for each sample; ok is False when any run failed."""
     runtime = HookRuntime(config.SmtpHook, memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
-                          on_error=config.SmtpHookErrorAction.lower())
+                          on_error=config.SmtpHookErrorAction.lower(), list_dir=config.SmtpHookLists)
     lines, ok = [], True
     logging.disable(logging.WARNING)     # the failures are reported here, not as log lines
     try:
