@@ -26,5 +26,7 @@ setup(
     extras_require={
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "aiosmtpd==1.4.6"],
     },
-    entry_points={"console_scripts": ["vxgate = salmon_app.cli:main"]},
+    # `salmon` is Salmon's command wrapped with vxgate's start/stop rules (salmon_app/salmonctl.py);
+    # pip installs dependencies first, so this script replaces salmon-mail's own.
+    entry_points={"console_scripts": ["vxgate = salmon_app.cli:main", "salmon = salmon_app.salmonctl:main"]},
 )

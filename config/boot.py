@@ -11,7 +11,7 @@ from salmon_app.service import Service
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
-os.makedirs("logs", exist_ok=True)
+os.makedirs("logs", mode=0o700, exist_ok=True)
 logsetup.configure(settings.CONFIG)     # LogTarget / LogFormat, or $VXGATE_LOGGING's file
 install_redaction(config_secrets(settings.CONFIG))
 
@@ -19,4 +19,4 @@ Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx
 Router.RELOAD = False
 Router.load(HANDLERS)
 
-settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router))
+settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=settings.CONFIG.DatabasePath + ".lock")

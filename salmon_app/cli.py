@@ -4,6 +4,7 @@ Sub-commands are small functions registered in ``COMMANDS``; each returns an exi
 Secrets are shown as ``***``.
 """
 import argparse
+import os
 import sys
 
 from salmon_app import config as vxconfig
@@ -19,7 +20,8 @@ def command(name, help_text):
 
 
 def _config_arg(parser):
-    parser.add_argument("-c", "--config", help="configuration file (default: $VXGATE_CONFIG or config/vxgate.ini)")
+    parser.add_argument("-c", "--config", help="configuration file (default: $VXGATE_CONFIG, %s if it exists, "
+                        "else config/vxgate.ini)" % vxconfig.SYSTEM_CONFIG)
 
 
 def load_config(args):
@@ -34,11 +36,11 @@ def load_config(args):
 def check_config(args):
     config = load_config(args)
     if args.quiet:
-        if not _check_hook(config):
+        if not _check_hook(config, dry_run=True, quiet=True):
             return 1
         print("%s: OK" % (config.path or "built-in defaults"))
         return 0
-    print("; %s: OK" % (config.path or "no file, built-in defaults"))
+    print("; %s: the values in force" % (config.path or "no file, built-in defaults"))
     section = None
     for param in vxconfig.SCHEMA:
         if param.section != section:
@@ -47,7 +49,10 @@ def check_config(args):
         value = getattr(config, param.name)
         shown = "***" if param.kind == "secret" and value and value != "None" else vxconfig.format_value(param, value)
         print("%s = %s" % (param.name, shown))
-    return 0 if _check_hook(config) else 1
+    if not _check_hook(config, dry_run=True):
+        return 1
+    print("; %s: OK" % (config.path or "built-in defaults"))
+    return 0
 
 
 @command("sample-config", "print a sample configuration with every parameter and its default")
@@ -62,21 +67,27 @@ def vxcube_sim(args):
     return sim.main(args.rest)
 
 
+# commands that read no configuration file are not offered -c
+NO_CONFIG = ("sample-config", "vxcube-sim", "demo")
+
+
 @command("reload-hooks", "check SmtpHook and tell the running daemon to reload it (SIGUSR1)")
 def reload_hooks(args):
-    import os
     import signal
+    from salmon_app import pidfile
     config = load_config(args)
     if not _check_hook(config):
         return 1
-    try:
-        with open(args.pid) as handle:
-            pid = int(handle.read().strip())
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError) as exc:
-        print("vxgate: cannot signal the daemon via %s: %s (is it running?)" % (args.pid, exc), file=sys.stderr)
+    state = pidfile.inspect(args.pid or config.PidFile)
+    if not state.running:
+        print("vxgate: cannot signal the daemon: %s" % state.describe(), file=sys.stderr)
         return 1
-    print("hook reload requested from vxgate (pid %d)" % pid)
+    try:
+        os.kill(state.pid, signal.SIGUSR1)
+    except OSError as exc:
+        print("vxgate: cannot signal the daemon (pid %d): %s" % (state.pid, exc.strerror), file=sys.stderr)
+        return 1
+    print("hook reload requested from vxgate (pid %d)" % state.pid)
     return 0
 
 
@@ -92,9 +103,11 @@ def repack_password(args):
     return 0
 
 
-def _check_hook(config):
+def _check_hook(config, dry_run=False, quiet=False):
+    """The hook loads (and, with ``dry_run``, decides the built-in samples without an error)."""
     if not config.SmtpHook:
-        print("SmtpHook: none (every message is accepted unchanged)")
+        if not quiet:
+            print("SmtpHook: none (every message is accepted unchanged)")
         return True
     from salmon_app.policy import HookError, HookRuntime
     try:
@@ -103,7 +116,17 @@ def _check_hook(config):
     except HookError as exc:
         print("vxgate: SmtpHook does not load: %s" % exc, file=sys.stderr)
         return False
-    print("SmtpHook: %s loads" % ("inline code" if "smtp_hook" in config.SmtpHook else config.SmtpHook))
+    name = "inline code" if "smtp_hook" in config.SmtpHook else config.SmtpHook
+    if not dry_run:
+        print("SmtpHook: %s loads" % name)
+        return True
+    from salmon_app.hook_dryrun import dry_run as run_samples
+    lines, ok = run_samples(config)
+    if not ok:
+        print("vxgate: SmtpHook %s loads but fails on sample messages:\n%s" % (name, "\n".join(lines)), file=sys.stderr)
+        return False
+    if not quiet:
+        print("SmtpHook: %s loads; its decisions for sample messages:\n%s" % (name, "\n".join(lines)))
     return True
 
 
@@ -121,14 +144,16 @@ def demo(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="vxgate", description="vxgate administration")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, help_text) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
-        _config_arg(child)
+        child = sub.add_parser(name, help=help_text, description=help_text, add_help=name != "vxcube-sim")
+        if name not in NO_CONFIG:
+            _config_arg(child)
         if name == "check-config":
             child.add_argument("-q", "--quiet", action="store_true", help="print only OK or the error")
         if name == "reload-hooks":
-            child.add_argument("--pid", default="run/smtp.pid", help="pid file of the daemon (default: run/smtp.pid)")
+            child.add_argument("--pid", help="pid file of the daemon (default: PidFile of the configuration)")
         if name == "repack-password":
             child.add_argument("identifier", help="the archive identifier shown to the recipient (<queue id>-<hex>)")
         if name == "vxcube-sim":
@@ -139,8 +164,23 @@ def build_parser():
     return parser
 
 
+def version_text():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return "vxgate %s (salmon-mail %s, Python %s)" % (
+            version("vxgate"), version("salmon-mail"), sys.version.split()[0])
+    except PackageNotFoundError:
+        return "vxgate (not installed: run from a source tree)"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    os.umask(0o077)     # exports and a first database are private, whatever the shell's umask
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["vxcube-sim"]:
+        # the emulator parses its own options (argparse's REMAINDER drops a leading --listen)
+        return COMMANDS["vxcube-sim"][0](argparse.Namespace(rest=argv[1:])) or 0
+    args = parser.parse_args(argv)
     return args.func(args) or 0
 
 

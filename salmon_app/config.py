@@ -196,6 +196,9 @@ SCHEMA = [
     _p("Root", "LogLevel", "choice", "INFO", "Least important lines logged: DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     _p("Root", "LogFile", "str", "logs/vxgate.log", "The log file with LogTarget = File (reopened when logrotate moves it)."),
     _p("Root", "LogSyslogAddress", "socket", "/dev/log", "Syslog with LogTarget = Syslog: a UNIX socket path, or IP:port for UDP."),
+    # [Root]: the service
+    _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload-hooks and doctor find vxgate through it."),
+    _p("Root", "User", "str", "", "Started as root, vxgate switches to this user before it opens any file (empty: refuse to run as root without --allow-root)."),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
     _p("MailD", "SmtpSenderRelay", "socket", "127.0.0.1:10026", "Postfix's re-injection socket that takes checked mail back."),
@@ -321,7 +324,72 @@ def parse_text(text, filename="<config>"):
         values[param.name] = value
     config = Config(values, filename)
     _check_together(config, seen, filename)
+    _check_forms(config, seen, filename)
     return config
+
+
+def _check_forms(config, seen, filename):
+    """Values whose type is text but whose form is known: the vxCube URL, addresses, file types."""
+    def fail(name, text):
+        raise ConfigError("%s:%s: bad value for %s: %s" % (filename, seen.get(name, 0), name, text))
+    if config.VxcubeApiAddress:
+        from salmon_app.vxcube.client import api_base_url
+        try:
+            api_base_url(config.VxcubeApiAddress)
+        except ValueError:
+            fail("VxcubeApiAddress", "%r; expected host, host:port or https://host[:port]/ (http:// only for a "
+                 "test emulator)" % config.VxcubeApiAddress)
+    for name in ("SmtpAdminAddress", "BccReporterAddress", "BccReportRecipientAddress"):
+        value = getattr(config, name)
+        if value and not is_address(value):
+            fail(name, "%r is not an e-mail address; expected local@domain.example" % value)
+    for value in config.BccMonitorAddresses:
+        if not (is_address(value) or (value.startswith("@") and _is_domain(value[1:]))):
+            fail("BccMonitorAddresses", "%r; expected an address (monitor@bcc.example) or @domain" % value)
+    unknown = [t for t in config.VxcubeFileTypes if t.lower() not in known_file_types()]
+    if unknown:
+        fail("VxcubeFileTypes", "unknown file type%s %s; use the names vxgate detects (exe, dll, docm, pdf, zip, "
+             "...: `vxgate sample-config` lists the defaults)" % ("s" if len(unknown) > 1 else "",
+                                                                 ", ".join(repr(t) for t in unknown)))
+
+
+def _is_domain(text):
+    labels = text.rstrip(".").split(".")
+    return len(text) <= 253 and all(0 < len(label) <= 63 and label.replace("-", "").isalnum()
+                                    and label.isascii() and not label.startswith("-") for label in labels)
+
+
+def is_address(text):
+    """local@domain, without display names or brackets (what SMTP's MAIL FROM/RCPT TO carry)."""
+    local, at, domain = text.rpartition("@")
+    if not at or not local or len(local) > 64 or any(c.isspace() or c in '<>()[],;:"\\' for c in local):
+        return False
+    if domain.startswith("[") and domain.endswith("]"):
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in domain else socket.AF_INET, domain[1:-1].removeprefix("IPv6:"))
+            return True
+        except OSError:
+            return False
+    return _is_domain(domain)
+
+
+def known_file_types():
+    """Type names vxgate can detect: by content (puremagic, refined for PE/ZIP/OLE) and the defaults."""
+    global _KNOWN_TYPES
+    if _KNOWN_TYPES is None:
+        import puremagic.main
+        from salmon_app.vxcube import extract
+        names = {t.strip() for t in FILE_TYPES.split(",")} | {"ole", "apk", "jar"}
+        names |= set(extract._ALIASES.values()) | extract._OLE_EXTENSIONS
+        names |= {name for _, *kinds in extract._OOXML_DIRS for name in kinds}
+        for table in (puremagic.main.magic_header_array, puremagic.main.magic_footer_array,
+                      puremagic.main.extension_only_array):
+            names |= {entry.extension.lstrip(".").lower() for entry in table if entry.extension}
+        _KNOWN_TYPES = frozenset(names)
+    return _KNOWN_TYPES
+
+
+_KNOWN_TYPES = None
 
 
 def _strip_comment(raw):
@@ -374,9 +442,17 @@ def _check_together(config, seen, filename):
         fail("SmtpSenderRelay", "SmtpSenderRelay is required: IP:port or a UNIX socket path")
 
 
+SYSTEM_CONFIG = "/etc/vxgate/vxgate.ini"
+
+
+def default_path():
+    """$VXGATE_CONFIG, else the installed /etc/vxgate/vxgate.ini when it exists, else the sample."""
+    return os.environ.get("VXGATE_CONFIG") or (SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else "config/vxgate.ini")
+
+
 def load(path=None):
-    """Load the file named by ``path``, $VXGATE_CONFIG or config/vxgate.ini; defaults if it is absent."""
-    path = path or os.environ.get("VXGATE_CONFIG") or "config/vxgate.ini"
+    """Load the file named by ``path`` or ``default_path()``; built-in defaults if the sample is absent."""
+    path = path or default_path()
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

@@ -1,7 +1,8 @@
 """``vxgate doctor``: checks a live installation and says how to fix what is wrong.
 
 Each check prints ``ok``, ``WARN`` or ``FAIL`` with what it saw and, when something is wrong,
-the fix. The checks: the configuration, the hook, the listening sockets, the spool and the
+the fix. The checks: the configuration, the hook, the pid file (running, or what a stale one
+means), the listening sockets, the spool and the
 database (writable, private), the next hop (answers SMTP), vxCube (reachable, key valid,
 licence and quota) and the report server of BCC mode (reachable, the credentials work).
 """
@@ -36,6 +37,7 @@ def run(path, out=print, timeout=5.0):
         return 1
     report.add(OK, "configuration", config.path or "built-in defaults (no config/vxgate.ini)")
     check_hook(report, config)
+    check_pidfile(report, config)
     check_listen(report, "SmtpSocket", config.SmtpSocket, timeout)
     if config.BccSocket:
         check_listen(report, "BccSocket", config.BccSocket, timeout)
@@ -65,6 +67,22 @@ def check_hook(report, config):
         report.add(OK, "SmtpHook", "loads (%s)" % ("inline" if "smtp_hook" in config.SmtpHook else config.SmtpHook))
     except HookError as exc:
         report.add(FAIL, "SmtpHook", str(exc), "fix the Lua error, then `vxgate reload-hooks`")
+
+
+def check_pidfile(report, config):
+    """Is the daemon that PidFile names alive, and if it is not, what happened to it."""
+    from salmon_app import pidfile
+    state = pidfile.inspect(config.PidFile)
+    if state.running:
+        report.add(OK, "PidFile", state.describe())
+    elif state.status == "absent":
+        report.add(OK, "PidFile", "%s: none, vxgate is not running (stopped cleanly or never started)" % config.PidFile)
+    elif state.status == "denied":
+        report.add(WARN, "PidFile", state.describe(), "run vxgate doctor as the service user or as root")
+    else:
+        report.add(WARN, "PidFile", state.describe(),
+                   "salmon start (or systemctl start vxgate) removes it and resumes the mail in flight; why it "
+                   "ended: the end of logs/vxgate.log and logs/salmon.err (journalctl -u vxgate under systemd)")
 
 
 def _connect(address, timeout):
@@ -162,8 +180,12 @@ def check_smtp(report, name, address, timeout, fix, login=None, tls="off", ca_fi
 def check_vxcube(report, config, timeout):
     from salmon_app.vxcube.client import RetryPolicy, VxcubeClient, VxcubeError
     verify = config.VxcubeCaFile or config.VxcubeVerifyTls
-    client = VxcubeClient(config.VxcubeApiAddress, config.VxcubeApiKey, timeout=timeout, verify=verify,
-                          retry=RetryPolicy(attempts=1, initial=0, maximum=0, max_elapsed=timeout))
+    try:
+        client = VxcubeClient(config.VxcubeApiAddress, config.VxcubeApiKey, timeout=timeout, verify=verify,
+                              retry=RetryPolicy(attempts=1, initial=0, maximum=0, max_elapsed=timeout))
+    except ValueError as exc:
+        report.add(FAIL, "vxCube", str(exc), "VxcubeApiAddress: host, host:port or https://host[:port]/")
+        return
     try:
         licence = client.license()
     except VxcubeError as exc:

@@ -1,34 +1,86 @@
 """The object ``salmon start`` runs (``settings.receiver``): start everything, block, stop cleanly.
 
-``salmon start`` calls ``receiver.start()`` in the main thread and ``salmon stop`` sends
-SIGHUP; systemd sends SIGTERM. Either signal stops listening, answers sessions that wait,
+``salmon start`` calls ``receiver.start()`` in the main thread; ``salmon stop`` and systemd send
+SIGTERM (SIGHUP and SIGINT do the same). Either stops listening, answers sessions that wait,
 lets workers finish and closes the database; whatever is still in flight resumes at the next
-start.
+start. In the foreground (``--no-daemon``) the service writes and removes the pid file itself
+($VXGATE_PIDFILE, set by the ``salmon`` wrapper) and speaks systemd's notify protocol.
 """
 import logging
+import os
 import signal
+import sys
 import threading
+import time
+
+from salmon_app import pidfile, sdnotify
 
 LOG = logging.getLogger("vxgate")
 
 
+def refuse_root():
+    """Root only when told: the ``salmon`` wrapper switched to ``User`` or was given --allow-root."""
+    if os.geteuid() == 0 and not os.environ.get("VXGATE_ALLOW_ROOT"):
+        message = ("vxgate: refusing to run as root; set User in [Root] of the configuration, run as the "
+                   "service user, or start with `salmon start --allow-root`")
+        print(message, file=sys.stderr)
+        raise SystemExit(message)
+
+
+def lock_state(path):
+    """Hold an exclusive lock on ``path`` (next to the database) for the life of the process,
+    so a second vxgate on the same spool and database stops before its recovery touches them."""
+    import fcntl
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError("another vxgate (pid %s) uses this spool and database (lock %s); "
+                           "stop it first, or give this one its own SpoolDir and DatabasePath" % (holder, path))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
 class Service:
-    def __init__(self, build):
+    def __init__(self, build, lock=None):
         self.build = build          # returns the gateway; called at start so errors surface there
+        self.lock = lock            # path of the state lock (config/boot.py: DatabasePath + ".lock")
         self.gateway = None
         self.stopped = threading.Event()
+        self.pidfile = None
 
     def start(self, block=True):
-        self.gateway = self.build()
-        self.gateway.start()
-        LOG.info("vxgate started: %s", ", ".join(str(s.address) for s in self.gateway.servers))
+        refuse_root()
+        sdnotify.notify("MAINPID=%d" % os.getpid(), "STATUS=starting: recovery, then the listeners")
+        if block and os.environ.get("VXGATE_PIDFILE"):
+            self.pidfile = os.environ["VXGATE_PIDFILE"]
+            pidfile.claim(self.pidfile)
+        try:
+            if self.lock:
+                self.lock_fd = lock_state(self.lock)
+            self.gateway = self.build()
+            self.gateway.start()
+        except BaseException as exc:
+            sdnotify.notify("STATUS=start-up failed: %s" % exc)
+            self._release_pidfile()
+            raise
+        listening = ", ".join(str(s.address) for s in self.gateway.servers)
+        LOG.info("vxgate started: %s", listening)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._signal)
             signal.signal(signal.SIGUSR1, self._reload)
+        sdnotify.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=listening on %s" % listening)
         if block:
+            ping, last = sdnotify.watchdog_interval(), time.monotonic()
             while not self.stopped.wait(0.5):
-                pass
+                if ping and time.monotonic() - last >= ping:
+                    sdnotify.notify("WATCHDOG=1")
+                    last = time.monotonic()
             self._shut_down()
 
     def _signal(self, signum, frame):
@@ -47,6 +99,13 @@ class Service:
 
     def _shut_down(self):
         if self.gateway is not None:
+            sdnotify.notify("STOPPING=1", "STATUS=finishing the work in hand")
             self.gateway.shut_down()
             self.gateway = None
             LOG.info("vxgate stopped")
+        self._release_pidfile()
+
+    def _release_pidfile(self):
+        if self.pidfile:
+            pidfile.release(self.pidfile)
+            self.pidfile = None

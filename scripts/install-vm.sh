@@ -8,11 +8,13 @@
 #   --no-systemd  never touch systemd (containers, CI)
 # Where things go (override with the environment): VXGATE_PREFIX=/opt/vxgate (code, venv,
 # run/, logs/), VXGATE_ETC=/etc/vxgate (vxgate.ini), VXGATE_STATE=/var/lib/vxgate (spool,
-# quarantine database). Safe to run again: it keeps an existing vxgate.ini and Postfix lines.
+# quarantine database, pid file), VXGATE_BINDIR=/usr/local/bin (the `vxgate` command).
+# Safe to run again (also to upgrade in place): it keeps an existing vxgate.ini and Postfix lines.
 set -euo pipefail
 PREFIX=${VXGATE_PREFIX:-/opt/vxgate}
 ETC=${VXGATE_ETC:-/etc/vxgate}
 STATE=${VXGATE_STATE:-/var/lib/vxgate}
+BINDIR=${VXGATE_BINDIR:-/usr/local/bin}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 # Debian's interpreter: a per-user one (pyenv under /root) would not run as user vxgate
 PYTHON=${VXGATE_PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3 )}
@@ -49,7 +51,11 @@ if [ "$SRC" != "$(cd "$PREFIX" && pwd)" ]; then
 fi
 [ -x "$PREFIX/.venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/.venv"
 "$PREFIX/.venv/bin/pip" install -q "$PREFIX"
+# an upgrade keeps the version number: reinstall vxgate itself (its `salmon` wraps Salmon's)
+"$PREFIX/.venv/bin/pip" install -q --no-deps --force-reinstall "$PREFIX"
 install -d -o vxgate -g vxgate -m 0700 "$STATE" "$PREFIX/run" "$PREFIX/logs"
+install -d -m 0755 "$BINDIR"
+ln -sfn "$PREFIX/.venv/bin/vxgate" "$BINDIR/vxgate"     # `vxgate` on the PATH; it reads $ETC/vxgate.ini
 
 step "configuration $ETC/vxgate.ini"
 install -d -m 0755 "$ETC"
@@ -88,10 +94,10 @@ if [ $START = yes ]; then
     if [ $SYSTEMD_UP = yes ]; then
         systemctl restart vxgate
     else
-        ( cd "$PREFIX" && VXGATE_CONFIG="$ETC/vxgate.ini" runuser -u vxgate -- .venv/bin/salmon start --pid run/smtp.pid )
+        ( cd "$PREFIX" && VXGATE_CONFIG="$ETC/vxgate.ini" runuser -u vxgate -- .venv/bin/salmon start )
     fi
     if [ $POSTFIX = yes ]; then
         if postfix status >/dev/null 2>&1; then postfix reload; else postfix start; fi
     fi
 fi
-step "done. Check it: cd $PREFIX && VXGATE_CONFIG=$ETC/vxgate.ini .venv/bin/vxgate doctor"
+step "done. Check it: vxgate doctor"

@@ -97,3 +97,9 @@ def test_bad_configuration(tmp_path):
     ini.write_text("[MailD]\nSmtpSockett = 1\n")
     code, out = doctor(ini)
     assert code == 1 and "FAIL configuration" in out and ":2: unknown parameter" in out
+
+
+def test_bad_vxcube_address_is_a_configuration_failure_not_a_traceback(setup):
+    code, out = doctor(setup(VxcubeApiAddress="ftp://x"))
+    assert code == 1 and "FAIL configuration" in out and "bad value for VxcubeApiAddress: 'ftp://x'" in out
+    assert "Traceback" not in out

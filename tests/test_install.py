@@ -47,7 +47,7 @@ def test_install_on_a_vm_then_turn_off(system_postfix, sink):
     # an administrator's shell: none of the test boot's settings (config/testing.py sets VXGATE_LOGGING)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VXGATE_")}
     env.update(VXGATE_PREFIX=base + "/opt/vxgate", VXGATE_ETC=base + "/etc/vxgate",
-               VXGATE_STATE=base + "/var/lib/vxgate")
+               VXGATE_STATE=base + "/var/lib/vxgate", VXGATE_BINDIR=base + "/bin")
     prefix = env["VXGATE_PREFIX"]
     try:
         # step 2 of the README (step 1, getting the code, is this checkout)
@@ -61,9 +61,11 @@ def test_install_on_a_vm_then_turn_off(system_postfix, sink):
            "smtp_host_lookup = native", "disable_dns_lookups = yes")
         sh("postfix", "reload")
         time.sleep(1)
-        doctor = subprocess.run([prefix + "/.venv/bin/vxgate", "doctor"], cwd=prefix, capture_output=True,
+        # the `vxgate` on the PATH, from any directory
+        doctor = subprocess.run([base + "/bin/vxgate", "doctor"], cwd="/", capture_output=True,
                                 text=True, env=dict(env, VXGATE_CONFIG=env["VXGATE_ETC"] + "/vxgate.ini"))
         assert "vxgate is listening" in doctor.stdout and doctor.returncode == 0, doctor.stdout
+        assert "ok   PidFile" in doctor.stdout and base + "/var/lib/vxgate/vxgate.pid" in doctor.stdout
         # step 3: mail through Postfix and vxgate
         with smtplib.SMTP("127.0.0.1", 25, timeout=30) as client:
             client.sendmail("alice@example.test", ["bob@example.test"],
@@ -84,6 +86,6 @@ def test_install_on_a_vm_then_turn_off(system_postfix, sink):
         assert b"without vxgate" in sink.wait_for(2, 60)[1].data
         assert "without vxgate" not in open(prefix + "/logs/vxgate.log").read()
     finally:
-        subprocess.run(["runuser", "-u", "vxgate", "--", prefix + "/.venv/bin/salmon", "stop", "--pid", "run/smtp.pid"],
-                       cwd=prefix, capture_output=True)
+        subprocess.run(["runuser", "-u", "vxgate", "--", prefix + "/.venv/bin/salmon", "stop"], cwd=prefix,
+                       capture_output=True, env=dict(env, VXGATE_CONFIG=env["VXGATE_ETC"] + "/vxgate.ini"))
         shutil.rmtree(base, ignore_errors=True)

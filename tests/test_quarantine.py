@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -363,6 +364,30 @@ def test_release_all_matching(gw, sink):
     assert out.count(": released to ") == len(chosen)
     assert len(sink.wait_for(len(chosen))) == len(chosen)
     assert {m.data for m in sink.messages} == {gw.spool.read(r["id"]) for r in chosen}
+
+
+def test_released_messages_show_as_released_in_filters_stats_and_dry_run(gw, sink):
+    """After release the message stayed `quarantined` everywhere, and --dry-run offered to release it again."""
+    rows = seed(gw.spool, 40, files_every=1)
+    quarantined = [r["id"] for r in rows if r["state"] == "quarantined"]
+    assert len(quarantined) >= 3
+    first, rest = quarantined[0], quarantined[1:]
+    assert ": released to " in q(gw.config_path, "release", first, check=0).stdout
+    sink.wait_for(1)
+    released = [m["id"] for m in qjson(gw.config_path, "list", "--released")["messages"]]
+    assert released == [first]
+    never = {m["id"] for m in qjson(gw.config_path, "list", "--state", "quarantined", "--not-released")["messages"]}
+    assert never == set(rest)
+    assert re.search(r"%s +\S+ +\S+ +quarantined\*" % first, q(gw.config_path, "list", "--released", check=0).stdout)
+    stats = qjson(gw.config_path, "stats")
+    assert stats["released"] == 1 and stats["released_by_state"] == {"quarantined": 1}
+    assert "Released:" in q(gw.config_path, "stats", check=0).stdout
+    dry = q(gw.config_path, "release", "--all-matching", "--state", "quarantined", "--dry-run", check=0).stdout
+    assert "%s: already released" % first in dry and "would not be sent again" in dry
+    assert "%s: would be released" % first not in dry
+    assert all("%s: would be released" % queue_id in dry for queue_id in rest)
+    time.sleep(0.2)
+    assert len(sink.messages) == 1
 
 
 # ---------------------------------------------------------------- export, delete

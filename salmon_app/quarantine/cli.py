@@ -88,6 +88,11 @@ def add_filters(parser):
     group.add_argument("--since", type=when_arg, metavar="WHEN",
                        help="received at or after WHEN: 2h, 3d, 1w ago, today, yesterday, or 2026-01-31[T14:00]")
     group.add_argument("--until", type=when_arg, metavar="WHEN", help="received before WHEN (same forms)")
+    released = group.add_mutually_exclusive_group()
+    released.add_argument("--released", dest="released", action="store_const", const=True,
+                          help="only messages released with `vxgate quarantine release`")
+    released.add_argument("--not-released", dest="released", action="store_const", const=False,
+                          help="only messages never released")
 
 
 def _flat_filters(args):
@@ -140,8 +145,14 @@ def cmd_release(args, store):
                 _error(exc)
                 continue
             reason = release.refuse_reason(store, row, to)
-            print("%s: %s" % (row.id, "would be released to %s" % ", ".join(to or row.rcpt_to)
-                              if not reason else "would be refused: " + reason.split(": ", 1)[1]))
+            earlier = store.released([row.id]).get(row.id)
+            if reason:
+                print("%s: would be refused: %s" % (row.id, reason.split(": ", 1)[1]))
+            elif earlier is not None and not args.force:
+                print("%s: already released %s by %s; would not be sent again (--force sends it again)"
+                      % (row.id, render.when(earlier.time), render.clean(earlier.user)))
+            else:
+                print("%s: would be released to %s" % (row.id, ", ".join(to or row.rcpt_to)))
         print("%d message(s) selected; nothing sent (--dry-run)" % len(ids))
         return
     relay = release.make_relay(store.config)

@@ -76,12 +76,13 @@ class Filters:
     subject: str = None
     since: float = None
     until: float = None
+    released: bool = None      # True: released ones only, False: never released, None: both
 
     def given(self):
         """True when at least one filter narrows the selection."""
         return any([self.states, self.verdicts, self.modes, self.sender is not None,
                     self.recipient is not None, self.subject is not None,
-                    self.since is not None, self.until is not None])
+                    self.since is not None, self.until is not None, self.released is not None])
 
     def conditions(self):
         where = []
@@ -106,6 +107,10 @@ class Filters:
             where.append(Message.created >= self.since)
         if self.until is not None:
             where.append(Message.created < self.until)
+        if self.released is not None:
+            from salmon_app.quarantine.store import Release
+            done = Release.select(Release.message).where(Release.state == "done")
+            where.append(Message.id.in_(done) if self.released else Message.id.not_in(done))
         return where
 
     def select(self, *fields):
@@ -118,7 +123,7 @@ def filters_from(args, now=None):
     """Filters from parsed arguments (argparse already checked the values)."""
     return Filters(states=args.state or [], verdicts=args.verdict or [], modes=args.mode or [],
                    sender=args.sender, recipient=args.recipient, subject=args.subject,
-                   since=args.since, until=args.until)
+                   since=args.since, until=args.until, released=getattr(args, "released", None))
 
 
 def ordered(query, sort="created", reverse=False):

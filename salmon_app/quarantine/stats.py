@@ -32,6 +32,9 @@ def stats(store, since=None):
                                 .where(Message.has_file == True).tuples().get())  # noqa: E712
         records = Message.select().count()
         released = period(Release.select().where(Release.state == "done"), Release.time).count()
+        done = Release.select(Release.message).where(Release.state == "done")
+        released_by_state = dict(period(Message.select(Message.state, fn.COUNT(Message.id))
+                                        .where(Message.id.in_(done))).group_by(Message.state).tuples())
         in_period = period(Message.select(Message.id))
         checks = list(FileCheck.select(FileCheck.sha256, FileCheck.cached, FileCheck.reason)
                       .where(FileCheck.message.in_(in_period)).tuples())
@@ -50,7 +53,7 @@ def stats(store, since=None):
         "since": render.iso(since) if since is not None else None,
         "messages": messages or 0, "bytes_received": received or 0,
         "by_state": groups["state"], "by_verdict": groups["verdict"], "by_mode": groups["mode"],
-        "released": released,
+        "released": released, "released_by_state": released_by_state,
         "stored": {"files": stored or 0, "bytes": stored_bytes or 0, "records": records},
         "files": {"checked": len(checks), "not_analysable": skipped, "distinct": len(by_content),
                   "uploads_saved": from_cache + shared, "cached_verdicts": from_cache,
@@ -75,7 +78,8 @@ def render_stats(data, label=None):
     f, s = data["files"], data["stored"]
     lines.append("")
     facts = [
-        ("Released", "%d" % data["released"]),
+        ("Released", "%d%s" % (data["released"], " (still listed as %s)" % ", ".join(
+            "%s %d" % kv for kv in sorted(data["released_by_state"].items())) if data["released_by_state"] else "")),
         ("Files checked", "%d (%d distinct contents, %d not analysable)"
          % (f["checked"], f["distinct"], f["not_analysable"])),
         ("Uploads saved by the cache", "%d (%d cached verdicts, %d waited for a shared analysis)"
