@@ -30,6 +30,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+@pytest.fixture(autouse=True)
+def shared_umask():
+    """Each test starts with a common umask: vxgate's own code sets 0077 when it runs in this
+    process (the vxgate command, config/settings.py), and the Postfix harness must still make
+    queue folders its unprivileged daemons can enter."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
 @pytest.fixture
 def sink():
     server = SinkServer()

@@ -257,7 +257,7 @@ class PostfixInstance:
         try:
             proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave_fd,
-                env=self._env(), cwd="/",
+                env=self._env(), cwd="/", preexec_fn=_postfix_umask,
             )
         finally:
             os.close(slave_fd)
@@ -459,6 +459,9 @@ class PostfixInstance:
             self.reload()
 
     def write_config(self) -> None:
+        # vxgate's code in this process may have set umask 0077 (it keeps its own files private);
+        # Postfix's daemons, which are not root, must enter the queue folders made from here
+        os.umask(0o022)
         for d in (self.workdir, self.config_dir, self.queue_dir):
             d.mkdir(parents=True, exist_ok=True)
         if self.data_dir is None:
@@ -521,7 +524,7 @@ class PostfixInstance:
         reaper = subprocess.Popen(
             [sys.executable, "-c", _REAPER, self._postfix, "-c", str(self.config_dir), "start"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=self._env(), cwd="/", start_new_session=True,
+            env=self._env(), cwd="/", start_new_session=True, preexec_fn=_postfix_umask,
         )
         self._reaper = reaper
         _running.add(self)
@@ -683,3 +686,8 @@ class PostfixInstance:
                 raise smtplib.SMTPDataError(code, resp)
         text = resp.decode("utf-8", "replace")
         return text.rsplit("queued as ", 1)[-1].strip() if "queued as" in text else text
+
+
+def _postfix_umask():
+    """Postfix's commands create queue folders its unprivileged daemons must enter."""
+    os.umask(0o022)
