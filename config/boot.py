@@ -5,6 +5,7 @@ from salmon.routing import Router
 
 from config import settings
 from salmon_app.gateway import Gateway
+from salmon_app import config as vxconfig
 from salmon_app import logsetup
 from salmon_app.log import config_secrets, install_redaction
 from salmon_app.service import Service
@@ -19,4 +20,6 @@ Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx
 Router.RELOAD = False
 Router.load(HANDLERS)
 
-settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=settings.CONFIG.DatabasePath + ".lock")
+settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=settings.CONFIG.DatabasePath + ".lock",
+                            load=lambda: vxconfig.load(settings.CONFIG.path),
+                            pid_path=os.environ.get("VXGATE_PID_PATH") or os.path.abspath(settings.CONFIG.PidFile))

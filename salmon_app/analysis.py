@@ -39,11 +39,20 @@ MESSAGE_SAMPLE = "message"        # FileCheck.path of a whole-message upload awa
 
 class Analyser:
     def __init__(self, gateway):
-        config = self.config = gateway.config
+        config = gateway.config
         self.gateway = gateway
         self.enabled = bool(config.UseVxcube)
-        self.types = {t.lower() for t in config.VxcubeFileTypes}
         self.stage = Stage("vxcube", config.VxcubeWorkers, config.VxcubeQueueSize, self.step)
+        self.metrics = gateway.metrics
+        self.due = {}       # sha256 -> when to poll next (in memory, see later())
+        self.polls = {}     # sha256 -> polls or failed calls so far (for the back-off)
+        self.failing = {}   # sha256 -> the error last logged for it: one log line per change
+        self.configure(config)
+
+    def configure(self, config):
+        """What a reload may change: the vxCube server, key, time-outs, file types, limits."""
+        self.config = config
+        self.types = {t.lower() for t in config.VxcubeFileTypes}
         self.client = None
         if self.enabled:
             verify = config.VxcubeCaFile or config.VxcubeVerifyTls
@@ -54,12 +63,10 @@ class Analyser:
                                                          maximum=config.VxcubeRetryMax,
                                                          max_elapsed=config.VxcubeRequestTimeout * config.VxcubeRetryAttempts
                                                          + config.VxcubeRetryMax * config.VxcubeRetryAttempts),
-                                       metrics=gateway.metrics)
-        self.metrics = gateway.metrics
-        self.due = {}       # sha256 -> when to poll next (in memory, see later())
-        self.polls = {}     # sha256 -> polls or failed calls so far (for the back-off)
-        self.failing = {}   # sha256 -> the error last logged for it: one log line per change
-        self.budget = UploadBudget(config.VxcubeUploadBudget, config.VxcubeUploadBudgetWindow)
+                                       metrics=self.metrics)
+        budget = getattr(self, "budget", None)
+        if budget is None or (budget.limit, budget.window) != (config.VxcubeUploadBudget, config.VxcubeUploadBudgetWindow):
+            self.budget = UploadBudget(config.VxcubeUploadBudget, config.VxcubeUploadBudgetWindow)
 
     # ------------------------------------------------------------ life cycle
     def start(self):

@@ -35,10 +35,12 @@ class Checks:
         if not config.SmtpHook:
             return None
         runtime = getattr(self.local, "runtime", None)
-        if runtime is None or self.local.spec != config.SmtpHook:
-            # first use in this thread, or SmtpHook now names other code: build it afresh
+        spec = (config.SmtpHook, config.SmtpHookMemory, config.SmtpHookTimeout, config.SmtpHookErrorAction,
+                config.SmtpHookLists)
+        if runtime is None or self.local.spec != spec:
+            # first use in this thread, or a reload changed the hook or its limits: build it afresh
             runtime = self.local.runtime = self._new_runtime(config, runtime)
-            self.local.spec, self.local.generation = config.SmtpHook, self.generation
+            self.local.spec, self.local.generation = spec, self.generation
         elif self.local.generation != self.generation:
             runtime.reload()
             self.local.generation = self.generation

@@ -71,24 +71,51 @@ def vxcube_sim(args):
 NO_CONFIG = ("sample-config", "vxcube-sim", "demo")
 
 
-@command("reload-hooks", "check SmtpHook and tell the running daemon to reload it (SIGUSR1)")
-def reload_hooks(args):
+@command("reload", "check the configuration and hook, then make the running daemon re-read them (SIGHUP)")
+def reload_config(args):
     import signal
-    from salmon_app import pidfile
+    import time
+    from salmon_app import pidfile, reload
     config = load_config(args)
-    if not _check_hook(config):
+    if not _check_hook(config, dry_run=True, quiet=True):
         return 1
-    state = pidfile.inspect(args.pid or config.PidFile)
+    pid_path = os.path.abspath(args.pid or config.PidFile)
+    state = pidfile.inspect(pid_path)
     if not state.running:
         print("vxgate: cannot signal the daemon: %s" % state.describe(), file=sys.stderr)
         return 1
+    before = reload.read_result(pid_path)
     try:
-        os.kill(state.pid, signal.SIGUSR1)
+        os.kill(state.pid, signal.SIGHUP)
     except OSError as exc:
         print("vxgate: cannot signal the daemon (pid %d): %s" % (state.pid, exc.strerror), file=sys.stderr)
         return 1
-    print("hook reload requested from vxgate (pid %d)" % state.pid)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        outcome = reload.read_result(pid_path)
+        if outcome and outcome != before:
+            return _say_reloaded(state.pid, config, outcome)
+        time.sleep(0.1)
+    print("vxgate: reload requested from vxgate (pid %d); no answer within %gs: see its log"
+          % (state.pid, args.wait), file=sys.stderr)
+    return 1
+
+
+def _say_reloaded(pid, config, outcome):
+    if not outcome["ok"]:
+        print("vxgate: the daemon (pid %d) refused the reload and runs as before: %s" % (pid, outcome["error"]),
+              file=sys.stderr)
+        return 1
+    applied = outcome["applied"]
+    print("vxgate (pid %d) reloaded %s: %s" % (pid, config.path or "the built-in defaults",
+                                               "changed " + ", ".join(applied) if applied else "no live change"))
+    if outcome["restart_needed"]:
+        print("restart needed for %s (salmon stop; salmon start, or systemctl restart vxgate)"
+              % ", ".join(outcome["restart_needed"]))
     return 0
+
+
+COMMANDS["reload-hooks"] = (reload_config, "the same as reload (its older name)")
 
 
 @command("repack-password", "print the archive password of a repacked message from its identifier")
@@ -152,8 +179,9 @@ def build_parser():
             _config_arg(child)
         if name == "check-config":
             child.add_argument("-q", "--quiet", action="store_true", help="print only OK or the error")
-        if name == "reload-hooks":
+        if name in ("reload", "reload-hooks"):
             child.add_argument("--pid", help="pid file of the daemon (default: PidFile of the configuration)")
+            child.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the daemon's answer (15)")
         if name == "repack-password":
             child.add_argument("identifier", help="the archive identifier shown to the recipient (<queue id>-<hex>)")
         if name == "vxcube-sim":

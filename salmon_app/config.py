@@ -197,7 +197,7 @@ SCHEMA = [
     _p("Root", "LogFile", "str", "logs/vxgate.log", "The log file with LogTarget = File (reopened when logrotate moves it)."),
     _p("Root", "LogSyslogAddress", "socket", "/dev/log", "Syslog with LogTarget = Syslog: a UNIX socket path, or IP:port for UDP."),
     # [Root]: the service
-    _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload-hooks and doctor find vxgate through it."),
+    _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload and doctor find vxgate through it."),
     _p("Root", "User", "str", "", "Started as root, vxgate switches to this user before it opens any file (empty: refuse to run as root without --allow-root)."),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),

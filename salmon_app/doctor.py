@@ -66,7 +66,7 @@ def check_hook(report, config):
                     list_dir=config.SmtpHookLists)
         report.add(OK, "SmtpHook", "loads (%s)" % ("inline" if "smtp_hook" in config.SmtpHook else config.SmtpHook))
     except HookError as exc:
-        report.add(FAIL, "SmtpHook", str(exc), "fix the Lua error, then `vxgate reload-hooks`")
+        report.add(FAIL, "SmtpHook", str(exc), "fix the Lua error, then `vxgate reload`")
 
 
 def check_pidfile(report, config):

@@ -59,7 +59,6 @@ def backoff(initial, maximum):
 class Gateway:
     def __init__(self, config, router, checks=None):
         self.config, self.router = config, router
-        self.hostname = config.SmtpHostname or socket.getfqdn()
         self.spool = Spool(config.SpoolDir)
         self.database = models.open_database(config.DatabasePath, busy_timeout=config.DatabaseBusyTimeout)
         self.registry = Registry()
@@ -69,32 +68,52 @@ class Gateway:
             "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step),
             "relay": Stage("relay", config.SmtpRelayWorkers, config.SmtpQueueSize, self.run_step),
         }
-        self.relays = {"smtp": Relay(config.SmtpSenderRelay, timeout=config.SmtpRelayTimeout,
-                                     hostname=self.hostname, tls="off")}
-        self.retry_delay = backoff(config.SmtpRelayRetryMin, config.SmtpRelayRetryMax)
-        from salmon_app.policy import RepackPassword
-        self.repack_password = RepackPassword.parse(config.RepackPassword)
+        self.configure(config)
         from salmon_app.checks import Checks   # late: checks may import the gateway's helpers
         self.checks = checks or Checks(self)
         self.servers = [self.make_server(config.SmtpSocket, "smtp")]
         if config.BccSocket:
-            from salmon_app import bcc
-            self.servers.append(self.make_server(config.BccSocket, "bcc", bcc.recipient_check(config.BccMonitorAddresses)))
+            self.servers.append(self.make_server(config.BccSocket, "bcc"))
+        self.sweeper = None
+
+    def configure(self, config):
+        """The parts built from values that may change while running (``reconfigure``)."""
+        from salmon_app.policy import RepackPassword
+        self.config = config
+        self.hostname = config.SmtpHostname or socket.getfqdn()
+        self.relays = {"smtp": Relay(config.SmtpSenderRelay, timeout=config.SmtpRelayTimeout,
+                                     hostname=self.hostname, tls="off")}
+        if config.BccSocket:
             self.relays["report"] = Relay(config.BccSmtpServer, timeout=config.SmtpRelayTimeout, hostname=self.hostname,
                                           username=config.BccReporterAddress or None,
                                           password=config.BccReporterPassword or None, tls=config.BccSmtpTls.lower(),
                                           ca_file=config.BccSmtpCaFile, verify=config.BccSmtpVerifyTls)
-        self.sweeper = None
+        self.retry_delay = backoff(config.SmtpRelayRetryMin, config.SmtpRelayRetryMax)
+        self.repack_password = RepackPassword.parse(config.RepackPassword)
 
-    def make_server(self, address, mode, rcpt_check=None):
+    def reconfigure(self, new):
+        """Apply a re-read configuration to the running gateway (``salmon_app/reload.py``)."""
+        from salmon_app import reload
+        return reload.apply(self, new)
+
+    def make_server(self, address, mode):
+        server = SmtpServer(address, Intake(self, mode), hostname=self.hostname, max_connections=0,
+                            max_message_size=0, max_recipients=0, max_line=0, idle_timeout=0, name=mode,
+                            count_refused=self.metrics.smtp_refused.labels(mode).inc,
+                            count_error=self.metrics.smtp_errors.labels(mode).inc)
+        self.limit_server(server)
+        return server
+
+    def limit_server(self, server):
+        """The session limits from the configuration (also when it is reloaded)."""
         config = self.config
-        return SmtpServer(address, Intake(self, mode), hostname=self.hostname,
-                          max_connections=config.SmtpMaxConnections,
-                          max_message_size=config.SmtpMaxMessageSize,
-                          max_recipients=config.SmtpMaxRecipients, max_line=config.SmtpMaxLineLength,
-                          idle_timeout=config.SmtpIdleTimeout, name=mode, rcpt_check=rcpt_check,
-                          count_refused=self.metrics.smtp_refused.labels(mode).inc,
-                          count_error=self.metrics.smtp_errors.labels(mode).inc)
+        server.hostname = self.hostname
+        server.max_connections, server.max_message_size = config.SmtpMaxConnections, config.SmtpMaxMessageSize
+        server.max_recipients, server.max_line = config.SmtpMaxRecipients, config.SmtpMaxLineLength
+        server.idle_timeout = config.SmtpIdleTimeout
+        if server.name == "bcc":
+            from salmon_app import bcc
+            server.rcpt_check = bcc.recipient_check(config.BccMonitorAddresses)
 
     # ------------------------------------------------------------ life cycle
     def start(self):
@@ -103,7 +122,7 @@ class Gateway:
         for stage in self.stages.values():
             stage.start()
         self.sweeper = Sweeper(self)
-        self.sweeper.hooks.append(expiry_hook(self.config, metrics=self.metrics))
+        self.sweeper.hooks.append(expiry_hook(lambda: self.config, metrics=self.metrics))
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:

@@ -81,6 +81,7 @@ def start(argv):
         say("vxgate: --force: starting although %s" % state.describe())
         os.unlink(path)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.environ["VXGATE_PID_PATH"] = path     # both modes: where the daemon writes reload outcomes
     salmon_args = ["start", "--pid", path] + rest
     if args.debug:
         salmon_args.append("--debug")

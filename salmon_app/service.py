@@ -1,9 +1,10 @@
 """The object ``salmon start`` runs (``settings.receiver``): start everything, block, stop cleanly.
 
 ``salmon start`` calls ``receiver.start()`` in the main thread; ``salmon stop`` and systemd send
-SIGTERM (SIGHUP and SIGINT do the same). Either stops listening, answers sessions that wait,
-lets workers finish and closes the database; whatever is still in flight resumes at the next
-start. In the foreground (``--no-daemon``) the service writes and removes the pid file itself
+SIGTERM (SIGINT does the same). Either stops listening, answers sessions that wait, lets
+workers finish and closes the database; whatever is still in flight resumes at the next
+start. SIGHUP (``vxgate reload``, ``systemctl reload``; SIGUSR1 too) re-reads the
+configuration file and applies what can change live (``salmon_app/reload.py``). In the foreground (``--no-daemon``) the service writes and removes the pid file itself
 ($VXGATE_PIDFILE, set by the ``salmon`` wrapper) and speaks systemd's notify protocol.
 """
 import logging
@@ -46,11 +47,14 @@ def lock_state(path):
 
 
 class Service:
-    def __init__(self, build, lock=None):
+    def __init__(self, build, lock=None, load=None, pid_path=None):
         self.build = build          # returns the gateway; called at start so errors surface there
         self.lock = lock            # path of the state lock (config/boot.py: DatabasePath + ".lock")
+        self.load = load            # re-reads the configuration file (reload)
+        self.pid_path = pid_path    # the reload outcome is written beside it
         self.gateway = None
         self.stopped = threading.Event()
+        self.reload_asked = threading.Event()
         self.pidfile = None
 
     def start(self, block=True):
@@ -71,13 +75,17 @@ class Service:
         listening = ", ".join(str(s.address) for s in self.gateway.servers)
         LOG.info("vxgate started: %s", listening)
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._signal)
-            signal.signal(signal.SIGUSR1, self._reload)
+            for signum in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(signum, self._reload)
         sdnotify.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=listening on %s" % listening)
         if block:
             ping, last = sdnotify.watchdog_interval(), time.monotonic()
             while not self.stopped.wait(0.5):
+                if self.reload_asked.is_set():
+                    self.reload_asked.clear()
+                    self.reload()
                 if ping and time.monotonic() - last >= ping:
                     sdnotify.notify("WATCHDOG=1")
                     last = time.monotonic()
@@ -88,9 +96,20 @@ class Service:
         self.stopped.set()
 
     def _reload(self, signum, frame):
-        LOG.info("SIGUSR1 received: reloading hooks")
-        if self.gateway is not None:
-            self.gateway.checks.reload()
+        # the work is done by the main loop: a signal handler must not take the locks it may hold
+        LOG.info("signal %s received: reloading the configuration", signal.Signals(signum).name)
+        self.reload_asked.set()
+
+    def reload(self):
+        from salmon_app import reload
+        if self.gateway is None or self.load is None:
+            return None
+        sdnotify.notify("RELOADING=1", "STATUS=reloading the configuration")
+        outcome = reload.reload_daemon(self.gateway, self.load)
+        reload.write_result(self.pid_path, outcome)
+        sdnotify.notify("READY=1", "STATUS=%s" % ("configuration reloaded" if outcome["ok"] else
+                                                  "reload refused: " + outcome["error"]))
+        return outcome
 
     def stop(self):
         """Stop a service started with block=False (tests)."""

@@ -66,7 +66,7 @@ def test_all_checks_pass_except_vxgate_not_running(setup):
     ({"VxcubeApiAddress": "http://127.0.0.1:1"}, "FAIL vxCube", "check VxcubeApiAddress"),
     ({"BccReporterPassword": "wrong"}, "FAIL BccSmtpServer", "BccReporterPassword"),
     ({"BccSmtpTls": "Auto"}, "FAIL BccSmtpServer", "password is not sent in cleartext"),
-    ({"SmtpHook": "function smtp_hook(ctx) return {action = end"}, "FAIL SmtpHook", "reload-hooks"),
+    ({"SmtpHook": "function smtp_hook(ctx) return {action = end"}, "FAIL SmtpHook", "vxgate reload"),
     ({"SmtpSocket": "192.0.2.1:10025"}, "FAIL SmtpSocket", "local address"),
 ])
 def test_each_failing_check_names_a_fix(setup, override, line, fix):

@@ -52,8 +52,8 @@ RUN = [
     ".venv/bin/salmon status",
     "vxgate doctor",
     ".venv/bin/vxgate doctor",
-    "vxgate reload-hooks",
-    ".venv/bin/vxgate reload-hooks",
+    "vxgate reload",
+    ".venv/bin/vxgate reload",
     "vxgate quarantine list",
     "vxgate quarantine list --state in-flight",
     "vxgate quarantine show C88AF3A0F031EC1C",
@@ -216,7 +216,7 @@ def test_vxgate_and_salmon_command_lines_run(app, sink):
     assert "OK" in outputs["vxgate check-config -q"].stdout
     assert "vxgate is running" in outputs[".venv/bin/salmon status"].stdout
     assert "vxgate is listening" in outputs["vxgate doctor"].stdout
-    assert "hook reload requested" in outputs["vxgate reload-hooks"].stdout
+    assert "reloaded" in outputs["vxgate reload"].stdout
     assert queue_id in outputs["vxgate quarantine list"].stdout
     assert re.fullmatch(r"[0-9a-f]{16}\n", outputs[".venv/bin/vxgate repack-password 6A1F0C2D9E8B7A65-1a2b3c4d"].stdout)
 

@@ -96,7 +96,8 @@ def _count(summary, removed):
 
 
 def expiry_hook(config, interval=3600.0, clock=time.monotonic, metrics=None):
-    """A sweeper hook that runs ``expire(config)`` now and then every ``interval`` seconds."""
+    """A sweeper hook that runs ``expire(config)`` now and then every ``interval`` seconds;
+    ``config`` may be a callable returning the configuration in force (it can be reloaded)."""
     state = {"due": clock()}
 
     def hook():
@@ -104,7 +105,7 @@ def expiry_hook(config, interval=3600.0, clock=time.monotonic, metrics=None):
             return
         state["due"] = clock() + interval
         try:
-            summary = expire(config)
+            summary = expire(config() if callable(config) else config)
             if metrics is not None:
                 metrics.expiry_runs.inc()
                 metrics.expired.inc(summary["messages"])
