@@ -85,6 +85,10 @@ def test_install_on_a_vm_then_turn_off(system_postfix, sink):
                             b"Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <vm2@example.test>\r\n\r\nhi\r\n")
         assert b"without vxgate" in sink.wait_for(2, 60)[1].data
         assert "without vxgate" not in open(prefix + "/logs/vxgate.log").read()
+        # ... and wait until vxgate holds nothing (step 5's check, as the service user would)
+        queue = subprocess.run([base + "/bin/vxgate", "queue"], cwd="/", capture_output=True, text=True,
+                               env=dict(env, VXGATE_CONFIG=env["VXGATE_ETC"] + "/vxgate.ini"))
+        assert queue.returncode == 0 and queue.stdout.strip() == "vxgate holds no message", queue
     finally:
         subprocess.run(["runuser", "-u", "vxgate", "--", prefix + "/.venv/bin/salmon", "stop"], cwd=prefix,
                        capture_output=True, env=dict(env, VXGATE_CONFIG=env["VXGATE_ETC"] + "/vxgate.ini"))
