@@ -366,7 +366,7 @@ class Vxgate:
         if not os.path.exists(salmon):
             salmon = os.path.join(os.path.dirname(sys.executable), "salmon")
         argv = [salmon, "start", "--pid", self.pid_path, "--no-daemon"]
-        self.proc = processes.start("vxgate", argv, stop_signal=signal.SIGHUP, cwd=REPO, env=env,
+        self.proc = processes.start("vxgate", argv, stop_signal=signal.SIGTERM, cwd=REPO, env=env,
                                     stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         try:
@@ -719,9 +719,9 @@ def main():
             signal.signal(signum, signal.SIG_IGN)   # let the clean-up finish
         processes.stop_named("smtp-source")   # the load first, so vxgate stops an idle gateway
         if vx is not None:
-            # SIGHUP, as `salmon stop` sends it. Sessions waiting for an outcome may hold vxgate up
+            # SIGTERM, as `salmon stop` sends it. Sessions waiting for an outcome may hold vxgate up
             # to SmtpReplyTimeout (60 s by default), so allow for that before killing it.
-            print("stopping vxgate (SIGHUP)...", flush=True)
+            print("stopping vxgate (SIGTERM)...", flush=True)
             stop_started = time.monotonic()
             status = processes.stop(vx.proc, timeout=VXGATE_STOP_TIMEOUT)
             report["vxgate"]["stop_seconds"] = round(time.monotonic() - stop_started, 2)
@@ -731,7 +731,7 @@ def main():
             report["vxgate"]["log_problems"] = counts
             report["vxgate"]["log_examples"] = examples
             if status not in (0, None):
-                report["problems"].append("vxgate exited with status %s on SIGHUP" % status)
+                report["problems"].append("vxgate exited with status %s on SIGTERM" % status)
             if counts["ERROR"] or counts["CRITICAL"] or counts["Traceback"]:
                 report["problems"].append("vxgate log has errors: %s, e.g. %s" % (counts, examples[:2]))
             leftover = {k: v for k, v in report["vxgate"]["states_final"].items() if k != "delivered"}
@@ -759,7 +759,7 @@ def main():
             "other processes used the CPU during %d measurement(s) (up to %.0f%% of one core, column other%%): "
             "those figures are low; rerun on a quiet machine" % (len(busy), max(b[2] for b in busy)))
     if report.get("vxgate", {}).get("stop_seconds", 0) > 10:
-        report["warnings"].append("vxgate took %.1fs to stop on SIGHUP" % report["vxgate"]["stop_seconds"])
+        report["warnings"].append("vxgate took %.1fs to stop on SIGTERM" % report["vxgate"]["stop_seconds"])
 
     print("\n== results (%d sessions%s; msg/s; ratio = vxgate / baseline, same run)"
           % (args.sessions, ", --quick" if args.quick else ""))

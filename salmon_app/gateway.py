@@ -65,7 +65,9 @@ class Gateway:
         self.storage = StorageGuard(self.spool, self.registry)
         self.metrics = Metrics(self)
         self.stages = {
-            "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step),
+            # each check worker starts its hook process at once, not on the first message
+            "check": Stage("check", config.SmtpWorkers, config.SmtpQueueSize, self.run_step,
+                           prepare=self._prepare_check_worker),
             "relay": Stage("relay", config.SmtpRelayWorkers, config.SmtpQueueSize, self.run_step),
         }
         self.configure(config)
@@ -95,6 +97,13 @@ class Gateway:
         """Apply a re-read configuration to the running gateway (``salmon_app/reload.py``)."""
         from salmon_app import reload
         return reload.apply(self, new)
+
+    def _prepare_check_worker(self):
+        from salmon_app.policy import HookError
+        try:
+            self.checks.runtime()
+        except HookError as exc:     # a user's mistake: one line, and each message meets it again
+            LOG.error("SmtpHook does not load: %s", exc)
 
     def make_server(self, address, mode):
         server = SmtpServer(address, Intake(self, mode), hostname=self.hostname, max_connections=0,

@@ -14,8 +14,9 @@ _STOP = object()
 
 
 class Stage:
-    def __init__(self, name, workers, size, handle):
+    def __init__(self, name, workers, size, handle, prepare=None):
         self.name, self.workers, self.handle = name, workers, handle
+        self.prepare = prepare         # run once in each worker thread before its first item
         self.queue = queue.Queue(maxsize=size)
         self.threads = []
         self.busy = 0                  # workers inside a step (read by /metrics)
@@ -35,6 +36,11 @@ class Stage:
             return False
 
     def _work(self):
+        if self.prepare is not None:
+            try:
+                self.prepare()
+            except Exception:   # the first item meets the same problem and reports it per message
+                LOG.exception("%s: worker preparation failed", self.name)
         while True:
             item = self.queue.get()
             if item is _STOP:
