@@ -110,7 +110,9 @@ def test_slow_analysis_answers_250_then_finishes(vxgate, sink, vxsim):
     gw.send("a@x.test", ["b@x.test"], mail_with([("x.exe", pe_image(b"slow"))]))
     assert time.time() - started < 2
     row = Message.get()
-    assert row.answered and row.state == "analysing"
+    # answered before the outcome: owned, still in flight (on a busy machine the check stage
+    # may not have reached the analysis yet), then finished in the background
+    assert row.answered and row.state in ("stored", "checking", "analysing")
     wait_states("delivered", 1, timeout=20)
 
 

@@ -55,7 +55,6 @@ RUN = [
     "vxgate reload",
     ".venv/bin/vxgate reload",
     "vxgate quarantine list",
-    "vxgate quarantine list --state in-flight",
     "vxgate quarantine show C88AF3A0F031EC1C",
     "vxgate queue",
     "grep 3D4A9076761D5EFE logs/vxgate.log",
@@ -97,6 +96,7 @@ ELSEWHERE = {
     "bash .ci/install-postfix.sh": ".ci/run (CI installs Postfix with it before `make test`)",
     "make test": ".ci/run (CI runs the suite with it; a test cannot run its own suite)",
     "make bench": "bench/README.md (needs Postfix's smtp-source/smtp-sink; minutes of CPU on a shared box)",
+    "vxgate quarantine export": "tests/test_quarantine.py::test_export_is_byte_identical",
 }
 NOT_HERE = {
     "git clone <this repository> /root/vxgate && cd /root/vxgate": "needs the repository's public address",
