@@ -51,6 +51,16 @@ def _load_config():
         raise SystemExit(2)
 
 
+def _configured_pid_file():
+    """PidFile for stop/status; a broken configuration must not leave the daemon unstoppable."""
+    try:
+        return vxconfig.load().PidFile
+    except vxconfig.ConfigError as exc:
+        say("vxgate: configuration error: %s\n(the running daemon is untouched; give its pid file with "
+            "--pid to reach it without reading the configuration)" % exc)
+        raise SystemExit(2)
+
+
 def _pid_arg(parser):
     parser.add_argument("--pid", help="pid file (default: PidFile of the configuration)")
 
@@ -181,7 +191,7 @@ def stop(argv):
         import glob
         paths = sorted(glob.glob(os.path.join(args.all_pids, "*.pid")))
     else:
-        paths = [args.pid or _load_config().PidFile]
+        paths = [args.pid or _configured_pid_file()]
     return max([_stop_one(path, args.force, args.timeout) for path in paths] or [1])
 
 
@@ -213,6 +223,6 @@ def status(argv):
     parser = argparse.ArgumentParser(prog="salmon status")
     _pid_arg(parser)
     args = parser.parse_args(argv)
-    state = pidfile.inspect(args.pid or _load_config().PidFile)
+    state = pidfile.inspect(args.pid or _configured_pid_file())
     print(state.describe())
     return 0 if state.running else (1 if state.stale else 3)

@@ -76,6 +76,9 @@ def test_reload_applies_the_new_hook_and_limits_and_names_what_needs_a_restart(s
     assert "reload refused, the running configuration stays" in log_path.read_text()
     mail(service["port"], b"still fine")                   # the daemon runs on as before
     assert len(sink.wait_for(2, 10)) == 2
+    refused = service["run"](SALMON, "stop")        # cannot read PidFile: says how to reach it anyway
+    assert refused.returncode == 2 and "--pid" in refused.stderr and "Traceback" not in refused.stderr
+    assert service["run"](SALMON, "status", "--pid", str(service["pid"])).returncode == 0
     service["ini"].write_text(good)
     stopped = service["run"](SALMON, "stop")
     assert stopped.returncode == 0, stopped.stderr
