@@ -16,7 +16,6 @@ show them (uuencoded in a text body, inside winmail.dat, in an attached message,
 sent base64-encoded) are extracted and analysed like any attachment.
 """
 import email.errors
-import email.header
 import email.parser
 import email.policy
 import hashlib
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 
 import puremagic
 
+from salmon_app.headers import decode_words
 from salmon_app.vxcube import containers
 
 log = logging.getLogger("vxgate.vxcube.extract")
@@ -351,14 +351,8 @@ def _filename(part):
 
 
 def _clean_name(name):
-    # cut first: decode_header rescans the rest of the line from every "=?", quadratic on a long
-    # name (RFC 2231 continuations make 54 KB of one name); no real file name is that long
-    name = str(name or "")[:1024]
-    if "=?" in name:  # RFC 2047 words in a parameter: wrong but what mailers send
-        try:
-            name = str(email.header.make_header(email.header.decode_header(name)))
-        except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-            pass
+    # RFC 2231 continuations make names of any length; no real file name is this long
+    name = decode_words(str(name or "")[:1024])   # RFC 2047 words in a parameter: wrong but what mailers send
     # Keep the base name only and no control characters: it goes into reports and uploads.
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     return "".join(ch for ch in name if ch.isprintable()).strip()
