@@ -21,6 +21,7 @@ from salmon_app.log import qlog
 from salmon_app.metrics import Metrics, reply_class
 from salmon_app.models import Event, Message, Recipient
 from salmon_app.pipeline import Registry, Stage
+from salmon_app.quarantine import render
 from salmon_app.quarantine.expire import expiry_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
@@ -563,9 +564,8 @@ def analysed_files(analysis_json):
 
 
 def _printable(text, limit=80):
-    text = str(text)[:limit]
-    return text if text.isprintable() and " " not in text and "," not in text else "".join(
-        c if c.isprintable() and c not in " ," else "?" for c in text)
+    # one token of the summary line: no blanks or commas either (they separate the fields)
+    return render.clean(str(text)[:limit]).replace(" ", "?").replace(",", "?")
 
 
 def parse_headers(block):

@@ -26,8 +26,12 @@ class RedactFilter(logging.Filter):
 
     def __init__(self, secrets=()):
         super().__init__()
+        self.secrets = []
+        self.add(secrets)
+
+    def add(self, secrets):
         # longest first: a secret that contains another is replaced whole
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self.secrets = sorted(set(self.secrets) | {s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
     def filter(self, record):
         if self.secrets:
@@ -66,8 +70,14 @@ def config_secrets(config):
 
 
 def install_redaction(secrets):
-    """Attach the filter to every handler of the root logger (handlers see all loggers' records)."""
-    flt = RedactFilter(secrets)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(flt)
+    """Attach the filter to every handler of the root logger (handlers see all loggers' records).
+
+    Called again (a reload), it adds the secrets to the filter already there instead of
+    stacking one more filter per reload; a secret replaced by a reload stays redacted."""
+    handlers = logging.getLogger().handlers
+    flt = next((f for h in handlers for f in h.filters if isinstance(f, RedactFilter)), None) or RedactFilter()
+    flt.add(secrets)
+    for handler in handlers:
+        if flt not in handler.filters:
+            handler.addFilter(flt)
     return flt

@@ -43,22 +43,18 @@ def main(argv=None):
     return salmon_main(argv)
 
 
-def _load_config():
+def _load_config(hint=""):
     try:
         return vxconfig.load()
     except vxconfig.ConfigError as exc:
-        say("vxgate: configuration error: %s" % exc)
+        say("vxgate: configuration error: %s%s" % (exc, hint))
         raise SystemExit(2)
 
 
 def _configured_pid_file():
     """PidFile for stop/status; a broken configuration must not leave the daemon unstoppable."""
-    try:
-        return vxconfig.load().PidFile
-    except vxconfig.ConfigError as exc:
-        say("vxgate: configuration error: %s\n(the running daemon is untouched; give its pid file with "
-            "--pid to reach it without reading the configuration)" % exc)
-        raise SystemExit(2)
+    return _load_config("\n(the running daemon is untouched; give its pid file with --pid to reach it without "
+                        "reading the configuration)").PidFile
 
 
 def _pid_arg(parser):

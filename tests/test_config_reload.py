@@ -101,6 +101,12 @@ def test_reload_moves_the_next_hop_and_vxcube_live(vxgate, sink, vxsim):
         assert gw.gateway.config.SmtpWorkers == config.SmtpWorkers      # kept until a restart
         assert gw.gateway.checks.analyser.config.VxcubeTimeout == 123.0
         assert gw.gateway.checks.analyser.types == {"exe"}
+        import logging
+        from salmon_app.log import RedactFilter
+        gw.gateway.reconfigure(gw.gateway.config.replace(VxcubeApiKey="a-new-key-after-rotation"))
+        for handler in logging.getLogger().handlers:     # reloads add secrets, not filters
+            filters = [f for f in handler.filters if isinstance(f, RedactFilter)]
+            assert len(filters) == 1 and "a-new-key-after-rotation" in filters[0].secrets
         gw.send("a@x.test", ["b@x.test"], b"Subject: moved\r\n\r\nhello\r\n")
         assert other.wait_for(1, 10)[0].data.endswith(b"hello\r\n") and not sink.messages
     finally:

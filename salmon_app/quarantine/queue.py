@@ -14,7 +14,7 @@ import sys
 import time
 
 from salmon_app import models
-from salmon_app.models import Event, Message, Sample
+from salmon_app.models import Event, FileCheck, Message, Sample
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import QuarantineError, who
 
@@ -23,7 +23,7 @@ _STEP = {models.STORED: "waiting for a check worker", models.CHECKING: "being ch
          models.RELAYING: "being relayed"}
 
 
-def owned(store):
+def owned():
     """The messages vxgate holds now, oldest first."""
     return list(Message.select().where(Message.state.in_(models.OWNED)).order_by(Message.created))
 
@@ -52,7 +52,6 @@ def describe(row, config, now=None):
 
 
 def _waiting_for_vxcube(row, config, now):
-    from salmon_app.models import FileCheck
     pending = list(FileCheck.select().where(FileCheck.message == row.id, FileCheck.verdict == ""))
     samples = {s.sha256: s for s in Sample.select().where(Sample.sha256.in_([c.sha256 for c in pending]))} if pending else {}
     parts, until = [], None
@@ -109,7 +108,7 @@ def span(seconds):
 # ---------------------------------------------------------------- commands
 def cmd_list(args, store):
     now = time.time()
-    rows = owned(store)
+    rows = owned()
     entries = []
     for row in rows:
         reason, until = describe(row, store.config, now)
@@ -163,7 +162,6 @@ def cmd_flush(args, store):
 
 
 def _file_checks(ids):
-    from salmon_app.models import FileCheck
     return FileCheck.select(FileCheck.sha256).where(FileCheck.message.in_(ids), FileCheck.verdict == "")
 
 
