@@ -9,7 +9,6 @@ message to Salmon's Router; the handlers in ``handlers/`` decide which step runs
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 
@@ -20,6 +19,7 @@ from salmon_app.durability import StorageGuard, is_storage_error
 from salmon_app.log import qlog
 from salmon_app.metrics import Metrics, reply_class
 from salmon_app.models import Event, Message, Recipient
+from salmon_app.outbox import new_queue_id, store_own
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine import render
 from salmon_app.quarantine.expire import expiry_hook
@@ -40,10 +40,6 @@ RELAY_OF = {"smtp": "smtp", "notice": "smtp", "report": "report"}
 def _permanent(reply):
     code, text = reply
     return (code if code >= 500 else 554), text
-
-
-def new_queue_id():
-    return secrets.token_hex(8).upper()
 
 
 def backoff(initial, maximum):
@@ -437,15 +433,7 @@ class Gateway:
 
     def inject(self, mode, mail_from, rcpt_to, data, *, parent=None, subject=""):
         """Store a message vxgate writes itself (a bounce, a report) and start relaying it."""
-        queue_id = new_queue_id()
-        self.spool.store(queue_id, data)
-        now = time.time()
-        with models.writing():
-            Message.create(id=queue_id, mode=mode, state=models.RELAYING, answered=True, created=now,
-                           updated=now, mail_from=mail_from, rcpt_json=json.dumps(rcpt_to), size=len(data),
-                           sha256="", subject=subject, parent=parent)
-            Recipient.insert_many([{"message": queue_id, "address": a} for a in rcpt_to]).execute()
-            models.log_event(queue_id, "created", "%s about %s to %s" % (mode, parent, ", ".join(rcpt_to)))
+        queue_id = store_own(self.spool, mode, mail_from, rcpt_to, data, parent=parent, subject=subject)
         qlog(queue_id).info("%s created about %s", mode, parent)
         self.submit(queue_id, models.RELAYING)
         return queue_id

@@ -12,16 +12,21 @@ import tempfile
 from salmon_app.quarantine.store import QuarantineError
 
 
-def export(store, queue_id, output=None):
-    """Copy the message's bytes to ``output`` (a path; None or "-" for stdout); returns the size."""
+def open_original(store, queue_id):
+    """(record, open binary file) of the message's stored original, or QuarantineError."""
     row = store.lookup(queue_id)
     problem = store.file_problem(row, "export")
     if problem:
         raise QuarantineError(problem)
     try:
-        source = open(store.file_path(row.id), "rb")
+        return row, open(store.file_path(row.id), "rb")
     except OSError as exc:
         raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
+
+
+def export(store, queue_id, output=None):
+    """Copy the message's bytes to ``output`` (a path; None or "-" for stdout); returns the size."""
+    row, source = open_original(store, queue_id)
     with source:
         if output in (None, "-"):
             out = sys.stdout.buffer
