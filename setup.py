@@ -7,6 +7,7 @@ setup(
     description="Postfix content filter and BCC monitor backed by the Dr.Web vxCube sandbox",
     packages=find_packages(include=["salmon_app", "salmon_app.*", "handlers", "config"]),
     include_package_data=True,
+    package_data={"salmon_app.web": ["templates/*.html", "static/*"]},
     python_requires=">=3.11",
     install_requires=[
         "salmon-mail==3.3.0",
