@@ -23,6 +23,7 @@ from salmon_app.outbox import new_queue_id, store_own
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine import render
 from salmon_app.quarantine.expire import expiry_hook
+from salmon_app.web.digest import digest_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
 from salmon_app.request import StoredMessage
@@ -129,6 +130,7 @@ class Gateway:
             stage.start()
         self.sweeper = Sweeper(self)
         self.sweeper.hooks.append(expiry_hook(lambda: self.config, metrics=self.metrics))
+        self.sweeper.hooks.append(digest_hook(lambda: self.config, self.inject))     # QuarantineDigest
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:
