@@ -20,7 +20,9 @@ class Console:
 def console(vxgate, sink, vxsim, tmp_path):
     from salmon_app.web import users
     from salmon_app.web.app import create_app
-    gw = vxgate(SmtpHook=HOOK, SmtpReplyTimeout=0.5, QuarantineRetention=3650 * 86400.0, **vxcube_params(vxsim))
+    # seeded history must outlive the expiry the gateway runs at start
+    gw = vxgate(SmtpHook=HOOK, SmtpReplyTimeout=0.5, QuarantineRetention=3650 * 86400.0,
+                DeliveredRetention=3650 * 86400.0, **vxcube_params(vxsim))
     config = gw.gateway.config.replace(WebUsersFile=str(tmp_path / "web-users"), WebSecret=SECRET,
                                        WebBaseUrl="http://console.test/")
     users.set_password(config.WebUsersFile, "admin", PASSWORD)
