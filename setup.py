@@ -23,6 +23,8 @@ setup(
         "py7zr==1.1.4",
         "jinja2==3.1.6",
         "prometheus-client==0.26.0",
+        "psycopg==3.3.9",
+        "psycopg-binary==3.3.9",
         # the web console (salmon_app/web): cheroot rather than waitress because it speaks TLS
         "flask==3.1.3",
         "flask-wtf==1.3.0",

@@ -10,21 +10,22 @@ import json
 import secrets
 import time
 
-from salmon_app import models
-from salmon_app.models import Message, Recipient
+from salmon_app.storage import models
+from salmon_app.storage.models import Message, Recipient
 
 
 def new_queue_id():
     return secrets.token_hex(8).upper()
 
 
-def store_own(spool, mode, mail_from, rcpt_to, data, *, parent=None, subject=""):
-    """Store and record one message of vxgate's own; returns its queue id."""
+def store_own(spool, mode, mail_from, rcpt_to, data, *, parent=None, subject="", node=""):
+    """Store and record one message of vxgate's own; returns its queue id. ``node`` is the node
+    whose spool holds it: that node's daemon relays it."""
     queue_id = new_queue_id()
     spool.store(queue_id, data)
     now = time.time()
     with models.writing():
-        Message.create(id=queue_id, mode=mode, state=models.RELAYING, answered=True, created=now,
+        Message.create(id=queue_id, node=node, mode=mode, state=models.RELAYING, answered=True, created=now,
                        updated=now, mail_from=mail_from, rcpt_json=json.dumps(rcpt_to), size=len(data),
                        sha256="", subject=subject, parent=parent)
         Recipient.insert_many([{"message": queue_id, "address": a} for a in rcpt_to]).execute()

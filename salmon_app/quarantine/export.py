@@ -18,10 +18,7 @@ def open_original(store, queue_id):
     problem = store.file_problem(row, "export")
     if problem:
         raise QuarantineError(problem)
-    try:
-        return row, open(store.file_path(row.id), "rb")
-    except OSError as exc:
-        raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
+    return row, store.open_message(row)
 
 
 def export(store, queue_id, output=None):

@@ -11,9 +11,9 @@ state or sender; ``--reverse`` flips it.
 import dataclasses
 import datetime
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.config import parse_duration
-from salmon_app.models import Message, Recipient
+from salmon_app.storage.models import Message, Recipient
 from salmon_app.quarantine import render
 from salmon_app.verdict import Verdict
 
@@ -115,7 +115,7 @@ class Filters:
         if self.until is not None:
             where.append(Message.created < self.until)
         if self.released is not None:
-            from salmon_app.quarantine.store import Release
+            from salmon_app.storage.models import Release
             done = Release.select(Release.message).where(Release.state == "done")
             where.append(Message.id.in_(done) if self.released else Message.id.not_in(done))
         return where
@@ -153,7 +153,7 @@ def summary(row, release=None):
         "verdict": row.verdict, "action": row.action, "reason": row.reason, "size": row.size,
         "sender": row.mail_from, "recipients": recipients, "subject": row.subject,
         "header_from": row.header_from, "message_id": row.message_id, "has_file": bool(row.has_file),
-        "answered": bool(row.answered), "parent": row.parent,
+        "answered": bool(row.answered), "parent": row.parent, "node": row.node,
         "released": release_dict(release),
     }
 
@@ -184,6 +184,10 @@ def render_list(rows, total, releases, width=None):
     if not rows:
         return ["0 messages" if total == 0 else "0 of %d messages" % total]
     header = ["ID", "TIME", "STATE", "VERDICT", "SIZE", "SENDER", "RECIPIENTS", "SUBJECT"]
+    # the node holding each file matters once several nodes share the database
+    nodes = models.shared() or len({row.node for row in rows}) > 1
+    if nodes:
+        header.insert(1, "NODE")
     cells = []
     for row in rows:
         recipients = row.rcpt_to
@@ -193,12 +197,14 @@ def render_list(rows, total, releases, width=None):
         cells.append([row.id, render.when(row.created, seconds=False), state, row.verdict,
                       render.size(row.size), render.fit(render.clean(render.sender(row.mail_from)), 32),
                       render.fit(first, 32 - len(more)) + more, render.clean(row.subject) or "-"])
+        if nodes:
+            cells[-1].insert(1, render.fit(render.clean(row.node) or "-", 24))
     used = sum(max(render.width(h), max(render.width(c[i]) for c in cells)) + 2
                for i, h in enumerate(header[:-1]))
     room = max(20, (width or (used + 60)) - used)
     for c in cells:
         c[-1] = render.fit(c[-1], room)
-    lines = render.table(header, cells, right=(4,))
+    lines = render.table(header, cells, right=(5,) if nodes else (4,))
     count = "%d messages" % total if len(rows) == total else "%d of %d messages" % (len(rows), total)
     if total == 1 and len(rows) == 1:
         count = "1 message"

@@ -14,8 +14,8 @@ import os
 import socket
 import time
 
-from salmon_app import models
-from salmon_app.models import Message
+from salmon_app.storage import models
+from salmon_app.storage.models import Message
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import CLAIM_STALE, QuarantineError, Release, client_of, who
 from salmon_app.relay import Relay, RelayResult
@@ -65,17 +65,18 @@ def release(store, queue_id, relay, *, to=None, force=False, user=None):
     if previous is not None and previous.state == "done" and not force:
         return Outcome(row.id, "already", recipients, previous=previous)
     try:
-        source = open(store.file_path(row.id), "rb")
-    except OSError as exc:
+        source = store.open_message(row)
+    except QuarantineError:
         _unclaim(row.id, previous)
-        raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
+        raise
     client = client_of(row)
     mail_params = row.params.get("mail") or {}
     rcpt_params = row.params.get("rcpt") or {}
     xforward = relayable_xforward(client)
     try:
         with source:
-            size = os.fstat(source.fileno()).st_size
+            size = source.seek(0, os.SEEK_END)
+            source.seek(0)
             result = relay.send(row.mail_from, recipients, source, size, mail_params=mail_params,
                                 rcpt_params=[{} if to else rcpt_params.get(a, {}) for a in recipients],
                                 xforward=xforward)
@@ -101,10 +102,16 @@ def _claim(queue_id, user, force):
                                       % (queue_id, previous.user, render.when(previous.time)))
             if previous.state == "done" and not force:
                 return previous
-        Release.insert(message=queue_id, state="sending", time=now, user=user,
-                       count=previous.count if previous else 0,
-                       recipients=previous.recipients if previous else "",
-                       reply=previous.reply if previous else "").on_conflict_replace().execute()
+        # compare and set: two commands (or two nodes) releasing at once cannot both claim it
+        if previous is None:
+            claimed = Release.insert(message=queue_id, state="sending", time=now,
+                                     user=user).on_conflict_ignore().as_rowcount().execute()
+        else:
+            claimed = (Release.update(state="sending", time=now, user=user)
+                       .where(Release.message == queue_id, Release.state == previous.state,
+                              Release.time == previous.time).execute())
+        if not claimed:
+            raise QuarantineError("%s: being released right now by another command" % queue_id)
     return previous
 
 

@@ -11,10 +11,8 @@ import dataclasses
 import logging
 import os
 
-from salmon_app import models
-from salmon_app.analysis import FileCheck
-from salmon_app.models import Event, Message, Recipient
-from salmon_app.quarantine.store import Release
+from salmon_app.storage import models
+from salmon_app.storage.models import Body, Event, FileCheck, Message, Recipient, Release
 
 BATCH = 500
 LOG = logging.getLogger("vxgate")
@@ -38,7 +36,8 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH, user=None
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
         with models.writing():
-            rows = list(Message.select(Message.id, Message.state, Message.size).where(Message.id.in_(chunk)))
+            rows = list(Message.select(Message.id, Message.state, Message.size, Message.node)
+                        .where(Message.id.in_(chunk)))
             found = {r.id for r in rows}
             skipped.update({queue_id: None for queue_id in chunk if queue_id not in found})
             doomed = []
@@ -50,11 +49,13 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH, user=None
             doomed_ids = [r.id for r in doomed]
             if doomed_ids:
                 for model, column in ((Recipient, Recipient.message), (Event, Event.message),
-                                      (FileCheck, FileCheck.message), (Release, Release.message)):
+                                      (FileCheck, FileCheck.message), (Release, Release.message),
+                                      (Body, Body.message)):
                     model.delete().where(column.in_(doomed_ids)).execute()
                 Message.delete().where(Message.id.in_(doomed_ids)).execute()
         for r in doomed:
-            removed.append(Removed(r.id, r.state, r.size, remove_files(store, r.id)))
+            # another node's file stays until that node's next start-up finds it without a record
+            removed.append(Removed(r.id, r.state, r.size, remove_files(store, r.id) if store.local(r) else 0))
             if user:
                 LOG.info("%s: deleted (%s) by %s", r.id, r.state, user)
     return removed, skipped

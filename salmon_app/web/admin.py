@@ -110,7 +110,8 @@ def _page_url(page):
 @auth.admin_required
 def message(queue_id):
     info = history.describe(store(), queue_id)
-    texts = body.text_parts(info["file"]["path"]) if info["file"]["present"] else []
+    kept = info["file"]["present"] or info["file"].get("in_database")
+    texts = body.text_parts(store(), info["id"]) if kept else []
     return flask.render_template("message.html", info=info, texts=texts, report_base=_report_base(),
                                  requests=release_requests.for_message(info["id"]))
 

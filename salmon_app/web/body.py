@@ -11,10 +11,10 @@ LIMIT = 64 * 1024      # characters shown per part
 PARTS = 5
 
 
-def text_parts(path):
-    """[(title, text)] of the first text/plain parts; [] without a file."""
+def text_parts(store, queue_id):
+    """[(title, text)] of the first text/plain parts (the spool file, or the copy in the database)."""
     try:
-        with open(path, "rb") as handle:
+        with store.open_message(store.lookup(queue_id)) as handle:
             raw = handle.read(8 * 1024 * 1024)
         message = email.parser.BytesParser(policy=policy.compat32).parsebytes(raw)
     except Exception as exc:

@@ -15,9 +15,9 @@ import time
 from email.mime.text import MIMEText
 
 from salmon_app import config as vxconfig
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.compose import POLICY, one_line, put, to_bytes
-from salmon_app.models import Event, Message, Recipient
+from salmon_app.storage.models import Event, Message, Recipient
 from salmon_app.quarantine import render
 from salmon_app.web import links
 

@@ -12,8 +12,8 @@ import flask
 from peewee import fn
 
 from salmon_app import config as vxconfig
-from salmon_app import models
-from salmon_app.models import Message, Recipient
+from salmon_app.storage import models
+from salmon_app.storage.models import Message, Recipient
 from salmon_app.outbox import store_own
 from salmon_app.web import admin, auth, digest, links, release_requests
 
@@ -140,5 +140,5 @@ def _tell(recipient, row, approved):
     config = _config()
     link = links.url(config, recipient) if config.WebSecret and config.WebBaseUrl else ""
     data = digest.outcome_note(config, recipient, row, approved, link)
-    store_own(admin.store().spool, "notice", "", [recipient], data, parent=row.id,
+    store_own(admin.store().spool, "notice", "", [recipient], data, parent=row.id, node=admin.store().node,
               subject="release request %s" % ("approved" if approved else "refused"))

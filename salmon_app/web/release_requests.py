@@ -9,8 +9,8 @@ import time
 
 import peewee
 
-from salmon_app import models
-from salmon_app.models import BaseModel, Message
+from salmon_app.storage import models
+from salmon_app.storage.models import BaseModel, Message
 from salmon_app.quarantine.store import record
 
 

@@ -9,7 +9,7 @@ import html.parser
 import re
 import time
 
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from support.mail import mail_with
 
 PASSWORD = "correct horse battery staple"

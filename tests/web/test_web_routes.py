@@ -7,7 +7,7 @@ are on the page's DOM and on what reaches the next hop (the sink), as a user wou
 import os
 import stat
 
-from salmon_app.models import Event, Message
+from salmon_app.storage.models import Event, Message
 from salmon_app.quarantine import history
 from support.mail import EICAR, mail_with, pe_image
 from support.web import dom, quarantined, wait_until

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from support.web import dom
 from test_quarantine import seed
 
