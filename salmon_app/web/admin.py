@@ -90,13 +90,12 @@ def listing():
     filters, view, errors = parse_filters(flask.request.args)
     if errors:
         return flask.render_template("list.html", rows=[], total=0, releases={}, view=view, errors=errors,
-                                     args=flask.request.args, pages=1, requests=0), 400
+                                     args=flask.request.args, pages=1), 400
     rows, total, releases = query.listing(store(), filters, view["sort"], view["reverse"],
                                           limit=view["per"], offset=(view["page"] - 1) * view["per"])
     pages = max(1, -(-total // view["per"]))
     return flask.render_template("list.html", rows=rows, total=total, releases=releases, view=view, errors=[],
-                                 args=flask.request.args, pages=pages, page_url=_page_url,
-                                 requests=release_requests.pending_count())
+                                 args=flask.request.args, pages=pages, page_url=_page_url)
 
 
 def _page_url(page):

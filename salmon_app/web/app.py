@@ -36,6 +36,11 @@ def create_app(config, store=None):
     app.jinja_env.filters.update(admin.FILTERS)
     app.jinja_env.globals.update(admin.GLOBALS)
 
+    @app.context_processor
+    def pending_requests():
+        """The count beside "Requests" in the header of every administrator's page."""
+        return {"requests": release_requests.pending_count() if flask.g.get("admin") else 0}
+
     @app.errorhandler(QuarantineError)
     def quarantine_error(exc):
         status = 404 if "no such message" in str(exc) or exc.status == 2 else 409

@@ -51,12 +51,19 @@ def _message(address, queue_id):
     return row
 
 
+def _released_to(address, release, request):
+    """True when ``address`` got its copy: released to it by the recipient or on their request,
+    or the message's last release included it."""
+    if request is not None and request.state in ("approved", "released"):
+        return True
+    return release is not None and address in [a.strip().lower() for a in release.recipients.split(",")]
+
+
 def _status(address, row, releases, requests):
-    rel = releases.get(row.id)
-    if rel is not None and address in [a.strip().lower() for a in rel.recipients.split(",")]:
+    request = requests.get(row.id)
+    if _released_to(address, releases.get(row.id), request):
         return "released"
-    req = requests.get(row.id)
-    return "request " + req.state if req is not None else ""
+    return "request " + request.state if request is not None else ""
 
 
 def _actor(address):
@@ -90,7 +97,13 @@ def mine_release(token, queue_id):
     row = _message(address, queue_id)
     right = vxconfig.recipient_release(_config()).get(row.verdict, "none")
     if right == "release":
-        admin._flash(_release_to(row, address, _actor(address)))
+        if _status(address, row, admin.store().released([row.id]), release_requests.for_recipient(address)) == "released":
+            flask.flash("%s: already released to you" % row.id, "ok")
+        else:
+            lines = _release_to(row, address, _actor(address))
+            admin._flash(lines)
+            if not any(is_error for _, is_error in lines):
+                release_requests.note_release(row.id, address, _actor(address))
     elif right == "request":
         _, created = release_requests.ask(row.id, address, _actor(address))
         flask.flash("Your request was sent to the administrators." if created else
@@ -101,9 +114,9 @@ def mine_release(token, queue_id):
 
 
 def _release_to(row, address, user):
-    """Release ``row`` to ``address`` alone; again only when it was not sent to them already."""
+    """Release ``row`` to ``address`` alone; again (forced) only when they did not get it already."""
     previous = admin.store().released([row.id]).get(row.id)
-    again = previous is not None and address not in [a.strip().lower() for a in previous.recipients.split(",")]
+    again = previous is not None and not _released_to(address, previous, None)
     return admin.release_many([row.id], to=[address], force=again, user=user)
 
 

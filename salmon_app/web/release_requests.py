@@ -1,7 +1,8 @@
 """Recipients' release requests: what a recipient asked for, and the administrator's answer.
 
 A request is a row of our own table (``web_release_request``; models.py is the daemon's):
-message, recipient, state (``pending``, ``approved``, ``refused``), when, and who decided.
+message, recipient, state (``pending``, ``approved``, ``refused``; ``released`` when the recipient
+released their copy themselves), when, and who decided.
 Asking twice while one is pending is one request. Every step is also an Event in the
 message's history, so ``vxgate quarantine show`` tells the whole story.
 """
@@ -70,6 +71,14 @@ def for_recipient(recipient):
     for r in ReleaseRequest.select().where(ReleaseRequest.recipient == recipient).order_by(ReleaseRequest.time):
         found[r.message] = r
     return found
+
+
+def note_release(queue_id, recipient, user):
+    """A recipient released their own copy (RecipientRelease = release): kept as a request answered
+    at once, so their page says "released" whatever later releases of the message do."""
+    with models.writing():
+        ReleaseRequest.create(message=queue_id, recipient=recipient, state="released", time=time.time(),
+                              decided=time.time(), decided_by=user)
 
 
 def decide(request_id, approve, user, note=""):

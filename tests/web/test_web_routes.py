@@ -7,6 +7,8 @@ are on the page's DOM and on what reaches the next hop (the sink), as a user wou
 import os
 import stat
 
+import pytest
+
 from salmon_app.storage.models import Event, Message
 from salmon_app.quarantine import history
 from support.mail import EICAR, mail_with, pe_image
@@ -33,6 +35,7 @@ def test_users_file_is_private_and_holds_only_hashes(console):
     assert "admin:$argon2id$" in text and "battery" not in text
 
 
+@pytest.mark.both_engines          # one console for every node of a shared PostgreSQL database
 def test_list_search_and_paging(console):
     gw = console.gw
     held = quarantined(gw, "Invoice EICAR", [("invoice.exe", pe_image(EICAR))], sender="mallory@evil.test",
@@ -78,6 +81,7 @@ def test_message_page_shows_everything(console):
     assert console.client().get("/message/not-an-id").status_code == 404
 
 
+@pytest.mark.both_engines          # one console for every node of a shared PostgreSQL database
 def test_release_to_original_recipients_is_byte_identical_and_recorded(console):
     held = quarantined(console.gw, "Invoice EICAR", [("invoice.exe", pe_image(EICAR))], to=["bob@y.test", "carol@y.test"])
     stored = console.gw.gateway.spool.read(held.id)
@@ -113,6 +117,7 @@ def test_export_downloads_the_original_as_an_attachment(console):
     assert "by admin (web console)" in Event.get(Event.message == held.id, Event.kind == "exported").text
 
 
+@pytest.mark.both_engines          # one console for every node of a shared PostgreSQL database
 def test_delete_and_bulk_actions(console):
     gw = console.gw
     rows = [quarantined(gw, "quarantine me %d" % i, sender="s%d@x.test" % i) for i in range(3)]
