@@ -368,6 +368,23 @@ def heartbeat(node, started=False):
                  (node, now, now, skew, version))
 
 
+@contextlib.contextmanager
+def exclusive(name):
+    """Yields True in the one process of all nodes that holds ``name`` now, False elsewhere
+    (a PostgreSQL advisory lock; on SQLite, one node, always True)."""
+    if not shared():
+        yield True
+        return
+    import zlib
+    key = zlib.crc32(name.encode())
+    got = _execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]
+    try:
+        yield bool(got)
+    finally:
+        if got:
+            _execute("SELECT pg_advisory_unlock(?)", (key,))
+
+
 def pending_recipients(queue_id):
     """Recipients still to be delivered, in envelope order."""
     cursor = _execute('SELECT "address" FROM "recipient" WHERE "message" = ? '
