@@ -237,16 +237,25 @@ def test_copy_needs_the_schema_and_never_overwrites_another_message(pg_cluster, 
     args = ("db", "copy", "--from", path, "--spool", spool, "--node", "alpha")
     refused = vx(*args, "--to", empty, check=1)
     assert "run `vxgate db upgrade` with DatabaseUrl = postgresql://postgres:***@" in refused.stderr
-    assert PASSWORD not in refused.stderr and count(empty, "pg_tables") == 0 or True
+    assert PASSWORD not in refused.stderr
     assert rows(empty, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     upgraded = vx(*args, "--to", empty, "--upgrade", check=0)
     assert "applying schema 1:" in upgraded.stdout and count(empty, "message") == 12
 
-    url = pg_cluster.new_database()
-    import sqlite3
-    victim = sqlite3.connect(path).execute('SELECT "id" FROM "message" ORDER BY "id" LIMIT 1 OFFSET 5').fetchone()[0]
-    rows(url, "INSERT INTO message (id, mode, state, created, updated, mail_from, rcpt_json, size, sha256, node) "
-              "VALUES ('%s', 'smtp', 'delivered', 1, 1, 'x@y.test', '[]', 1, 'ff', 'gamma') RETURNING id" % victim)
-    conflict = vx(*args, "--to", url, check=1)
+    # the same message in another state (the source moved on since): replaced as a whole
+    stale = rows(empty, "SELECT id, state FROM message ORDER BY id LIMIT 1 OFFSET 2")[0]
+    rows(empty, "UPDATE message SET state = 'failed' WHERE id = '%s' RETURNING id" % stale[0])
+    rows(empty, "DELETE FROM event WHERE message = '%s' RETURNING id" % stale[0])
+    again = vx(*args, "--to", empty, check=0)
+    assert "copied 1 messages (11 already there, 1 replaced" in again.stdout, again.stdout
+    assert rows(empty, "SELECT state FROM message WHERE id = '%s'" % stale[0]) == [(stale[1],)]
+    assert count(empty, "event") == 12 and count(empty, "recipient") == 15
+
+    # another node's message under one of these ids (received at another time) is never overwritten
+    victim = rows(empty, "SELECT id FROM message ORDER BY id LIMIT 1 OFFSET 5")[0][0]
+    rows(empty, "UPDATE message SET node = 'gamma', created = 1, state = 'delivered' WHERE id = '%s' RETURNING id" % victim)
+    conflict = vx(*args, "--to", empty, check=1)
     assert victim in conflict.stderr and "another message with this id" in conflict.stderr
-    assert rows(url, "SELECT node, mail_from FROM message WHERE id = '%s'" % victim) == [("gamma", "x@y.test")]
+    assert len(conflict.stderr.strip().splitlines()) == 1
+    assert rows(empty, "SELECT node, created FROM message WHERE id = '%s'" % victim) == [("gamma", 1.0)]
+    assert count(empty, "message") == 12

@@ -302,7 +302,7 @@ def register(subparsers):
               "set DatabaseUrl and start it. Interrupted, the same command resumes: messages already\n"
               "copied are skipped, half-copied batches were never committed. The copy ends with a\n"
               "verification (rows per table, SHA-256 of every body); exit status 1 lists what differs.\n\n"
-              "example:\n  vxgate db copy --from sqlite:////var/lib/vxgate/quarantine.db \\\n"
+              "example:\n  vxgate db copy --from sqlite:///var/lib/vxgate/quarantine.db \\\n"
               "      --to postgresql://vxgate:PASSWORD@db.example.com/vxgate")
     p.add_argument("--from", dest="source", required=True, metavar="URL",
                    help="the node's SQLite database: sqlite:///path (or a path)")
