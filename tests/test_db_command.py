@@ -235,6 +235,9 @@ def test_copy_needs_the_schema_and_never_overwrites_another_message(pg_cluster, 
     path, spool = sqlite_quarantine(tmp_path, 12)
     empty = pg_cluster.new_database(schema=False)
     args = ("db", "copy", "--from", path, "--spool", spool, "--node", "alpha")
+    wrong = vx(*args, "--to", empty.replace(PASSWORD, "Not-The-Password-93"), check=1)
+    assert len(wrong.stderr.strip().splitlines()) == 1 and "password authentication failed" in wrong.stderr
+    assert "Not-The-Password-93" not in wrong.stdout + wrong.stderr and "--to" in wrong.stderr
     refused = vx(*args, "--to", empty, check=1)
     assert "run `vxgate db upgrade` with DatabaseUrl = postgresql://postgres:***@" in refused.stderr
     assert PASSWORD not in refused.stderr

@@ -10,6 +10,7 @@ the ``vxgate`` command. Errors are one line on stderr with the fix, never a trac
 status 1 when the database cannot be used or a copy does not verify, 2 for a usage error.
 """
 import argparse
+import os
 import sys
 import time
 import urllib.parse
@@ -76,7 +77,6 @@ def open_location(where, setting="DatabaseUrl", *, create=True):
     except engine.LocationError as exc:
         raise Failed("%s: %s" % (setting, exc), status=2) from None
     if kind == "sqlite" and not create:
-        import os
         if not os.path.exists(target):
             raise Failed("no database at %s: check %s (vxgate db upgrade creates it)" % (target, setting))
     try:
@@ -197,6 +197,8 @@ def _schema_line(found):
 # ---------------------------------------------------------------- copy
 def cmd_copy(args):
     from salmon_app.storage import dbcopy
+    if args.batch < 1:
+        raise Failed("--batch must be at least 1", status=2)
     config = None
     if args.spool is None or args.node is None:
         config = _load(args)
@@ -267,16 +269,6 @@ def _summary(copy, totals):
 
 
 # ---------------------------------------------------------------- parser
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a whole number, got %r" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def register(subparsers):
     """Add ``db`` and its sub-commands to ``subparsers``; returns the new parser."""
     parser = subparsers.add_parser("db", help="create or upgrade the database schema, show its state, "
@@ -312,7 +304,7 @@ def register(subparsers):
                    "(default: SpoolDir of the configuration)")
     p.add_argument("--node", metavar="NAME", help="node name for records that have none "
                    "(default: NodeName of the configuration, else the host name)")
-    p.add_argument("--batch", type=_positive, default=500, metavar="N",
+    p.add_argument("--batch", type=int, default=500, metavar="N",
                    help="messages per transaction and per progress line (default 500)")
     p.add_argument("--upgrade", action="store_true", help="create or upgrade the target's schema first")
     return parser
