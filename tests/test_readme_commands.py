@@ -89,6 +89,10 @@ HELP = [
     "vxgate queue flush [ID...]",
     "vxgate queue hold ID...",
     "vxgate queue release-hold ID...",
+    "vxgate db",
+    "vxgate db upgrade [-c FILE]",
+    "vxgate db status [-c FILE]",
+    "vxgate db copy --from URL --to URL [--spool DIR] [--node NAME] [--batch N] [--upgrade]",
 ]
 ELSEWHERE = {
     "make demo": "tests/test_readme_commands.py::test_make_demo",
