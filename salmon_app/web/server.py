@@ -46,13 +46,13 @@ def serve(config, app):
     LOG.info("web console listening on %s://%s:%d/", scheme, "[%s]" % host if ":" in host else host, port)
 
     def stop(signum, frame):
-        LOG.info("web console stopping (signal %d)", signum)
-        server.interrupt = KeyboardInterrupt()
+        # raised in the main thread, which runs cheroot's loop: it ends the loop like Ctrl-C
+        raise KeyboardInterrupt()
     signal.signal(signal.SIGTERM, stop)
     try:
         server.serve()
     except KeyboardInterrupt:
-        pass
+        LOG.info("web console stopping")
     finally:
         server.stop()
     LOG.info("web console stopped")

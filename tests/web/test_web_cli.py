@@ -96,6 +96,7 @@ def test_config_checks_and_secret_redaction(tmp_path):
 def test_serves_https_with_a_secure_cookie_and_stops_on_sigterm(ini, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     port = free_port()
     ini.write_text(ini.read_text().replace("WebSocket = ", "; ") + "WebSocket = 127.0.0.1:%d\nWebTlsCert = %s\nWebTlsKey = %s\n"
