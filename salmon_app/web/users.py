@@ -2,7 +2,7 @@
 
 ``WebUsersFile`` names it (empty: ``web-users`` beside the configuration file). ``add-user``
 writes it atomically (a temporary file renamed into place) so the console, which reads it at
-each login, never sees half a file. Hashes are argon2id through argon2-cffi (its defaults
+each login, never sees half a file; run as root, it gives the file to the owner of its folder. Hashes are argon2id through argon2-cffi (its defaults
 follow RFC 9106); ``verify`` spends the same time on an unknown name as on a wrong password,
 so the answer does not tell which names exist.
 """
@@ -61,6 +61,11 @@ def save(path, users):
             handle.writelines("%s:%s\n" % item for item in sorted(users.items()))
             handle.flush()
             os.fsync(handle.fileno())
+            if os.geteuid() == 0:
+                # root adds users for the service: the file belongs to whoever owns its folder
+                # (vxgate in /var/lib/vxgate), or the console could not read it
+                owner = os.stat(folder)
+                os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
         os.replace(tmp, path)
     except OSError as exc:
         try:
