@@ -25,16 +25,17 @@ def store():
     return flask.current_app.config["STORE"]
 
 
-def shown(text):
+def shown(text, keep_lines=False):
     """Text with its invisible characters made visible (CR, LF, NUL, bidi overrides...): a
-    subject's CRLF must show on the page as the attacker wrote it, not vanish into white space."""
+    subject's CRLF must show on the page as the attacker wrote it, not vanish into white space.
+    ``keep_lines`` keeps line feeds and tabs (a text part in a <pre>)."""
     text = "" if text is None else str(text)
     if text.isprintable():
         return text
     out = []
     for char in text:
         code = ord(char)
-        if char.isprintable():
+        if char.isprintable() or (keep_lines and char in "\n\t"):
             out.append(char)
         elif code < 0x20:
             out.append(chr(0x2400 + code))          # the Control Pictures block: ␍ ␊ ␀
@@ -45,7 +46,7 @@ def shown(text):
     return "".join(out)
 
 
-FILTERS = {"shown": shown, "size": render.size, "when": render.when, "sender": render.sender}
+FILTERS = {"shown": shown, "shown_lines": lambda text: shown(text, keep_lines=True), "size": render.size, "when": render.when, "sender": render.sender}
 GLOBALS = {"STATES": query.STATES, "VERDICTS": query.VERDICTS, "MODES": query.MODES,
            "SORT_KEYS": query.SORT_KEYS, "PAGE_SIZES": PAGE_SIZES}
 
@@ -162,7 +163,8 @@ def release_many(ids, to=None, force=False, user=None):
     return lines
 
 
-def _flash(lines):
+def flash_lines(lines):
+    """Each (line, is_error) of an action as a message on the next page."""
     for line, is_error in lines:
         flask.flash(line, "error" if is_error else "ok")
 
@@ -183,14 +185,14 @@ def _to_from_form():
 @auth.admin_required
 def release_one(queue_id):
     queue_id = _id(queue_id)
-    _flash(release_many([queue_id], _to_from_form(), force=flask.request.form.get("force") == "1"))
+    flash_lines(release_many([queue_id], _to_from_form(), force=flask.request.form.get("force") == "1"))
     return flask.redirect(flask.url_for("admin.message", queue_id=queue_id))
 
 
 @bp.route("/message/<queue_id>/delete", methods=["POST"])
 @auth.admin_required
 def delete_one(queue_id):
-    _flash(delete_many([_id(queue_id)]))
+    flash_lines(delete_many([_id(queue_id)]))
     return flask.redirect(flask.url_for("admin.listing"))
 
 
@@ -211,13 +213,12 @@ def bulk():
     if not ids:
         flask.flash("select messages first", "error")
     elif action == "release":
-        _flash(release_many(ids, _to_from_form()))
+        flash_lines(release_many(ids, _to_from_form()))
     elif action == "delete":
-        _flash(delete_many(ids))
+        flash_lines(delete_many(ids))
     else:
         flask.abort(400, "unknown action")
-    back = flask.request.form.get("back", "")
-    return flask.redirect(back if back.startswith("/") and not back.startswith("//") else flask.url_for("admin.listing"))
+    return flask.redirect(auth.safe_next(flask.request.form.get("back")))
 
 
 def _id(text):

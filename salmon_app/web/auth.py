@@ -45,9 +45,10 @@ def admin_required(view):
     return wrapper
 
 
-def _safe_next(target):
+def safe_next(target):
     """Only a path on this site (an open redirect would send a phished admin elsewhere)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target \
+            and target.isprintable():
         return target
     return flask.url_for("admin.listing")
 
@@ -69,7 +70,7 @@ def login():
     flask.session["admin"] = name
     flask.session["since"] = time.time()
     LOG.info("web console: %s logged in from %s", name, client)
-    return flask.redirect(_safe_next(flask.request.form.get("next")))
+    return flask.redirect(safe_next(flask.request.form.get("next")))
 
 
 @bp.route("/logout", methods=["POST"])

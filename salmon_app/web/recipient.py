@@ -15,6 +15,8 @@ from salmon_app import config as vxconfig
 from salmon_app.storage import models
 from salmon_app.storage.models import Message, Recipient
 from salmon_app.outbox import store_own
+from salmon_app.quarantine import history, render
+from salmon_app.quarantine.store import normalise_id
 from salmon_app.web import admin, auth, digest, links, release_requests
 
 bp = flask.Blueprint("recipient", __name__)
@@ -29,7 +31,7 @@ def _address(token):
         return links.read(_config(), token)
     except links.Expired as exc:
         flask.abort(410, "%s: the digest's links last %s; the next digest brings a new one, or ask your administrator"
-                    % (exc, admin.render.duration(_config().DigestLinkLifetime)))
+                    % (exc, render.duration(_config().DigestLinkLifetime)))
     except links.Forged as exc:
         flask.abort(403, str(exc))
 
@@ -42,7 +44,7 @@ def _theirs(address):
 
 def _message(address, queue_id):
     try:
-        queue_id = admin.normalise_id(queue_id)
+        queue_id = normalise_id(queue_id)
     except ValueError:
         flask.abort(404)
     row = _theirs(address).where(Message.id == queue_id).first()
@@ -85,7 +87,7 @@ def mine(token):
 def mine_message(token, queue_id):
     address = _address(token)
     row = _message(address, queue_id)
-    info = admin.history.describe(admin.store(), row.id)
+    info = history.describe(admin.store(), row.id)
     status = _status(address, row, admin.store().released([row.id]), release_requests.for_recipient(address))
     return flask.render_template("mine_message.html", address=address, token=token, row=row, info=info,
                                  right=vxconfig.recipient_release(_config()).get(row.verdict, "none"), status=status)
@@ -101,7 +103,7 @@ def mine_release(token, queue_id):
             flask.flash("%s: already released to you" % row.id, "ok")
         else:
             lines = _release_to(row, address, _actor(address))
-            admin._flash(lines)
+            admin.flash_lines(lines)
             if not any(is_error for _, is_error in lines):
                 release_requests.note_release(row.id, address, _actor(address))
     elif right == "request":
@@ -139,7 +141,7 @@ def answer(request_id, answer):
     approve = answer == "approve"
     if approve:
         lines = _release_to(row, request.recipient, auth.actor())
-        admin._flash(lines)
+        admin.flash_lines(lines)
         if any(is_error for _, is_error in lines):
             return flask.redirect(flask.url_for("recipient.requests"))
     if release_requests.decide(request_id, approve, auth.actor()) is None:

@@ -162,11 +162,12 @@ def test_missing_csrf_token_and_wrong_passwords(console):
 
 
 def test_open_redirect_after_login_is_refused(console):
-    client = console.client(login=False)
-    token = dom(client.get("/login")).csrf()
-    response = client.http.post("/login", data={"username": "admin", "password": "correct horse battery staple",
-                                                "csrf_token": token, "next": "//evil.test/x"})
-    assert response.status_code == 302 and response.headers["Location"] == "/"
+    for target in ("//evil.test/x", "/\\evil.test/x", "https://evil.test/", "/\tevil"):
+        client = console.client(login=False)
+        token = dom(client.get("/login")).csrf()
+        response = client.http.post("/login", data={"username": "admin", "password": "correct horse battery staple",
+                                                    "csrf_token": token, "next": target})
+        assert response.status_code == 302 and response.headers["Location"] == "/", target
 
 
 def test_show_in_cli_lists_web_actions(console):
