@@ -4,11 +4,10 @@ The stored file is copied in blocks (a 30 MB message is never held in memory). A
 with ``-o`` is written to a temporary name beside it with mode 0600 and renamed into place,
 so a failed export never leaves half a message under the requested name.
 """
-import os
 import shutil
 import sys
-import tempfile
 
+from salmon_app import private_file
 from salmon_app.quarantine.store import QuarantineError
 
 
@@ -31,21 +30,9 @@ def export(store, queue_id, output=None):
             shutil.copyfileobj(source, out, 1024 * 1024)
             out.flush()
             return source.tell()
-        folder = os.path.dirname(os.path.abspath(output))
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".vxgate-export-", dir=folder)
+            private_file.replace(output, lambda handle: shutil.copyfileobj(source, handle, 1024 * 1024),
+                                 prefix=".vxgate-export-")
         except OSError as exc:
-            raise QuarantineError("cannot write %s: %s" % (output, exc.strerror or exc)) from None
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                shutil.copyfileobj(source, handle, 1024 * 1024)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, output)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise QuarantineError("cannot write %s: %s" % (output, exc.strerror or exc)) from None
         return source.tell()

@@ -8,9 +8,10 @@ so the answer does not tell which names exist.
 """
 import os
 import re
-import tempfile
 
 import argon2
+
+from salmon_app import private_file
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _HASHER = argon2.PasswordHasher()
@@ -50,28 +51,14 @@ def load(path):
 
 
 def save(path, users):
-    folder = os.path.dirname(os.path.abspath(path))
+    def fill(handle):
+        handle.write("# vxgate web console administrators (vxgate web add-user NAME)\n")
+        handle.writelines("%s:%s\n" % item for item in sorted(users.items()))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".web-users-", dir=folder)
+        # root adds users for the service: the file belongs to whoever owns its folder
+        # (vxgate in /var/lib/vxgate), or the console could not read it
+        private_file.replace(path, fill, prefix=".web-users-", text=True, owner_of_folder=os.geteuid() == 0)
     except OSError as exc:
-        raise UsersError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:     # mkstemp: mode 0600
-            handle.write("# vxgate web console administrators (vxgate web add-user NAME)\n")
-            handle.writelines("%s:%s\n" % item for item in sorted(users.items()))
-            handle.flush()
-            os.fsync(handle.fileno())
-            if os.geteuid() == 0:
-                # root adds users for the service: the file belongs to whoever owns its folder
-                # (vxgate in /var/lib/vxgate), or the console could not read it
-                owner = os.stat(folder)
-                os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UsersError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
 
 
