@@ -34,6 +34,7 @@ def text_parts(store, queue_id):
                 text = data.decode(part.get_content_charset() or "utf-8", "replace")
             except (LookupError, ValueError):
                 text = data.decode("utf-8", "replace")
+            text = text.replace("\r\n", "\n")      # line ends; a CR alone is shown as one (shown_lines)
             if len(text) > LIMIT:
                 text = text[:LIMIT] + "\n[... %d more characters: download the .eml]" % (len(text) - LIMIT)
             found.append(("text/plain", text))

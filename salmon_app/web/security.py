@@ -2,7 +2,7 @@
 
 Every answer carries a Content-Security-Policy that allows only vxgate's own scripts, styles
 and images (no inline script, no framing: ``frame-ancestors 'none'``), ``nosniff``, no
-Referer (recipients' links carry a signed token) and no caching of pages with mail data.
+Referer to other sites (recipients' links carry a signed token) and no caching of pages with mail data.
 The session cookie is HttpOnly and SameSite=Strict, and Secure when the console speaks
 HTTPS (WebTlsCert) or sits behind a TLS proxy (WebBehindProxy). Every POST needs the CSRF
 token of the session (Flask-WTF; a missing or wrong one is a 400). Failed logins are
@@ -47,7 +47,7 @@ def _headers(response):
     headers.setdefault("Content-Security-Policy", CSP)
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
+    headers["Referrer-Policy"] = "same-origin"      # Flask-WTF checks it on HTTPS POSTs; never sent elsewhere
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if not flask.request.path.startswith("/static/"):
         headers["Cache-Control"] = "no-store"

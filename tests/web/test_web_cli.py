@@ -6,6 +6,7 @@ writes argon2 hashes to a 0600 file and refuses weak passwords and bad names wit
 certificate made with openssl), sets a Secure session cookie, and stops cleanly on SIGTERM.
 """
 import os
+import re
 import shutil
 import signal
 import socket
@@ -117,6 +118,15 @@ def test_serves_https_with_a_secure_cookie_and_stops_on_sigterm(ini, tmp_path):
         assert page.status_code == 200 and "Log in" in page.text
         assert "Secure" in page.headers["Set-Cookie"] and "HttpOnly" in page.headers["Set-Cookie"]
         assert page.headers["Strict-Transport-Security"].startswith("max-age=")
+        # log in as a browser does over HTTPS (the same-origin Referer that Flask-WTF's strict check wants)
+        session = requests.Session()
+        login = "https://127.0.0.1:%d/login" % port
+        token = re.search(r'name="csrf_token" value="([^"]+)"', session.get(login, verify=str(cert)).text).group(1)
+        form = {"username": "alice", "password": "a long enough password", "csrf_token": token}
+        assert session.post(login, data=form, verify=str(cert), allow_redirects=False).status_code == 400   # no Referer
+        done = session.post(login, data=form, verify=str(cert), allow_redirects=False, headers={"Referer": login})
+        assert done.status_code == 302 and done.headers["Location"] == "/"
+        assert "Log out" in session.get("https://127.0.0.1:%d/" % port, verify=str(cert)).text
         with pytest.raises(requests.exceptions.SSLError):
             requests.get("https://127.0.0.1:%d/login" % port, timeout=5)   # not a certificate the system trusts
     finally:
