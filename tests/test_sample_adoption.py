@@ -2,10 +2,9 @@
 still waiting for it, so its mail does not wait for the stopped node to return."""
 import time
 
-
 from support.mail import mail_with, pe_image, vxcube_params
-
 from support.pgcluster import wait_for
+
 from salmon_app.storage import models
 from salmon_app.storage.models import Message, Node, Sample
 
