@@ -22,6 +22,8 @@ setup(
         "py7zr==1.1.4",
         "jinja2==3.1.6",
         "prometheus-client==0.26.0",
+        "psycopg==3.3.9",
+        "psycopg-binary==3.3.9",
     ],
     extras_require={
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "aiosmtpd==1.4.6"],

@@ -20,9 +20,10 @@ import json
 import logging
 import time
 
-from salmon_app import headers, models
+from salmon_app import headers
+from salmon_app.storage import models
 from salmon_app.log import qlog
-from salmon_app.models import FileCheck, Message, Sample
+from salmon_app.storage.models import FileCheck, Message, Sample
 from salmon_app.pipeline import Stage
 from salmon_app.quarantine import render
 from salmon_app.verdict import OUTAGE, Verdict, cause_kind, cause_of, task_verdict, with_cause, worst_cause
@@ -81,7 +82,8 @@ class Analyser:
 
     def sweep(self):
         now = time.time()
-        for row in (Sample.select(Sample.sha256).where(Sample.state != "done", Sample.next_step <= now)
+        for row in (Sample.select(Sample.sha256).where(Sample.state != "done", Sample.next_step <= now,
+                                                       Sample.node == self.gateway.node)
                     .order_by(Sample.next_step).limit(2000)):
             if self.due.get(row.sha256, 0) <= now:
                 self.submit(row.sha256)
@@ -162,9 +164,14 @@ class Analyser:
                     if sample is None or sample.state == "done":
                         if sample:
                             sample.delete_instance()
-                        Sample.create(sha256=item.sha256, state="queued", name=item.name,
-                                      kind=getattr(item, "kind", "file"), created=now, next_step=now)
-                    to_queue.append(item.sha256)
+                        # nodes sharing the database may meet here at the same moment: one row
+                        # wins, and only its node uploads; the others wait for its verdict
+                        Sample.insert(sha256=item.sha256, state="queued", name=item.name, node=self.gateway.node,
+                                      kind=getattr(item, "kind", "file"), created=now,
+                                      next_step=now).on_conflict_ignore().execute()
+                        sample = Sample.get_or_none(Sample.sha256 == item.sha256)
+                    if sample is not None and sample.node == self.gateway.node:
+                        to_queue.append(item.sha256)
                 check.save()
                 if check.verdict == Verdict.UNCHECKED.label:
                     self.metrics.unchecked.labels(cause_of(check.reason, check.verdict)).inc()
@@ -277,10 +284,10 @@ class Analyser:
                                      type=info.get("format_name") or "", size=info.get("size") or 0,
                                      sha256=info.get("sha256", ""))
                 if child is None:
-                    Sample.create(sha256=info["sha256"], state="uploaded", name=info.get("name", ""),
+                    Sample.insert(sha256=info["sha256"], state="uploaded", name=info.get("name", ""),
                                   sample_id=str(info.get("id", "")), format_name=info.get("format_name") or "",
-                                  platforms=json.dumps(info.get("platforms") or []), created=now,
-                                  next_step=now, uploaded=True, parent=sample.sha256)
+                                  platforms=json.dumps(info.get("platforms") or []), created=now, node=self.gateway.node,
+                                  next_step=now, uploaded=True, parent=sample.sha256).on_conflict_ignore().execute()
             for check in waiting:
                 check.delete_instance()
             sample.delete_instance()
@@ -370,7 +377,8 @@ class Analyser:
     def _resume(self, queue_id):
         if not FileCheck.select().where(FileCheck.message == queue_id, FileCheck.verdict == "").exists():
             row = Message.get_or_none(Message.id == queue_id)
-            if row is not None and row.state == models.ANALYSING:
+            # another node's message: its own sweeper resumes it (it holds the file)
+            if row is not None and row.state == models.ANALYSING and row.node == self.gateway.node:
                 qlog(queue_id).info("analyses finished")
                 self.gateway.submit(queue_id, models.ANALYSING)
 

@@ -16,7 +16,8 @@ from email.mime.text import MIMEText
 
 import jinja2
 
-from salmon_app import headers, models
+from salmon_app import headers
+from salmon_app.storage import models
 from salmon_app.compose import POLICY, one_line, put, to_bytes
 from salmon_app.log import qlog
 from salmon_app.policy.modify import zip_archive

@@ -198,6 +198,7 @@ SCHEMA = [
     _p("Root", "LogSyslogAddress", "socket", "/dev/log", "Syslog with LogTarget = Syslog: a UNIX socket path, or IP:port for UDP."),
     # [Root]: the service
     _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload and doctor find vxgate through it."),
+    _p("Root", "NodeName", "str", "", "This node's name in the records of a shared database: it resumes, relays and deletes only its own messages (empty: the host name)."),
     _p("Root", "User", "str", "", "Started as root, vxgate switches to this user before it opens any file (empty: refuse to run as root without --allow-root)."),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),
@@ -240,7 +241,8 @@ SCHEMA = [
     _p("MailD", "MetricsSocket", "socket", "127.0.0.1:9425", "Where Prometheus scrapes /metrics: IP:port (empty: off)."),
     # [Quarantine]: storage
     _p("Quarantine", "SpoolDir", "str", "run/spool", "Directory of the message files (created 0700)."),
-    _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records."),
+    _p("Quarantine", "DatabasePath", "str", "run/quarantine.db", "SQLite database of the message records (one node; ignored when DatabaseUrl is set)."),
+    _p("Quarantine", "DatabaseUrl", "secret", "", "Database shared by several nodes: postgresql://user:password@host[:port]/dbname (or sqlite:///path). Empty: DatabasePath. The password is never logged."),
     _p("Quarantine", "DatabaseBusyTimeout", "duration", 30.0, "How long a write waits for a database lock held by another process before it counts as a storage failure.", minimum=0.1),
     _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered, discarded and tempfailed mail and closed BCC copies this long.", minimum=0),
     _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected, failed and held messages and reported BCC copies this long.", minimum=0),
@@ -440,6 +442,17 @@ def _check_together(config, seen, filename):
         fail("MetricsSocket", "MetricsSocket must be IP:port (Prometheus scrapes over HTTP), or empty for off")
     if config.SmtpSenderRelay is None:
         fail("SmtpSenderRelay", "SmtpSenderRelay is required: IP:port or a UNIX socket path")
+    if config.DatabaseUrl:
+        from salmon_app.storage import engine
+        if "DatabasePath" in seen:
+            fail("DatabaseUrl", "set DatabaseUrl or DatabasePath, not both: DatabaseUrl names the shared "
+                 "database; remove DatabasePath (vxgate db copy moves a SQLite quarantine into it)")
+        try:
+            engine.parse(config.DatabaseUrl)
+        except engine.LocationError as exc:
+            fail("DatabaseUrl", str(exc))
+    if config.NodeName and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", config.NodeName):
+        fail("NodeName", "NodeName must be letters, digits, '.', '_' or '-' (at most 63), like a host name")
 
 
 SYSTEM_CONFIG = "/etc/vxgate/vxgate.ini"

@@ -11,8 +11,8 @@ byte-identical for release and export.
 import json
 import time
 
-from salmon_app import models
-from salmon_app.models import Message, Recipient
+from salmon_app.storage import models
+from salmon_app.storage.models import Message, Recipient
 from salmon_app.policy import apply_modifications
 from salmon_app.receiver import Reply
 

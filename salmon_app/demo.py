@@ -129,7 +129,8 @@ def run(args):
 
 
 def _summary(env, replies, sink):
-    from salmon_app import config as vxconfig, models
+    from salmon_app import config as vxconfig
+    from salmon_app.storage import models
     cfg = vxconfig.load(env["VXGATE_CONFIG"])
     models.open_database(cfg.DatabasePath)
     deadline = time.time() + 60

@@ -15,18 +15,19 @@ import time
 
 import tenacity
 
-from salmon_app import dsn, headers, models
-from salmon_app.durability import StorageGuard, is_storage_error
+from salmon_app import dsn, headers
 from salmon_app.log import qlog
 from salmon_app.metrics import Metrics, reply_class
-from salmon_app.models import Event, Message, Recipient
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine import render
 from salmon_app.quarantine.expire import expiry_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
 from salmon_app.request import StoredMessage
-from salmon_app.spool import Spool
+from salmon_app.storage import engine, models
+from salmon_app.storage.durability import StorageGuard, is_storage_error
+from salmon_app.storage.models import Event, Message, Recipient
+from salmon_app.storage.spool import Spool
 
 LOG = logging.getLogger("vxgate")
 
@@ -61,7 +62,8 @@ class Gateway:
     def __init__(self, config, router, checks=None):
         self.config, self.router = config, router
         self.spool = Spool(config.SpoolDir)
-        self.database = models.open_database(config.DatabasePath, busy_timeout=config.DatabaseBusyTimeout)
+        self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout)
+        self.node = engine.node_name(config)
         self.registry = Registry()
         self.storage = StorageGuard(self.spool, self.registry)
         self.metrics = Metrics(self)
@@ -127,7 +129,7 @@ class Gateway:
 
     # ------------------------------------------------------------ life cycle
     def start(self):
-        from salmon_app.recovery import Sweeper, recover
+        from salmon_app.storage.recovery import Sweeper, recover
         recover(self)
         for stage in self.stages.values():
             stage.start()
@@ -234,8 +236,11 @@ class Gateway:
         later; the reply still goes out, and the message is never relayed again.
         """
         def record():
-            models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
-                             **dict(fields, has_file=False) if remove_file else fields)
+            with models.writing():
+                models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
+                                 **dict(fields, has_file=False) if remove_file else fields)
+                if state in models.KEPT and not remove_file and models.shared():
+                    models.keep_body(queue_id, self.spool.read(queue_id))   # any node can release it
             if remove_file:
                 self.spool.remove(queue_id)
 
@@ -446,7 +451,7 @@ class Gateway:
         self.spool.store(queue_id, data)
         now = time.time()
         with models.writing():
-            Message.create(id=queue_id, mode=mode, state=models.RELAYING, answered=True, created=now,
+            Message.create(id=queue_id, node=self.node, mode=mode, state=models.RELAYING, answered=True, created=now,
                            updated=now, mail_from=mail_from, rcpt_json=json.dumps(rcpt_to), size=len(data),
                            sha256="", subject=subject, parent=parent)
             Recipient.insert_many([{"message": queue_id, "address": a} for a in rcpt_to]).execute()
@@ -545,7 +550,7 @@ class Intake:
     def _record(self, envelope, writer, answered=False):
         now = time.time()
         row = models.insert_message(dict(
-            id=writer.queue_id, mode=self.mode, state=models.STORED, answered=answered, created=now,
+            id=writer.queue_id, node=self.gateway.node, mode=self.mode, state=models.STORED, answered=answered, created=now,
             updated=now, mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
             client_json=json.dumps(envelope.client), size=writer.size, sha256=writer.sha256,
             params_json=json.dumps({"mail": envelope.mail_params, "rcpt": {

@@ -62,6 +62,9 @@ def config_secrets(config):
         value = getattr(config, param.name) if param.kind == "secret" else None
         if value and value != param.default:     # RepackPassword's default "None" is no secret
             found.append(value)
+            if param.name == "DatabaseUrl":
+                from salmon_app.storage import engine
+                found += [p for p in (engine.password(value),) if p]
             kind, paren, rest = value.partition("(")
             if paren and kind.strip().isalpha() and rest.rstrip().endswith(")"):
                 inner = rest.rstrip()[:-1]

@@ -135,7 +135,7 @@ def _gauge(name, doc, label, values):
 
 
 def _database(gateway):
-    from salmon_app import models
+    from salmon_app.storage import models
     now = time.time()
     try:
         owned = models.owned_by_state()

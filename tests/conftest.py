@@ -28,6 +28,37 @@ from salmon_app.config import SocketAddr  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "postfix: needs a real Postfix installation")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "both_engines: run once on SQLite and once on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked ``both_engines`` that use the ``database`` fixture run on each engine."""
+    if "database" in metafunc.fixturenames:
+        engines = ["sqlite", "postgresql"] if metafunc.definition.get_closest_marker("both_engines") else ["sqlite"]
+        metafunc.parametrize("database", engines, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the whole run (tests/support/pgcluster.py)."""
+    from support import pgcluster
+    reason = pgcluster.skip_reason()
+    if reason:
+        if os.environ.get(pgcluster.REQUIRED):
+            pytest.fail("PostgreSQL is required here (%s is set) but: %s" % (pgcluster.REQUIRED, reason))
+        pytest.skip(reason)
+    cluster = pgcluster.Cluster().init().start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def database(request, tmp_path):
+    """Where a test's gateway keeps its records: {"DatabasePath": ...} or {"DatabaseUrl": ...}."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        return {"DatabaseUrl": cluster.new_database()}
+    return {"DatabasePath": str(tmp_path / "quarantine.db")}
 
 
 @pytest.fixture(autouse=True)
@@ -79,14 +110,14 @@ class Running:
 
 
 @pytest.fixture
-def vxgate(tmp_path, sink):
+def vxgate(tmp_path, sink, database):
     from salmon.routing import Router
     import config.testing  # noqa: F401  (loads the handlers into Salmon's Router)
     from salmon_app.gateway import Gateway
     started = []
 
     def start(**params):
-        gateway = Gateway(make_config(tmp_path, sink.port, **params), Router)
+        gateway = Gateway(make_config(tmp_path, sink.port, **dict(database, **params)), Router)
         gateway.start()
         running = Running(gateway)
         started.append(running)

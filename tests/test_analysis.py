@@ -6,7 +6,7 @@ import time
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from salmon_app.analysis import FileCheck, Sample
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 
 def wait_states(state, count, timeout=20):

@@ -10,7 +10,7 @@ from support.mail import EICAR, mail_with, pe_image, vxcube_params
 from support.sink import SinkServer
 
 from salmon_app.config import SocketAddr
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 PASSWORD = "s3cret-Rep0rter-pw"
 

@@ -16,7 +16,7 @@ from aiosmtpd.smtp import AuthResult
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from salmon_app.config import SocketAddr
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 USER, PASSWORD = "reporter@corp.test", "tls-Rep0rter-pw"
 

@@ -12,7 +12,7 @@ import pyzipper
 from support.hostile import HOOK_C_CALLS, HOOK_FILE_READS, HOOK_REGEX_BOMBS
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
-from salmon_app.models import Message, Recipient
+from salmon_app.storage.models import Message, Recipient
 from salmon_app.policy import RepackPassword
 
 PLAIN = b"From: a@x.test\r\nTo: b@x.test\r\nSubject: Hello\r\nMessage-ID: <h@x.test>\r\n\r\nbody\r\n"

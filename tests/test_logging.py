@@ -9,7 +9,7 @@ import pytest
 
 from salmon_app import config as vxconfig
 from salmon_app import logsetup
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from test_relay import body, wait_state

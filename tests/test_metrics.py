@@ -8,7 +8,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from salmon_app.config import SocketAddr
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from test_relay import body, wait_state

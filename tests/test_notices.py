@@ -5,7 +5,7 @@ import email
 
 import pytest
 
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from test_relay import wait_state

@@ -46,7 +46,7 @@ from support.postfix import PostfixInstance, free_port, postfix_skip_reason
 from support.sink import SinkServer
 
 from salmon_app.config import SocketAddr
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 SKIP_REASON = postfix_skip_reason()
 pytestmark = [pytest.mark.postfix,

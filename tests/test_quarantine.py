@@ -20,9 +20,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
-from salmon_app.models import Event, Message, Recipient
+from salmon_app.storage.models import Event, Message, Recipient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOUR, DAY = 3600.0, 86400.0

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from support.mail import mail_with, pe_image, vxcube_params
 
 from test_quarantine import ROOT

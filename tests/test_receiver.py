@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from salmon_app.models import Message, Recipient
+from salmon_app.storage.models import Message, Recipient
 
 
 def body(subject="test", extra=b""):

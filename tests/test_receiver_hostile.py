@@ -6,7 +6,7 @@ import time
 
 from support import hostile
 
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 CLEAN = b"From: a@x.test\r\nTo: b@x.test\r\nSubject: clean\r\nMessage-ID: <c@x.test>\r\n\r\nHello\r\n"
 XFORWARD_KEYS = {"name", "addr", "port", "proto", "ident", "source"}

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from salmon_app.models import Event, Message, Recipient
+from salmon_app.storage.models import Event, Message, Recipient
 
 
 def body(n=1):

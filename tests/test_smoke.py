@@ -1,4 +1,4 @@
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 
 def test_relays_bytes_unchanged(vxgate, sink):

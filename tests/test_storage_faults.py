@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from salmon_app.models import Event, Message
+from salmon_app.storage.models import Event, Message
 
 from test_relay import body, wait_state
 

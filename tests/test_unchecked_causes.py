@@ -13,9 +13,9 @@ import pytest
 from support.hostile import HIDDEN_FILES, VXCUBE_BAD_JSON
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from salmon_app.vxcube.extract import extract
 
 

@@ -23,7 +23,7 @@ from support.sink import SinkServer
 from salmon_app import compose, dsn
 from salmon_app.config import SocketAddr
 from salmon_app.gateway import parse_headers
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 from salmon_app.policy import apply_modifications
 
 # text as the gateway records it: the values themselves, and each encoded Subject decoded

@@ -14,11 +14,11 @@ import dataclasses
 import os
 import time
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
-from salmon_app.models import Event, Message, Recipient
+from salmon_app.storage.models import Event, Message, Recipient, Release
 from salmon_app.quarantine import render
-from salmon_app.quarantine.store import QUEUE_ID_RE, Release, who
+from salmon_app.quarantine.store import QUEUE_ID_RE, who
 
 MIN_AGE = 60.0
 

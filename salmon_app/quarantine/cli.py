@@ -15,7 +15,7 @@ import sys
 import peewee
 
 from salmon_app import config as vxconfig
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.quarantine import query, render
 from salmon_app.quarantine.store import QuarantineError, Store, normalise_id
 

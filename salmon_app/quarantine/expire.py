@@ -14,8 +14,8 @@ an hour.
 import logging
 import time
 
-from salmon_app import models
-from salmon_app.models import Message
+from salmon_app.storage import models
+from salmon_app.storage.models import Message
 from salmon_app.quarantine.remove import remove_messages
 from salmon_app.quarantine.store import Store
 

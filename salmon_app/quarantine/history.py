@@ -17,10 +17,10 @@ from email import policy
 from email.header import decode_header, make_header
 
 from salmon_app.analysis import FileCheck
-from salmon_app.models import Event, Message, Recipient
+from salmon_app.storage.models import Event, Message, Recipient, Release
 from salmon_app.quarantine import render
 from salmon_app.quarantine.query import release_dict
-from salmon_app.quarantine.store import Release, client_of
+from salmon_app.quarantine.store import client_of
 
 HEADER_LIMIT = 1024 * 1024    # read at most this much looking for the end of the headers
 PART_LIMIT = 500              # list at most this many MIME parts

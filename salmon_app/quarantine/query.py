@@ -11,9 +11,9 @@ state or sender; ``--reverse`` flips it.
 import dataclasses
 import datetime
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.config import parse_duration
-from salmon_app.models import Message, Recipient
+from salmon_app.storage.models import Message, Recipient
 from salmon_app.quarantine import render
 from salmon_app.verdict import Verdict
 
@@ -108,7 +108,7 @@ class Filters:
         if self.until is not None:
             where.append(Message.created < self.until)
         if self.released is not None:
-            from salmon_app.quarantine.store import Release
+            from salmon_app.storage.models import Release
             done = Release.select(Release.message).where(Release.state == "done")
             where.append(Message.id.in_(done) if self.released else Message.id.not_in(done))
         return where

@@ -13,8 +13,8 @@ import json
 import sys
 import time
 
-from salmon_app import models
-from salmon_app.models import Event, FileCheck, Message, Sample
+from salmon_app.storage import models
+from salmon_app.storage.models import Event, FileCheck, Message, Sample
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import QuarantineError, who
 

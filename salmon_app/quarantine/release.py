@@ -14,8 +14,8 @@ import os
 import socket
 import time
 
-from salmon_app import models
-from salmon_app.models import Message
+from salmon_app.storage import models
+from salmon_app.storage.models import Message
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import CLAIM_STALE, QuarantineError, Release, client_of, who
 from salmon_app.relay import Relay, RelayResult
@@ -101,10 +101,16 @@ def _claim(queue_id, user, force):
                                       % (queue_id, previous.user, render.when(previous.time)))
             if previous.state == "done" and not force:
                 return previous
-        Release.insert(message=queue_id, state="sending", time=now, user=user,
-                       count=previous.count if previous else 0,
-                       recipients=previous.recipients if previous else "",
-                       reply=previous.reply if previous else "").on_conflict_replace().execute()
+        # compare and set: two commands (or two nodes) releasing at once cannot both claim it
+        if previous is None:
+            claimed = Release.insert(message=queue_id, state="sending", time=now,
+                                     user=user).on_conflict_ignore().as_rowcount().execute()
+        else:
+            claimed = (Release.update(state="sending", time=now, user=user)
+                       .where(Release.message == queue_id, Release.state == previous.state,
+                              Release.time == previous.time).execute())
+        if not claimed:
+            raise QuarantineError("%s: being released right now by another command" % queue_id)
     return previous
 
 

@@ -10,10 +10,10 @@ unless asked (``allow_in_flight``). Only after the commit are the files (the ``.
 import dataclasses
 import os
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
-from salmon_app.models import Event, Message, Recipient
-from salmon_app.quarantine.store import Release
+from salmon_app.storage.models import Event, Message, Recipient
+from salmon_app.storage.models import Release
 
 BATCH = 500
 

@@ -10,9 +10,8 @@ for every record, whatever its age.
 from peewee import fn
 
 from salmon_app.analysis import FileCheck, Sample
-from salmon_app.models import Message
+from salmon_app.storage.models import Message, Release
 from salmon_app.quarantine import render
-from salmon_app.quarantine.store import Release
 from salmon_app.verdict import never_analysed
 
 

@@ -3,10 +3,9 @@
 ``Store(config)`` binds the SQLite database named by ``DatabasePath`` (refusing to create one
 where none exists: a wrong path in a command must not invent an empty quarantine) and the
 spool of ``SpoolDir``; when this process already has that database open (the daemon calling
-``expire()``), it is reused instead of re-bound. ``Release`` is our own table (models.py is
-not ours to change): one row per released message with who, when, to whom and the next hop's
-reply; a row in state ``sending`` is a claim that makes concurrent releases of one message
-impossible. ``lookup()`` turns user input into a record or a clear "not found" error.
+``expire()``), it is reused instead of re-bound. ``Release`` (storage/models.py) is one row
+per released message with who, when, to whom and the next hop's reply; a row in state
+``sending`` is a claim that makes concurrent releases of one message impossible. ``lookup()`` turns user input into a record or a clear "not found" error.
 """
 import getpass
 import json
@@ -15,10 +14,9 @@ import re
 
 import peewee
 
-from salmon_app import analysis  # noqa: F401  (defines FileCheck and adds it to models.MODELS)
-from salmon_app import models
-from salmon_app.models import BaseModel, Message
-from salmon_app.spool import Spool
+from salmon_app.storage import models
+from salmon_app.storage.models import Message, Release
+from salmon_app.storage.spool import Spool
 
 QUEUE_ID_RE = re.compile(r"^[A-Z0-9]{8,32}$")
 
@@ -31,21 +29,6 @@ class QuarantineError(Exception):
         self.status = status
 
 
-class Release(BaseModel):
-    """The released marker of a message (the history keeps every release as an Event)."""
-    message = peewee.CharField(primary_key=True)
-    state = peewee.CharField(default="sending")       # sending (a claim), done
-    time = peewee.FloatField()
-    user = peewee.TextField(default="")
-    recipients = peewee.TextField(default="")         # comma-separated envelope recipients
-    reply = peewee.TextField(default="")
-    count = peewee.IntegerField(default=0)             # completed releases
-
-    class Meta:
-        table_name = "quarantine_release"
-
-
-models.MODELS.append(Release)
 CLAIM_STALE = 600.0     # a "sending" claim older than this was left by a crashed command
 
 
@@ -73,9 +56,6 @@ def bind_database(path):
         database, opened = current, False
     else:
         database, opened = models.open_database(path), True
-    if not database.table_exists(Release._meta.table_name):
-        with models.writing():
-            database.create_tables([Release])
     return database, opened
 
 

@@ -12,25 +12,25 @@ import collections
 import errno
 import logging
 import os
-import sqlite3
 import threading
 import time
 
-import peewee
-
-from salmon_app import models
 from salmon_app.log import qlog
+from salmon_app.storage import engine, models
 
 LOG = logging.getLogger("vxgate.storage")
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
 
 
 def is_storage_error(exc):
-    """A full disk, a read-only or failing file system, or a database held by another process:
-    a fault of the place vxgate writes to, not of the message (a missing file is not one)."""
-    if isinstance(exc, OSError):
+    """A full disk, a read-only or failing file system, a database held by another process or
+    out of reach: a fault of the place vxgate writes to, not of the message (a missing file is not one)."""
+    if isinstance(exc, OSError) and not isinstance(exc, _DATABASE_ERRORS):
         return exc.errno in _DISK_ERRNOS
-    return isinstance(exc, (sqlite3.OperationalError, peewee.OperationalError))
+    return isinstance(exc, _DATABASE_ERRORS)
+
+
+_DATABASE_ERRORS = engine.storage_errors()
 
 
 class StorageGuard:

@@ -11,22 +11,27 @@ import logging
 import threading
 import time
 
-from salmon_app import models
+from salmon_app.storage import models
 from salmon_app.log import qlog
-from salmon_app.models import Message
+from salmon_app.storage.models import Message
 
 LOG = logging.getLogger("vxgate.recovery")
 
 
 def recover(gateway):
-    spool, limit = gateway.spool, gateway.config.SmtpRecoveryLimit
+    spool, limit, node = gateway.spool, gateway.config.SmtpRecoveryLimit, gateway.node
     removed = spool.clean_tmp()
-    known = {row.id for row in Message.select(Message.id)}
+    if not models.shared():     # records from before NodeName are this single node's
+        with models.writing():
+            Message.update(node=node).where(Message.node == "").execute()
+    models.heartbeat(node, started=True)
+    known = {row.id for row in Message.select(Message.id).where(Message.node == node)}
     orphans = [qid for qid in spool.queue_ids() if qid not in known and not qid.endswith(".out")]
     for queue_id in orphans:
         spool.remove(queue_id)
     dropped = resumed = held = 0
-    for row in Message.select().where(Message.state.in_(models.IN_FLIGHT)):
+    # another node's messages are its own: it resumes them when it starts again
+    for row in Message.select().where(Message.state.in_(models.IN_FLIGHT), Message.node == node):
         log = qlog(row.id, LOG)
         if not row.answered:
             gateway.conclude(row.id, models.DROPPED, None,
@@ -71,6 +76,8 @@ class Sweeper:
             try:
                 if not self.gateway.storage.retry():
                     continue       # nothing moves while records cannot be written
+                if self.rounds % 10 == 0:
+                    models.heartbeat(self.gateway.node)
                 self.sweep()
                 for hook in self.hooks:
                     hook()
@@ -81,10 +88,11 @@ class Sweeper:
         # Messages waiting for vxCube are resumed by the analyser; look at them only now and then.
         gateway, now = self.gateway, time.time()
         self.rounds += 1
-        states = models.IN_FLIGHT if self.rounds % 60 == 0 else [
+        # with a shared database another node may finish the analysis this node waits for
+        states = models.IN_FLIGHT if self.rounds % (5 if models.shared() else 60) == 0 else [
             s for s in models.IN_FLIGHT if s != models.ANALYSING]
         rows = (Message.select(Message.id, Message.state, Message.answered)
-                .where(Message.state.in_(states), Message.next_attempt <= now)
+                .where(Message.state.in_(states), Message.next_attempt <= now, Message.node == gateway.node)
                 .order_by(Message.next_attempt).limit(5000))
         for row in rows:
             if gateway.registry.is_held(row.id):

@@ -1,18 +1,23 @@
-"""Quarantine metadata in SQLite through peewee: messages, their recipients and their history.
+"""Quarantine metadata through peewee: messages, their recipients, history and the verdict cache.
 
-The database (WAL) is shared by the daemon's threads and by ``vxgate`` commands run beside it.
-Writes go through ``writing()``: one in-process lock plus ``BEGIN IMMEDIATE``, so a transaction
+The database (SQLite in WAL mode, or PostgreSQL shared by several nodes: ``engine.py``) is used
+by the daemon's threads and by ``vxgate`` commands run beside it. Writes go through
+``writing()``. On SQLite that is one in-process lock plus ``BEGIN IMMEDIATE``, so a transaction
 that reads then writes never fails with "database is locked", and threads queue on a Python
-lock instead of SQLite's sleeping busy handler (which costs milliseconds per collision).
+lock instead of SQLite's sleeping busy handler (which costs milliseconds per collision). On
+PostgreSQL each thread has its own connection and transaction, and the server orders them;
+rows several nodes may create at once are inserted with ``ON CONFLICT DO NOTHING``.
+Every message record names the node (``NodeName``) whose spool holds its file.
 """
 import contextlib
 import json
-import os
 import sqlite3
 import threading
 import time
 
 import peewee
+
+from salmon_app.storage import engine
 
 db = peewee.DatabaseProxy()
 _WRITE_LOCK = threading.RLock()
@@ -26,6 +31,7 @@ PARKED = "parked"      # put on hold by an administrator (vxgate queue hold); go
 IN_FLIGHT = (STORED, CHECKING, ANALYSING, RELAYING, DEFERRED)
 FINAL = (DELIVERED, QUARANTINED, REJECTED, DISCARDED, TEMPFAILED, FAILED, DROPPED, HELD, REPORTED, CLOSED)
 OWNED = IN_FLIGHT + (PARKED,)       # not finished: never expired or deleted without --force
+KEPT = (QUARANTINED, HELD)          # final, and kept for an administrator: bodies shared with every node
 
 
 class BaseModel(peewee.Model):
@@ -38,8 +44,8 @@ class Message(BaseModel):
     mode = peewee.CharField(index=True)               # smtp, bcc, notice, report
     state = peewee.CharField(index=True)
     answered = peewee.BooleanField(default=False)     # 250 sent: we own it, Postfix forgot it
-    created = peewee.FloatField(index=True)
-    updated = peewee.FloatField()
+    created = peewee.DoubleField(index=True)
+    updated = peewee.DoubleField()
     mail_from = peewee.TextField()
     rcpt_json = peewee.TextField()
     client_json = peewee.TextField(default="{}")      # XFORWARD attributes and the peer
@@ -56,13 +62,14 @@ class Message(BaseModel):
     reason = peewee.TextField(default="")
     analysis_json = peewee.TextField(default="{}")
     attempts = peewee.IntegerField(default=0)
-    next_attempt = peewee.FloatField(default=0)
+    next_attempt = peewee.DoubleField(default=0)
     recoveries = peewee.IntegerField(default=0)
     next_hop_id = peewee.TextField(default="")
     last_reply = peewee.TextField(default="")
     parent = peewee.CharField(null=True, index=True)  # a notice's or report's subject message
     has_file = peewee.BooleanField(default=True)
     parked_from = peewee.CharField(default="")        # the state a parked message goes back to
+    node = peewee.CharField(default="", index=True)   # NodeName of the node whose spool holds the file
 
     @property
     def rcpt_to(self):
@@ -89,7 +96,7 @@ class Recipient(BaseModel):
 
 class Event(BaseModel):
     message = peewee.CharField(index=True)
-    time = peewee.FloatField()
+    time = peewee.DoubleField()
     kind = peewee.CharField()
     text = peewee.TextField(default="")
 
@@ -108,13 +115,14 @@ class Sample(BaseModel):
     maliciousness = peewee.IntegerField(null=True)
     tasks_json = peewee.TextField(default="[]")
     reason = peewee.TextField(default="")
-    created = peewee.FloatField()
-    started = peewee.FloatField(default=0)
-    finished = peewee.FloatField(default=0)
-    next_step = peewee.FloatField(default=0, index=True)
+    created = peewee.DoubleField()
+    started = peewee.DoubleField(default=0)
+    finished = peewee.DoubleField(default=0)
+    next_step = peewee.DoubleField(default=0, index=True)
     polls = peewee.IntegerField(default=0)
     uploaded = peewee.BooleanField(default=False)
     parent = peewee.CharField(null=True)         # the .eml sample it was split from
+    node = peewee.CharField(default="")          # the node that uploads and polls it (holds the file)
 
 
 class FileCheck(BaseModel):
@@ -133,42 +141,66 @@ class FileCheck(BaseModel):
     cached = peewee.BooleanField(default=False)
 
 
+class Release(BaseModel):
+    """The released marker of a message (the history keeps every release as an Event)."""
+    message = peewee.CharField(primary_key=True)
+    state = peewee.CharField(default="sending")       # sending (a claim), done
+    time = peewee.DoubleField()
+    user = peewee.TextField(default="")
+    recipients = peewee.TextField(default="")         # comma-separated envelope recipients
+    reply = peewee.TextField(default="")
+    count = peewee.IntegerField(default=0)             # completed releases
+
+    class Meta:
+        table_name = "quarantine_release"
+
+
+class Body(BaseModel):
+    """A kept message's bytes in the database, so every node can show, export or release it
+    (with a shared database: amavisd-new's SQL quarantine is the precedent)."""
+    message = peewee.CharField(primary_key=True)
+    data = peewee.BlobField()
+    size = peewee.IntegerField()
+    sha256 = peewee.CharField()
+    stored = peewee.DoubleField()
+
+
+class Node(BaseModel):
+    """One row per node: when it last ran its sweeper, by its clock and by the database's."""
+    name = peewee.CharField(primary_key=True)
+    started = peewee.DoubleField(default=0)
+    seen = peewee.DoubleField(default=0)             # the node's clock
+    skew = peewee.DoubleField(null=True)             # node clock - database clock (PostgreSQL)
+    version = peewee.CharField(default="")
+
+
 class Probe(BaseModel):
-    """One row rewritten to learn whether the database can be written (salmon_app/durability.py)."""
-    time = peewee.FloatField()
+    """One row rewritten to learn whether the database can be written (salmon_app/storage/durability.py)."""
+    time = peewee.DoubleField()
 
 
-MODELS = [Message, Recipient, Event, Sample, FileCheck, Probe]
+MODELS = [Message, Recipient, Event, Sample, FileCheck, Release, Body, Node, Probe]
 
 
-def open_database(path, synchronous="FULL", busy_timeout=30.0):
-    """Open (creating if needed, mode 0600) and bind the database; returns the peewee database."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if not os.path.exists(path):
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    database = peewee.SqliteDatabase(path, pragmas={
-        "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": int(busy_timeout * 1000),
-        "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
+def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None):
+    """Open and bind the database at ``where`` (a SQLite path or a URL); returns the peewee database.
+
+    The schema must be the one this vxgate knows (``migrations.check``): a new or older SQLite
+    file is brought up to date in place unless ``upgrade`` is False (a single node owns it);
+    PostgreSQL is only ever upgraded by ``vxgate db upgrade``."""
+    from salmon_app.storage import migrations
+    database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout)
     db.initialize(database)
-    with writing():
-        database.create_tables(MODELS)
-        _add_new_columns(database)
+    _SQL.clear()
+    if upgrade is None:
+        upgrade = database.vx_engine == "sqlite"
+    migrations.check(database, upgrade=upgrade)
     return database
 
 
-def _add_new_columns(database):
-    """Columns a newer vxgate added to a table an older one created (an upgrade in place):
-    added with their defaults, so queued mail survives the upgrade. Versioned migrations
-    replace this when a change needs more than a new column."""
-    from playhouse.migrate import SqliteMigrator, migrate
-    migrator = SqliteMigrator(database)
-    for model in MODELS:
-        table = model._meta.table_name
-        present = {column.name for column in database.get_columns(table)}
-        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
-        if missing:
-            migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
+def shared():
+    """True when several nodes may share this database (PostgreSQL)."""
+    return getattr(db.obj, "vx_engine", "sqlite") != "sqlite"
 
 
 _DEPTH = threading.local()
@@ -176,33 +208,48 @@ _DEPTH = threading.local()
 
 @contextlib.contextmanager
 def writing():
-    """A write transaction that cannot meet "database is locked" inside this process.
+    """A write transaction; on SQLite one that cannot meet "database is locked" in this process.
 
     Nested calls join the outer transaction. Plain BEGIN/COMMIT on peewee's autocommit
     connection: peewee's atomic() cost more CPU than the statements it wrapped."""
-    with _WRITE_LOCK:
-        depth = getattr(_DEPTH, "n", 0)
+    depth = getattr(_DEPTH, "n", 0)
+    if depth:
         _DEPTH.n = depth + 1
         try:
-            if depth:
-                yield
-                return
-            connection = db.connection()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                connection.execute("COMMIT")
-            except BaseException:
-                # a COMMIT that failed (disk full) may leave the transaction open: end it, or
-                # every later BEGIN fails with "cannot start a transaction within a transaction"
-                if connection.in_transaction:
-                    try:
-                        connection.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
+            yield
         finally:
             _DEPTH.n = depth
+        return
+    local = not shared()
+    if local:
+        _WRITE_LOCK.acquire()
+    _DEPTH.n = 1
+    try:
+        connection = db.connection()
+        connection.execute("BEGIN IMMEDIATE" if local else "BEGIN")
+        try:
+            yield
+            connection.execute("COMMIT")
+        except BaseException:
+            # a COMMIT that failed (disk full) may leave the transaction open: end it, or
+            # every later BEGIN fails with "cannot start a transaction within a transaction"
+            _rollback(connection)
+            raise
+    finally:
+        _DEPTH.n = 0
+        if local:
+            _WRITE_LOCK.release()
+
+
+def _rollback(connection):
+    try:
+        if isinstance(connection, sqlite3.Connection):
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        elif not (connection.closed or connection.broken):
+            connection.rollback()
+    except Exception:
+        pass     # the connection is gone; the next use reconnects (engine.Postgres)
 
 
 # The per-message statements below run several times for every message, so they are plain
@@ -211,8 +258,26 @@ _SQL = {}
 
 
 def _execute(sql, params=()):
-    # the sqlite3 connection itself: peewee's execute_sql adds a cursor and a log call per statement
-    return db.connection().execute(sql, params)
+    # the driver's connection itself: peewee's execute_sql adds a cursor and a log call per statement
+    return db.connection().execute(_native(sql), params)
+
+
+def _executemany(sql, rows):
+    connection = db.connection()
+    if isinstance(connection, sqlite3.Connection):
+        return connection.executemany(sql, rows)
+    with connection.cursor() as cursor:
+        cursor.executemany(_native(sql), rows)
+
+
+def _native(sql):
+    """``sql`` written with SQLite's ``?`` placeholders in the driver's own style (cached)."""
+    if shared():
+        key = ("pg", sql)
+        if key not in _SQL:
+            _SQL[key] = sql.replace("?", "%s")
+        return _SQL[key]
+    return sql
 
 
 def _update_sql(columns):
@@ -239,8 +304,8 @@ def insert_message(values, recipients):
             ", ".join('"%s"' % c for c in columns), ", ".join("?" * len(columns)))
     with writing():
         _execute(_SQL[key], tuple(row.values()))
-        db.connection().executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
-                                "VALUES (?, ?, 'pending', '')", [(values["id"], a) for a in recipients])
+        _executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
+                     "VALUES (?, ?, 'pending', '')", [(values["id"], a) for a in recipients])
     return Message(**row)
 
 
@@ -261,12 +326,46 @@ def set_state(queue_id, state, event=None, recipients=(), **fields):
     with writing():
         update_message(queue_id, state=state, updated=now, **fields)
         if recipients:
-            db.connection().executemany(
+            _executemany(
                 'UPDATE "recipient" SET "state" = ?, "reply" = ? WHERE "message" = ? AND "address" = ? '
                 "AND \"state\" IN ('pending', 'deferred')",
                 [(rstate, reply, queue_id, address) for address, rstate, reply in recipients])
         if event:
             log_event(queue_id, state, event, now)
+
+
+def keep_body(queue_id, data):
+    """Store a kept message's bytes in the database (replacing an earlier copy)."""
+    import hashlib
+    digest = hashlib.sha256(data).hexdigest()
+    _execute('INSERT INTO "body" ("message", "data", "size", "sha256", "stored") VALUES (?, ?, ?, ?, ?) '
+             'ON CONFLICT ("message") DO UPDATE SET "data" = excluded."data", "size" = excluded."size", '
+             '"sha256" = excluded."sha256", "stored" = excluded."stored"',
+             (queue_id, data, len(data), digest, time.time()))
+
+
+def kept_body(queue_id):
+    """The bytes stored by ``keep_body``, or None."""
+    row = _execute('SELECT "data" FROM "body" WHERE "message" = ?', (queue_id,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def heartbeat(node, started=False):
+    """Record that ``node`` runs, with its clock's distance from the database server's."""
+    now = time.time()
+    skew = None
+    if shared():
+        skew = now - float(_execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        version = installed("vxgate")
+    except PackageNotFoundError:
+        version = ""
+    with writing():
+        _execute('INSERT INTO "node" ("name", "started", "seen", "skew", "version") VALUES (?, ?, ?, ?, ?) '
+                 'ON CONFLICT ("name") DO UPDATE SET "seen" = excluded."seen", "skew" = excluded."skew", '
+                 '"version" = excluded."version"' + (', "started" = excluded."started"' if started else ""),
+                 (node, now, now, skew, version))
 
 
 def pending_recipients(queue_id):
@@ -278,7 +377,8 @@ def pending_recipients(queue_id):
 
 def probe():
     with writing():
-        _execute('INSERT OR REPLACE INTO "probe" ("id", "time") VALUES (1, ?)', (time.time(),))
+        _execute('INSERT INTO "probe" ("id", "time") VALUES (1, ?) '
+                 'ON CONFLICT ("id") DO UPDATE SET "time" = excluded."time"', (time.time(),))
 
 
 # Read at scrape time by salmon_app/metrics.py.

@@ -1,0 +1,130 @@
+"""The database engine behind the records: SQLite (one node, the default) or PostgreSQL (shared).
+
+``location(config)`` says which database a configuration names: ``DatabaseUrl``
+(``postgresql://…`` or ``sqlite:///…``) when set, else the SQLite file ``DatabasePath``.
+``connect()`` opens it through peewee; on PostgreSQL through psycopg 3, whose statements are
+prepared by the server after a few runs, and whose broken connections (the server restarted)
+are dropped so the next statement reconnects instead of failing for ever. ``shown()`` is the
+location fit for a log line or an error: a URL's password is never printed.
+"""
+import os
+import urllib.parse
+
+import peewee
+
+try:    # only the PostgreSQL engine needs it
+    import psycopg
+except ImportError:     # pragma: no cover - psycopg is a dependency
+    psycopg = None
+
+SCHEMES = ("postgresql", "postgres", "sqlite")
+
+
+class LocationError(ValueError):
+    pass
+
+
+def location(config):
+    """The database the configuration names: a URL, or the absolute path of the SQLite file."""
+    url = (getattr(config, "DatabaseUrl", "") or "").strip()
+    if url:
+        return url
+    return os.path.abspath(config.DatabasePath)
+
+
+def node_name(config):
+    """``NodeName``, or this host's name."""
+    import socket
+    return getattr(config, "NodeName", "") or socket.gethostname()
+
+
+def is_url(text):
+    return "://" in text
+
+
+def parse(text):
+    """(engine, target): ("sqlite", absolute path) or ("postgresql", URL); LocationError if neither."""
+    if not is_url(text):
+        return "sqlite", os.path.abspath(text)
+    scheme = text.partition("://")[0].lower()
+    if scheme not in SCHEMES:
+        raise LocationError("unknown database URL scheme %r: use postgresql://user:password@host/dbname "
+                            "or sqlite:///path/to/quarantine.db" % scheme)
+    if scheme == "sqlite":
+        path = urllib.parse.unquote(text.partition("://")[2])
+        if not path or path == "/":
+            raise LocationError("sqlite:/// needs a file path, as in sqlite:////var/lib/vxgate/quarantine.db")
+        return "sqlite", os.path.abspath(path)
+    parts = urllib.parse.urlsplit(text)
+    if not parts.path.strip("/"):
+        raise LocationError("the database URL names no database: postgresql://user:password@host/dbname")
+    return "postgresql", "postgresql://" + text.partition("://")[2]
+
+
+def shown(text):
+    """``text`` with any password replaced by ``***`` (for logs, errors and doctor)."""
+    if not is_url(text):
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc="%s:***@%s" % (user, netloc[2])))
+
+
+def password(text):
+    """The password of a database URL ("" if none): a secret for the log's redaction filter."""
+    if not is_url(text):
+        return ""
+    try:
+        return urllib.parse.unquote(urllib.parse.urlsplit(text).password or "")
+    except ValueError:
+        return ""
+
+
+class Postgres(peewee.PostgresqlDatabase):
+    """peewee's PostgreSQL database whose broken connections are replaced on next use."""
+
+    def connection(self):
+        conn = self._state.conn
+        if conn is not None and not self._state.closed and (conn.broken or conn.closed):
+            try:
+                conn.close()
+            except Exception:
+                pass
+            self._state.reset()
+        return super().connection()
+
+
+def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10):
+    """The peewee database for ``text`` (a path or a URL), not yet bound to the models."""
+    engine, target = parse(text)
+    if engine == "sqlite":
+        directory = os.path.dirname(target)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+        database = peewee.SqliteDatabase(target, pragmas={
+            "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": int(busy_timeout * 1000),
+            "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
+    else:
+        if psycopg is None:
+            raise LocationError("DatabaseUrl names PostgreSQL but psycopg is not installed (pip install psycopg)")
+        # lock_timeout plays SQLite's busy_timeout; a server that is down fails the connection
+        # quickly, so new mail gets 451 instead of waiting on a dead socket
+        database = Postgres(target, prefer_psycopg3=True, connect_timeout=connect_timeout,
+                            options="-c lock_timeout=%d" % int(busy_timeout * 1000),
+                            application_name="vxgate")
+    database.vx_engine, database.vx_location = engine, text if is_url(text) else target
+    return database
+
+
+def storage_errors():
+    """Exception classes that mean "the database cannot be reached or written", per driver."""
+    found = [peewee.OperationalError, peewee.InterfaceError]
+    import sqlite3
+    found.append(sqlite3.OperationalError)
+    if psycopg is not None:
+        found += [psycopg.OperationalError, psycopg.InterfaceError]
+    return tuple(found)
