@@ -62,7 +62,8 @@ class Gateway:
     def __init__(self, config, router, checks=None):
         self.config, self.router = config, router
         self.spool = Spool(config.SpoolDir)
-        self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout)
+        self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout,
+                                             group_commit=True)
         self.node = engine.node_name(config)
         self.registry = Registry()
         self.storage = StorageGuard(self.spool, self.registry)
