@@ -5,7 +5,8 @@ A copy is never relayed; a copy of one of vxgate's own reports is closed unanaly
 """
 from salmon.routing import nolocking, route, stateless
 
-from salmon_app import bcc, models
+from salmon_app import bcc
+from salmon_app.storage import models
 
 
 @route(r"(queue_id)@bcc\.vxgate", queue_id="[A-Z0-9]+")

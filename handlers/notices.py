@@ -5,7 +5,7 @@ relaying them to the next hop until it takes them.
 """
 from salmon.routing import nolocking, route, stateless
 
-from salmon_app import models
+from salmon_app.storage import models
 
 
 @route(r"(queue_id)@(kind)\.vxgate", queue_id="[A-Z0-9]+", kind="notice|report")

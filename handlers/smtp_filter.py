@@ -6,7 +6,7 @@ pool of the stage that owns the message's state; the gateway moves it on.
 """
 from salmon.routing import nolocking, route, stateless
 
-from salmon_app import models
+from salmon_app.storage import models
 
 
 @route(r"(queue_id)@smtp\.vxgate", queue_id="[A-Z0-9]+")
