@@ -51,8 +51,9 @@ class GroupSync:
         self.wait(self.ticket())
 
 
-def fsync_path(path, fallback=None):
-    """fsync a file or folder by name (``fallback`` if ``path`` does not exist)."""
+def fsync_path(path, fallback=None, sync=os.fsync):
+    """fsync a file or folder by name (``fallback`` if ``path`` does not exist); ``sync`` may be
+    os.fdatasync for a file whose metadata need not be durable (SQLite's own choice)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -60,7 +61,7 @@ def fsync_path(path, fallback=None):
             raise
         fd = os.open(fallback, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 

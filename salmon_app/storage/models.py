@@ -11,6 +11,7 @@ Every message record names the node (``NodeName``) whose spool holds its file.
 """
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -206,7 +207,8 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     _GROUP = None
     if group_commit and sqlite:
         target = database.database
-        _GROUP = groupsync.GroupSync(lambda: groupsync.fsync_path(target + "-wal", fallback=target))
+        _GROUP = groupsync.GroupSync(lambda: groupsync.fsync_path(target + "-wal", fallback=target,
+                                                                       sync=os.fdatasync))
     _SQL.clear()
     if upgrade is None:
         upgrade = database.vx_engine == "sqlite"
