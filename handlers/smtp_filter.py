@@ -24,9 +24,6 @@ def check(message):
     if analysis is None:
         return   # analyses pending: the analyser re-submits the message when they finish
     decision = checks.decide(message, analysis)
-    # nothing was analysed (vxCube off, or no file of VxcubeFileTypes): the short path, the
-    # check worker relays it itself instead of handing it to the relay stage
-    message.relay_here = not analysis
     message.gateway.apply(message, decision, analysis)
 
 

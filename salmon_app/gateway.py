@@ -186,15 +186,10 @@ class Gateway:
                 message = StoredMessage(self, row)
             else:
                 message = item       # handed over in memory by the previous stage: no reload
-            while True:
-                message.handled, message.next_state, message.relay_here = False, None, False
-                self.router.deliver(message)
-                if not message.handled:
-                    raise RuntimeError("no handler routes %s" % message.To)
-                # the short path: a message that needed no analysis is relayed by this check
-                # worker (still through the Router), two thread hand-offs fewer
-                if not (message.relay_here and message.next_state == models.RELAYING):
-                    break
+            message.handled, message.next_state = False, None
+            self.router.deliver(message)
+            if not message.handled:
+                raise RuntimeError("no handler routes %s" % message.To)
         except Exception as exc:
             if message is not None:
                 message.next_state = None

@@ -23,7 +23,6 @@ class StoredMessage:
         self.next_state = None     # set by forward(): the stage it goes to when this step ends
         self.pending = {}          # fields to record with the outcome (hook action, verdict)
         self.recipients = None     # recipients to relay to, when known without asking the database
-        self.relay_here = False    # the step after checking runs in the same worker (short path)
 
     @property
     def path(self):
