@@ -20,6 +20,9 @@ Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx
 Router.RELOAD = False
 Router.load(HANDLERS)
 
-settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=settings.CONFIG.DatabasePath + ".lock",
+# one daemon per spool: beside the SQLite file, or in the spool when the database is shared
+LOCK = (os.path.join(settings.CONFIG.SpoolDir, "vxgate.lock") if settings.CONFIG.DatabaseUrl
+        else settings.CONFIG.DatabasePath + ".lock")
+settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=LOCK,
                             load=lambda: vxconfig.load(settings.CONFIG.path),
                             pid_path=os.environ.get("VXGATE_PID_PATH") or os.path.abspath(settings.CONFIG.PidFile))

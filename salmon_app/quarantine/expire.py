@@ -9,14 +9,16 @@ the moment the message reached that state (its last update). Both remove records
 together through ``remove.remove_messages`` in short batches, and neither ever touches a
 message in flight: the state is checked again inside each delete transaction. The daemon
 calls ``expiry_hook(config)`` from its sweeper: it runs ``expire()`` at start and then once
-an hour.
+an hour. With a shared database one node at a time expires (an advisory lock), and each node
+then removes the files of its spool whose records another node removed.
 """
 import logging
+import os
 import time
 
 from salmon_app.storage import models
 from salmon_app.storage.models import Message
-from salmon_app.quarantine.remove import remove_messages
+from salmon_app.quarantine.remove import remove_files, remove_messages
 from salmon_app.quarantine.store import Store
 
 LOG = logging.getLogger("vxgate.quarantine")
@@ -63,6 +65,36 @@ def expire(config, now=None, *, store=None):
     now = time.time() if now is None else now
     store = store or Store(config, must_exist=False)
     summary = {"messages": 0, "files": 0, "bytes": 0, "by_state": {}}
+    with models.exclusive("vxgate expiry") as mine:
+        if mine:      # with a shared database, one node at a time
+            _expire(store, config, now, summary)
+    summary["orphans"] = remove_orphans(store, now)
+    if summary["messages"]:
+        LOG.info("expiry: removed %d messages (%s), %d files, %d bytes", summary["messages"],
+                 ", ".join("%s %d" % kv for kv in sorted(summary["by_state"].items())),
+                 summary["files"], summary["bytes"])
+    return summary
+
+
+def remove_orphans(store, now, age=3600.0):
+    """Remove this node's spool files whose record is gone (another node expired or deleted it)
+    once they are ``age`` old: a file younger than that may be one being received right now."""
+    if not models.shared():
+        return 0     # one node removes its files with their records
+    known = {r.id for r in Message.select(Message.id).where(Message.node == store.node)}
+    count = 0
+    for queue_id in store.spool.queue_ids():
+        if queue_id in known or queue_id.endswith(".out"):
+            continue
+        try:
+            if now - os.path.getmtime(store.file_path(queue_id)) >= age and not Message.get_or_none(Message.id == queue_id):
+                count += remove_files(store, queue_id)
+        except (OSError, ValueError):
+            pass
+    return count
+
+
+def _expire(store, config, now, summary):
     for states, retention in ((DELIVERED_STATES, config.DeliveredRetention),
                               (QUARANTINE_STATES, config.QuarantineRetention)):
         if retention is None:
@@ -79,11 +111,6 @@ def expire(config, now=None, *, store=None):
             _count(summary, removed)
             if not removed:
                 break
-    if summary["messages"]:
-        LOG.info("expiry: removed %d messages (%s), %d files, %d bytes", summary["messages"],
-                 ", ".join("%s %d" % kv for kv in sorted(summary["by_state"].items())),
-                 summary["files"], summary["bytes"])
-    return summary
 
 
 def _count(summary, removed):

@@ -18,10 +18,7 @@ def export(store, queue_id, output=None):
     problem = store.file_problem(row, "export")
     if problem:
         raise QuarantineError(problem)
-    try:
-        source = open(store.file_path(row.id), "rb")
-    except OSError as exc:
-        raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
+    source = store.open_message(row)
     with source:
         if output in (None, "-"):
             out = sys.stdout.buffer

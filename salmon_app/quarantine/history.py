@@ -17,10 +17,11 @@ from email import policy
 from email.header import decode_header, make_header
 
 from salmon_app.analysis import FileCheck
+from salmon_app.storage import models
 from salmon_app.storage.models import Event, Message, Recipient, Release
 from salmon_app.quarantine import render
 from salmon_app.quarantine.query import release_dict
-from salmon_app.quarantine.store import client_of
+from salmon_app.quarantine.store import QuarantineError, client_of
 
 HEADER_LIMIT = 1024 * 1024    # read at most this much looking for the end of the headers
 PART_LIMIT = 500              # list at most this many MIME parts
@@ -61,14 +62,14 @@ def describe(store, queue_id):
         + [{"time": render.iso(e.time), "epoch": e.time, "kind": e.kind, "text": e.text} for e in events],
         "released": release_dict(release),
     }
-    if info["file"]["present"]:
+    if info["file"]["present"] or info["file"]["in_database"]:
         try:
-            with open(info["file"]["path"], "rb") as handle:
+            with store.open_message(row) as handle:
                 head = handle.read(HEADER_LIMIT)
                 info["headers"] = _header_lines(head)
                 handle.seek(0)
                 raw = handle.read()
-        except OSError as exc:
+        except (OSError, QuarantineError) as exc:
             info["problems"].append("cannot read the file: %s" % exc)
         else:
             info["parts"], problems = mime_parts(raw)
@@ -90,10 +91,12 @@ def _json(text, default):
 
 def _file_info(store, row):
     path = store.file_path(row.id)
-    present = store.spool.exists(row.id)
+    local = store.local(row)
+    present = local and store.spool.exists(row.id)
     modified = store.modified_path(row.id)
-    return {"path": path, "present": present, "recorded": bool(row.has_file),
-            "modified_copy": modified if os.path.exists(modified) else None}
+    return {"path": path if local else None, "present": present, "recorded": bool(row.has_file),
+            "node": row.node, "in_database": models.Body.select().where(models.Body.message == row.id).exists(),
+            "modified_copy": modified if local and os.path.exists(modified) else None}
 
 
 def _received_text(row, client):
@@ -330,6 +333,10 @@ def _fields(pairs):
 def _file_text(file):
     if file["present"]:
         return file["path"]
+    if file["in_database"]:
+        return "in the database (node %s holds the spool file)" % file["node"] if file["recorded"] else "in the database"
+    if file["recorded"] and file["path"] is None:
+        return "in the spool of node %s" % file["node"]
     if file["recorded"]:
         return "missing from the spool (%s); run vxgate quarantine check" % file["path"]
     return "removed (no stored copy)"

@@ -145,7 +145,7 @@ def summary(row, release=None):
         "verdict": row.verdict, "action": row.action, "reason": row.reason, "size": row.size,
         "sender": row.mail_from, "recipients": recipients, "subject": row.subject,
         "header_from": row.header_from, "message_id": row.message_id, "has_file": bool(row.has_file),
-        "answered": bool(row.answered), "parent": row.parent,
+        "answered": bool(row.answered), "parent": row.parent, "node": row.node,
         "released": release_dict(release),
     }
 
@@ -173,6 +173,10 @@ def render_list(rows, total, releases, width=None):
     if not rows:
         return ["0 messages" if total == 0 else "0 of %d messages" % total]
     header = ["ID", "TIME", "STATE", "VERDICT", "SIZE", "SENDER", "RECIPIENTS", "SUBJECT"]
+    # the node holding each file matters once several nodes share the database
+    nodes = models.shared() or len({row.node for row in rows}) > 1
+    if nodes:
+        header.insert(1, "NODE")
     cells = []
     for row in rows:
         recipients = row.rcpt_to
@@ -182,12 +186,14 @@ def render_list(rows, total, releases, width=None):
         cells.append([row.id, render.when(row.created, seconds=False), state, row.verdict,
                       render.size(row.size), render.fit(render.clean(render.sender(row.mail_from)), 32),
                       render.fit(first, 32 - len(more)) + more, render.clean(row.subject) or "-"])
+        if nodes:
+            cells[-1].insert(1, render.fit(render.clean(row.node) or "-", 24))
     used = sum(max(render.width(h), max(render.width(c[i]) for c in cells)) + 2
                for i, h in enumerate(header[:-1]))
     room = max(20, (width or (used + 60)) - used)
     for c in cells:
         c[-1] = render.fit(c[-1], room)
-    lines = render.table(header, cells, right=(4,))
+    lines = render.table(header, cells, right=(5,) if nodes else (4,))
     count = "%d messages" % total if len(rows) == total else "%d of %d messages" % (len(rows), total)
     if total == 1 and len(rows) == 1:
         count = "1 message"

@@ -65,17 +65,18 @@ def release(store, queue_id, relay, *, to=None, force=False, user=None):
     if previous is not None and previous.state == "done" and not force:
         return Outcome(row.id, "already", recipients, previous=previous)
     try:
-        source = open(store.file_path(row.id), "rb")
-    except OSError as exc:
+        source = store.open_message(row)
+    except QuarantineError:
         _unclaim(row.id, previous)
-        raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
+        raise
     client = client_of(row)
     mail_params = row.params.get("mail") or {}
     rcpt_params = row.params.get("rcpt") or {}
     xforward = relayable_xforward(client)
     try:
         with source:
-            size = os.fstat(source.fileno()).st_size
+            size = source.seek(0, os.SEEK_END)
+            source.seek(0)
             result = relay.send(row.mail_from, recipients, source, size, mail_params=mail_params,
                                 rcpt_params=[{} if to else rcpt_params.get(a, {}) for a in recipients],
                                 xforward=xforward)

@@ -11,9 +11,7 @@ import dataclasses
 import os
 
 from salmon_app.storage import models
-from salmon_app.analysis import FileCheck
-from salmon_app.storage.models import Event, Message, Recipient
-from salmon_app.storage.models import Release
+from salmon_app.storage.models import Body, Event, FileCheck, Message, Recipient, Release
 
 BATCH = 500
 
@@ -33,7 +31,8 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH):
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
         with models.writing():
-            rows = list(Message.select(Message.id, Message.state, Message.size).where(Message.id.in_(chunk)))
+            rows = list(Message.select(Message.id, Message.state, Message.size, Message.node)
+                        .where(Message.id.in_(chunk)))
             found = {r.id for r in rows}
             skipped.update({queue_id: None for queue_id in chunk if queue_id not in found})
             doomed = []
@@ -45,11 +44,13 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH):
             doomed_ids = [r.id for r in doomed]
             if doomed_ids:
                 for model, column in ((Recipient, Recipient.message), (Event, Event.message),
-                                      (FileCheck, FileCheck.message), (Release, Release.message)):
+                                      (FileCheck, FileCheck.message), (Release, Release.message),
+                                      (Body, Body.message)):
                     model.delete().where(column.in_(doomed_ids)).execute()
                 Message.delete().where(Message.id.in_(doomed_ids)).execute()
         for r in doomed:
-            removed.append(Removed(r.id, r.state, r.size, remove_files(store, r.id)))
+            # another node's file stays until that node's next start-up finds it without a record
+            removed.append(Removed(r.id, r.state, r.size, remove_files(store, r.id) if store.local(r) else 0))
     return removed, skipped
 
 

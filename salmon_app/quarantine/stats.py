@@ -22,7 +22,8 @@ def stats(store, since=None):
 
     with store.database.atomic():          # one read snapshot
         groups = {}
-        for name, column in (("state", Message.state), ("verdict", Message.verdict), ("mode", Message.mode)):
+        for name, column in (("state", Message.state), ("verdict", Message.verdict), ("mode", Message.mode),
+                             ("node", Message.node)):
             rows = period(Message.select(column, fn.COUNT(Message.id), fn.SUM(Message.size))).group_by(column).tuples()
             groups[name] = {key: {"messages": count, "bytes": total or 0}
                             for key, count, total in sorted(rows, key=lambda r: (-r[1], r[0]))}
@@ -52,6 +53,7 @@ def stats(store, since=None):
         "since": render.iso(since) if since is not None else None,
         "messages": messages or 0, "bytes_received": received or 0,
         "by_state": groups["state"], "by_verdict": groups["verdict"], "by_mode": groups["mode"],
+        "by_node": groups["node"],
         "released": released, "released_by_state": released_by_state,
         "stored": {"files": stored or 0, "bytes": stored_bytes or 0, "records": records},
         "files": {"checked": len(checks), "not_analysable": skipped, "distinct": len(by_content),
@@ -65,7 +67,8 @@ def render_stats(data, label=None):
     period = "since %s%s" % (data["since"][:16].replace("T", " "), " (%s)" % label if label else "") \
         if data["since"] else "all records"
     lines.append("Messages received %s: %d (%s)" % (period, data["messages"], render.amount(data["bytes_received"])))
-    for title, key in (("By state", "by_state"), ("By verdict", "by_verdict"), ("By mode", "by_mode")):
+    for title, key in (("By state", "by_state"), ("By verdict", "by_verdict"), ("By mode", "by_mode"),
+                       ("By node", "by_node")):
         lines.append("")
         lines.append(title)
         if not data[key]:

@@ -1,18 +1,23 @@
-"""Opening the quarantine (database and spool) for a command, and the release marker.
+"""Opening the quarantine (database and spool) for a command, and reading a message's bytes.
 
-``Store(config)`` binds the SQLite database named by ``DatabasePath`` (refusing to create one
-where none exists: a wrong path in a command must not invent an empty quarantine) and the
-spool of ``SpoolDir``; when this process already has that database open (the daemon calling
-``expire()``), it is reused instead of re-bound. ``Release`` (storage/models.py) is one row
+``Store(config)`` binds the database named by ``DatabaseUrl`` or ``DatabasePath`` (refusing to
+create a SQLite file where none exists: a wrong path in a command must not invent an empty
+quarantine) and the spool of ``SpoolDir``; when this process already has that database open
+(the daemon calling ``expire()``), it is reused instead of re-bound. A message's file is in
+the spool of the node that received it (``NodeName``); with a shared database the bytes of a
+kept message are also in the database, so ``open_message()`` serves any node's message. ``Release`` (storage/models.py) is one row
 per released message with who, when, to whom and the next hop's reply; a row in state
 ``sending`` is a claim that makes concurrent releases of one message impossible. ``lookup()`` turns user input into a record or a clear "not found" error.
 """
 import getpass
+import io
 import json
 import os
 import re
 
 import peewee
+
+from salmon_app.storage import engine, migrations
 
 from salmon_app.storage import models
 from salmon_app.storage.models import Message, Release
@@ -44,32 +49,38 @@ def who():
     return user
 
 
-def bind_database(path):
-    """(database, opened): this process's open database if it is ``path``, else ``path`` opened now.
+def bind_database(where):
+    """(database, opened): this process's open database if it is ``where``, else ``where`` opened now.
 
     Never re-binds a process already using another database (that would pull it from under the
     daemon's threads)."""
     current = models.db.obj
     if current is not None:
-        if os.path.abspath(current.database) != os.path.abspath(path):
-            raise QuarantineError("this process already uses the database %s, not %s" % (current.database, path))
+        if getattr(current, "vx_location", None) != where:
+            raise QuarantineError("this process already uses the database %s, not %s"
+                                  % (engine.shown(getattr(current, "vx_location", current.database)), engine.shown(where)))
         database, opened = current, False
     else:
-        database, opened = models.open_database(path), True
+        database, opened = models.open_database(where, upgrade=False), True
     return database, opened
 
 
 class Store:
     def __init__(self, config, *, must_exist=True):
         self.config = config
-        path = config.DatabasePath
-        if must_exist and not os.path.exists(path):
+        self.node = engine.node_name(config)
+        where = engine.location(config)
+        kind, path = engine.parse(where)
+        if kind == "sqlite" and must_exist and not os.path.exists(path):
             raise QuarantineError("no quarantine database at %s (check DatabasePath in %s)"
-                                  % (os.path.abspath(path), config.path or "the configuration"))
+                                  % (path, config.path or "the configuration"))
         try:
-            self.database, self._opened = bind_database(path)
-        except peewee.PeeweeException as exc:
-            raise QuarantineError("cannot open the database %s: %s" % (path, exc)) from None
+            self.database, self._opened = bind_database(where)
+        except migrations.SchemaError as exc:
+            raise QuarantineError(str(exc)) from None
+        except (peewee.PeeweeException, engine.storage_errors()) as exc:
+            raise QuarantineError("cannot open the database %s: %s"
+                                  % (engine.shown(where), str(exc).strip().splitlines()[0] if str(exc).strip() else exc)) from None
         try:
             self.spool = Spool(config.SpoolDir)
         except OSError as exc:
@@ -94,9 +105,27 @@ class Store:
     def file_path(self, queue_id):
         return self.spool.path(queue_id)
 
+    def open_message(self, row):
+        """A binary file of ``row``'s bytes: this node's spool file, else the copy in the database."""
+        if self.local(row):
+            try:
+                return open(self.file_path(row.id), "rb")
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise QuarantineError("%s: cannot read its file: %s" % (row.id, exc.strerror or exc)) from None
+        data = models.kept_body(row.id)
+        if data is None:
+            raise QuarantineError(self.file_problem(row, "read") or "%s: its file is gone" % row.id)
+        return io.BytesIO(data)
+
     def modified_path(self, queue_id):
         """The modified copy a policy may have written beside the original (``<id>.out``)."""
         return self.spool.path(queue_id)[:-4] + ".out"
+
+    def local(self, row):
+        """True when this node's spool holds ``row``'s file."""
+        return row.node in (self.node, "")
 
     def file_problem(self, row, verb):
         """Why ``row`` has no file to ``verb`` (a sentence), or None when its file is there."""
@@ -104,7 +133,14 @@ class Store:
             hint = (" (delivered mail is not kept unless KeepDeliveredMessages = Yes)"
                     if row.state == models.DELIVERED else "")
             return "%s: no stored file to %s: only its record is left%s" % (row.id, verb, hint)
+        if not self.local(row):
+            if models.Body.select().where(models.Body.message == row.id).exists():
+                return None
+            return ("%s: its file is in the spool of node %s and not in the database (only quarantined "
+                    "and held messages are); run the command on %s" % (row.id, row.node, row.node))
         if not self.spool.exists(row.id):
+            if models.Body.select().where(models.Body.message == row.id).exists():
+                return None
             return ("%s: its file %s is missing from the spool; nothing to %s "
                     "(vxgate quarantine check --repair records that)" % (row.id, self.file_path(row.id), verb))
         return None
