@@ -245,7 +245,7 @@ def _target_ready(database, args):
     if found == migrations.CURRENT:
         return
     if found is not None and found > migrations.CURRENT:
-        raise Failed(migrations._newer(database, found))
+        raise Failed(migrations.newer_text(database, found))
     if args.upgrade:
         from salmon_app.quarantine.store import who
         upgrade_schema(database, "vxgate db copy (%s)" % who(), lambda text: print(text, flush=True))

@@ -41,7 +41,6 @@ class Source:
     """The SQLite quarantine being moved, read-only."""
 
     def __init__(self, path, spool_dir):
-        path = "/" + path.lstrip("/") if path.startswith("/") else path   # sqlite:////x and sqlite:///x alike
         if not os.path.isfile(path):
             raise CopyError("no SQLite database at %s (--from)" % path, status=2)
         uri = "file:%s?mode=ro" % urllib.parse.quote(path)

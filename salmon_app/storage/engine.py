@@ -55,9 +55,10 @@ def parse(text):
                             "or sqlite:///path/to/quarantine.db" % scheme)
     if scheme == "sqlite":
         path = urllib.parse.unquote(text.partition("://")[2])
-        if not path or path == "/":
-            raise LocationError("sqlite:/// needs a file path, as in sqlite:////var/lib/vxgate/quarantine.db")
-        return "sqlite", os.path.abspath(path)
+        if not path.strip("/"):
+            raise LocationError("sqlite:/// needs a file path, as in sqlite:///var/lib/vxgate/quarantine.db")
+        # sqlite:///x and sqlite:////x name the same absolute path
+        return "sqlite", os.path.abspath("/" + path.lstrip("/") if path.startswith("/") else path)
     parts = urllib.parse.urlsplit(text)
     if not parts.path.strip("/"):
         raise LocationError("the database URL names no database: postgresql://user:password@host/dbname")
