@@ -76,7 +76,7 @@ def parse_filters(args):
     filters.released = {"yes": True, "no": False}.get(args.get("released", ""))
     sort = args.get("sort") if args.get("sort") in query.SORT_KEYS else "created"
     try:
-        page = max(1, int(args.get("page", 1)))
+        page = min(max(1, int(args.get("page", 1))), 1000000)      # an absurd page is the last one, not an overflow
         per = int(args.get("per", 50))
     except ValueError:
         page, per = 1, 50

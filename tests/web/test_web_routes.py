@@ -61,6 +61,8 @@ def test_list_search_and_paging(console):
     assert ids_for("until=2000-01-01") == set()
     assert ids_for("released=yes") == set()
     assert ids_for("sort=sender&per=25") >= {held.id, other.id}
+    assert client.get("/?page=99999999999999999999999").status_code == 200
+    assert client.get("/?page=x&per=7").status_code == 200
     bad = client.get("/?since=someday")
     assert bad.status_code == 400 and "bad time" in dom(bad).text
     assert rows
