@@ -162,6 +162,9 @@ class Gateway:
             relay.close()
         metrics_closed.join(5)
         self.database.close()
+        close_idle = getattr(self.database, "close_idle", None)
+        if close_idle:
+            close_idle()         # the pooled connections of ended sessions
 
     # ------------------------------------------------------------ moving messages
     def submit(self, item, state):

@@ -202,7 +202,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     sqlite = engine.parse(where)[0] == "sqlite"
     if group_commit and sqlite:
         synchronous = "NORMAL"
-    database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout)
+    database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout, pooled=group_commit)
     db.initialize(database)
     _GROUP = None
     if group_commit and sqlite:
