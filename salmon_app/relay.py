@@ -41,16 +41,20 @@ class _Verbatim:
     email.utils.parseaddr, which rewrites quoted local parts (and costs a parse per recipient)."""
 
     def mail(self, sender, options=()):
-        if any(o.lower() == "smtputf8" for o in options):
-            if not self.has_extn("smtputf8"):
-                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by the next hop")
-            self.command_encoding = "utf-8"
+        self.encoding_for(options)
         self.putcmd("mail", "FROM:<%s>%s" % (sender, "".join(" " + o for o in options)))
         return self.getreply()
 
     def rcpt(self, recip, options=()):
         self.putcmd("rcpt", "TO:<%s>%s" % (recip, "".join(" " + o for o in options)))
         return self.getreply()
+
+    def encoding_for(self, options):
+        """UTF-8 commands for a SMTPUTF8 transaction, which the next hop must offer."""
+        if any(o.lower() == "smtputf8" for o in options):
+            if not self.has_extn("smtputf8"):
+                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by the next hop")
+            self.command_encoding = "utf-8"
 
 
 class _Client(_Verbatim, smtplib.SMTP):
@@ -224,6 +228,10 @@ class Relay:
             client.rset()
             replies.update({addr: (code, _text(text)) for addr in accepted})
             return RelayResult(replies, (code, _text(text)))
+        return self._body(client, source, replies, accepted)
+
+    def _body(self, client, source, replies, accepted):
+        """After the 354: the message, and the next hop's reply for every accepted recipient."""
         _send_stuffed(client.sock, source)
         code, text = client.getreply()
         text = _text(text)
@@ -232,14 +240,10 @@ class Relay:
         match = _QUEUED_AS.search(text)
         return RelayResult(replies, (code, text), match.group(1) if match else "")
 
-
     def _pipelined(self, client, attrs, mail_from, options, recipients, rcpt_params, source):
         """The same transaction with XFORWARD, MAIL, every RCPT and DATA sent at once (RFC 2920,
         as Postfix's own client does): one round trip to the next hop instead of one per command."""
-        if any(o.lower() == "smtputf8" for o in options):
-            if not client.has_extn("smtputf8"):
-                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by the next hop")
-            client.command_encoding = "utf-8"
+        client.encoding_for(options)
         lines = ["XFORWARD %s" % attrs] if attrs else []
         lines.append("MAIL FROM:<%s>%s" % (mail_from, "".join(" " + o for o in options)))
         lines += ["RCPT TO:<%s>%s" % (address, "".join(" " + o for o in _rcpt_options(client, params)))
@@ -266,13 +270,7 @@ class Relay:
             if code == 250 and accepted:
                 replies.update({addr: data_reply for addr in accepted})
             return RelayResult(replies, mail_reply if code != 250 else data_reply if accepted else (0, ""))
-        _send_stuffed(client.sock, source)
-        code, text = client.getreply()
-        text = _text(text)
-        replies.update({addr: (code, text) for addr in accepted})
-        self._local.used = time.monotonic()
-        match = _QUEUED_AS.search(text)
-        return RelayResult(replies, (code, text), match.group(1) if match else "")
+        return self._body(client, source, replies, accepted)
 
 
 def _mail_options(client, params, size):
