@@ -160,6 +160,9 @@ class Gateway:
             relay.close()
         metrics_closed.join(5)
         self.database.close()
+        close_idle = getattr(self.database, "close_idle", None)
+        if close_idle:
+            close_idle()         # the pooled connections of ended sessions
 
     # ------------------------------------------------------------ moving messages
     def submit(self, item, state):
@@ -491,7 +494,11 @@ class Intake:
         waiter = gateway.registry.add_waiter(queue_id) if not own else None
         try:
             writer.commit()
-            message = self._record(envelope, writer, answered=own)
+            # the record's fsync is not waited for here: the outcome's commit (or the early
+            # answer's) makes it durable too, before any 250 (``models.writing(defer)``)
+            message, commit = self._record(envelope, writer, answered=own)
+            if own:
+                commit.wait()      # a BCC copy is answered at once: its record first
         except Exception as exc:
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
@@ -529,6 +536,13 @@ class Intake:
         if failed:
             log.error("could not record the early answer: %s", failed[0])
             return Reply(451, "4.3.0 Internal error, try again later")
+        try:
+            commit.wait()      # at once as a rule: a later durable commit covered it
+        except Exception as exc:
+            # an outcome that was recorded (or kept in memory as a fact) still goes out, as
+            # ``conclude`` has it; this only happens when the disk fails
+            gateway.storage.failed(exc)
+            log.error("could not make the record durable: %s", exc)
         if reply is None:
             log.info("answered 250 before the outcome; finishing in the background")
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
@@ -536,7 +550,7 @@ class Intake:
 
     def _record(self, envelope, writer, answered=False):
         now = time.time()
-        row = models.insert_message(dict(
+        row, commit = models.insert_message(dict(
             id=writer.queue_id, node=self.gateway.node, mode=self.mode, state=models.STORED, answered=answered, created=now,
             updated=now, mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
             client_json=json.dumps(envelope.client), size=writer.size, sha256=writer.sha256,
@@ -544,10 +558,10 @@ class Intake:
                 a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}}),
             body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",
             smtputf8=bool(envelope.mail_params.get("SMTPUTF8")), **parse_headers(envelope.headers)),
-            envelope.rcpt_to)
+            envelope.rcpt_to, defer=True)
         message = StoredMessage(self.gateway, row)
         message.recipients = list(envelope.rcpt_to)
-        return message
+        return message, commit
 
 
 def analysed_files(analysis_json):
