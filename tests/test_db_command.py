@@ -118,6 +118,21 @@ def test_daemon_open_of_an_unupgraded_database_names_the_command(pg_cluster, bou
     assert rows(url, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]   # nothing created
 
 
+def test_an_older_schema_is_refused_then_upgraded_step_by_step(pg_cluster, tmp_path, bound):
+    """A database of the first versioned release (schema 1, before the web console's table)."""
+    url = pg_cluster.new_database()
+    rows(url, "UPDATE vxgate_schema SET version = 1 RETURNING version")
+    pg_cluster.sql("DROP TABLE web_release_request", url.rsplit("/", 1)[1])
+    with pytest.raises(migrations.SchemaError) as raised:
+        models.open_database(url)
+    assert "at schema 1 and this vxgate needs %d: run `vxgate db upgrade`" % migrations.CURRENT in str(raised.value)
+    config = ini(tmp_path / "pg.ini", **{"Quarantine.DatabaseUrl": url})
+    upgraded = vx("db", "upgrade", config=config, check=0)
+    assert "applying schema 2:" in upgraded.stdout and "applying schema 1" not in upgraded.stdout
+    assert rows(url, "SELECT COUNT(*) FROM web_release_request") == [(0,)]
+    models.open_database(url)       # the daemon starts now
+
+
 def test_a_schema_newer_than_this_vxgate_is_refused(pg_cluster, tmp_path, bound):
     url = pg_cluster.new_database()
     rows(url, "UPDATE vxgate_schema SET version = %d RETURNING version" % (migrations.CURRENT + 1))

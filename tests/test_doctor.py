@@ -8,6 +8,7 @@ import pytest
 
 from support.mail import VXCUBE_KEY
 from salmon_app.sink import SinkServer
+from salmon_app.storage import migrations
 
 VXGATE = os.path.join(os.path.dirname(sys.executable), "vxgate")
 
@@ -120,7 +121,7 @@ def test_shared_database_schema_and_node_clocks(setup, pg_cluster):
                    "('mx1', extract(epoch from now()), extract(epoch from now()), 0.1, '')", name)
     code, out = doctor(_shared(setup(), url))
     assert code == 0, out
-    assert "ok   database" in out and "schema 1" in out and "***@127.0.0.1" in out
+    assert "ok   database" in out and "schema %d" % migrations.CURRENT in out and "***@127.0.0.1" in out
     assert "ok   node clocks" in out and "mx1" in out
     assert PASSWORD not in out
     pg_cluster.sql("UPDATE node SET skew = 30", name)

@@ -17,7 +17,7 @@ import time
 
 from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
-from salmon_app.storage.models import Body, Event, Message, Recipient, Release
+from salmon_app.storage.models import Body, Event, Message, Recipient, Release, ReleaseRequest
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import QUEUE_ID_RE, who
 
@@ -74,7 +74,7 @@ def check(store, repair=False, now=None, min_age=MIN_AGE):
             findings.append(_orphan(path, queue_id, repair, now, min_age))
     findings = [f for f in findings if f is not None]
 
-    for model in (Recipient, Event, FileCheck, Release, Body):
+    for model in (Recipient, Event, FileCheck, Release, ReleaseRequest, Body):
         finding = _orphan_rows(model, repair)
         if finding:
             findings.append(finding)

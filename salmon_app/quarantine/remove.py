@@ -12,7 +12,7 @@ import logging
 import os
 
 from salmon_app.storage import models
-from salmon_app.storage.models import Body, Event, FileCheck, Message, Recipient, Release
+from salmon_app.storage.models import Body, Event, FileCheck, Message, Recipient, Release, ReleaseRequest
 
 BATCH = 500
 LOG = logging.getLogger("vxgate")
@@ -50,7 +50,7 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH, user=None
             if doomed_ids:
                 for model, column in ((Recipient, Recipient.message), (Event, Event.message),
                                       (FileCheck, FileCheck.message), (Release, Release.message),
-                                      (Body, Body.message)):
+                                      (Body, Body.message), (ReleaseRequest, ReleaseRequest.message)):
                     model.delete().where(column.in_(doomed_ids)).execute()
                 Message.delete().where(Message.id.in_(doomed_ids)).execute()
         for r in doomed:

@@ -52,7 +52,16 @@ def _step_1(database):
     database.execute_sql('CREATE INDEX IF NOT EXISTS "message_sha256" ON "message" ("sha256")')
 
 
-STEPS = {1: ("tables, node names, kept bodies and the node list", _step_1)}
+def _step_2(database):
+    """Recipients' release requests of the web console."""
+    from salmon_app.storage.models import ReleaseRequest
+    database.create_tables([ReleaseRequest], safe=True)
+
+
+# Step 1 creates the tables as models.py describes them now, so every later step must also pass
+# on a database that step 1 made (safe creates; columns added only where missing).
+STEPS = {1: ("tables, node names, kept bodies and the node list", _step_1),
+         2: ("release requests of the web console", _step_2)}
 CURRENT = max(STEPS)
 
 

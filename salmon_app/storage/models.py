@@ -157,6 +157,19 @@ class Release(BaseModel):
         table_name = "quarantine_release"
 
 
+class ReleaseRequest(BaseModel):
+    """A recipient's request to release a message (web console), and the administrator's answer."""
+    message = peewee.CharField(index=True)
+    recipient = peewee.TextField()
+    state = peewee.CharField(default="pending", index=True)   # pending, approved, refused, released
+    time = peewee.DoubleField()
+    decided = peewee.DoubleField(default=0)
+    decided_by = peewee.TextField(default="")
+
+    class Meta:
+        table_name = "web_release_request"
+
+
 class Body(BaseModel):
     """A kept message's bytes in the database, so every node can show, export or release it
     (with a shared database: amavisd-new's SQL quarantine is the precedent)."""
@@ -181,7 +194,7 @@ class Probe(BaseModel):
     time = peewee.DoubleField()
 
 
-MODELS = [Message, Recipient, Event, Sample, FileCheck, Release, Body, Node, Probe]
+MODELS = [Message, Recipient, Event, Sample, FileCheck, Release, ReleaseRequest, Body, Node, Probe]
 
 
 def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None, group_commit=False):

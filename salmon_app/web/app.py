@@ -26,7 +26,6 @@ def create_app(config, store=None):
     app.config["VXGATE"] = config
     app.config["USERS_FILE"] = users.path_of(config)
     app.config["STORE"] = store or Store(config)
-    release_requests.create_table()
     security.setup(app, config)
     if config.WebBehindProxy:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)

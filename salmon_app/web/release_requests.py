@@ -1,37 +1,16 @@
 """Recipients' release requests: what a recipient asked for, and the administrator's answer.
 
-A request is a row of our own table (``web_release_request``; models.py is the daemon's):
-message, recipient, state (``pending``, ``approved``, ``refused``; ``released`` when the recipient
+A request is a row of ``web_release_request`` (``storage.models.ReleaseRequest``, created by
+``vxgate db upgrade`` step 2): message, recipient, state (``pending``, ``approved``, ``refused``; ``released`` when the recipient
 released their copy themselves), when, and who decided.
 Asking twice while one is pending is one request. Every step is also an Event in the
 message's history, so ``vxgate quarantine show`` tells the whole story.
 """
 import time
 
-import peewee
-
 from salmon_app.storage import models
-from salmon_app.storage.models import BaseModel, Message
+from salmon_app.storage.models import Message, ReleaseRequest
 from salmon_app.quarantine.store import record
-
-
-class ReleaseRequest(BaseModel):
-    message = peewee.CharField(index=True)
-    recipient = peewee.TextField()
-    state = peewee.CharField(default="pending", index=True)
-    time = peewee.FloatField()
-    decided = peewee.FloatField(default=0)
-    decided_by = peewee.TextField(default="")
-
-    class Meta:
-        table_name = "web_release_request"
-
-
-def create_table():
-    database = models.db.obj
-    if not database.table_exists(ReleaseRequest._meta.table_name):
-        with models.writing():
-            database.create_tables([ReleaseRequest])
 
 
 def ask(queue_id, recipient, user):
