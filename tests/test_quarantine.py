@@ -24,6 +24,8 @@ from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
 from salmon_app.storage.models import Event, Message, Recipient
 
+pytestmark = pytest.mark.both_engines     # each test runs on SQLite and on PostgreSQL
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOUR, DAY = 3600.0, 86400.0
 
@@ -93,7 +95,7 @@ end
 
 
 @pytest.fixture
-def gw(vxgate, sink, tmp_path):
+def gw(vxgate, sink, tmp_path, database):
     """A running gateway (a hook quarantines subjects with "quarantine me"; delivered files are
     kept) and the configuration file the commands use."""
     running = vxgate(KeepDeliveredMessages=True, SmtpHook=QUARANTINE_HOOK,
@@ -101,8 +103,8 @@ def gw(vxgate, sink, tmp_path):
     config_path = tmp_path / "vxgate.ini"
     config_path.write_text(
         "[MailD]\nSmtpSocket = 127.0.0.1:%d\nSmtpSenderRelay = 127.0.0.1:%d\nSmtpHostname = vxgate.test\n"
-        "[Quarantine]\nSpoolDir = %s\nDatabasePath = %s\n"
-        % (running.port, sink.port, tmp_path / "spool", tmp_path / "quarantine.db"))
+        "[Quarantine]\nSpoolDir = %s\n%s = %s\n"
+        % (running.port, sink.port, tmp_path / "spool", *next(iter(database.items()))))
     running.config_path = config_path
     running.spool = running.gateway.spool
     return running
