@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -110,6 +111,7 @@ def gw(vxgate, sink, tmp_path, database):
     return running
 
 
+NODE = socket.gethostname()      # the gateway's NodeName: the host name by default
 SEED_STATES = ["quarantined", "delivered", "rejected", "held", "failed", "discarded", "deferred", "quarantined",
                "closed", "reported"]
 SEED_VERDICTS = ["none", "clean", "suspicious", "dangerous", "unchecked"]
@@ -137,7 +139,7 @@ def seed(spool, n, now=None, files_every=4, prefix="S"):
             size=len(data), sha256=hashlib.sha256(data).hexdigest(),
             subject=subject,
             verdict=SEED_VERDICTS[i % len(SEED_VERDICTS)], has_file=has_file,
-            next_attempt=now + 1e6, action="quarantine" if state == "quarantined" else "",
+            node=NODE, next_attempt=now + 1e6, action="quarantine" if state == "quarantined" else "",
             reason="seeded" if state == "quarantined" else ""))
     with models.writing():
         for start in range(0, n, 100):
@@ -195,7 +197,8 @@ def test_list_filters_sort_limit_and_json(gw, sink):
 
     # for people: a header, aligned columns, first recipient + count, a total line
     out = q(cfg, "list", "--state", "quarantined", "--limit", "7", check=0).stdout.splitlines()
-    assert out[0].split() == ["ID", "TIME", "STATE", "VERDICT", "SIZE", "SENDER", "RECIPIENTS", "SUBJECT"]
+    node = ["NODE"] if models.shared() else []      # shown when several nodes share the database
+    assert out[0].split() == ["ID"] + node + ["TIME", "STATE", "VERDICT", "SIZE", "SENDER", "RECIPIENTS", "SUBJECT"]
     assert out[-1] == "7 of %d messages" % quarantined["total"]
     column = out[0].index("STATE")
     assert all(line[column:].startswith("quarantined") for line in out[1:-1])
@@ -380,7 +383,7 @@ def test_released_messages_show_as_released_in_filters_stats_and_dry_run(gw, sin
     assert released == [first]
     never = {m["id"] for m in qjson(gw.config_path, "list", "--state", "quarantined", "--not-released")["messages"]}
     assert never == set(rest)
-    assert re.search(r"%s +\S+ +\S+ +quarantined\*" % first, q(gw.config_path, "list", "--released", check=0).stdout)
+    assert re.search(r"%s +(?:%s +)?\S+ +\S+ +quarantined\*" % (first, re.escape(NODE)), q(gw.config_path, "list", "--released", check=0).stdout)
     stats = qjson(gw.config_path, "stats")
     assert stats["released"] == 1 and stats["released_by_state"] == {"quarantined": 1}
     assert "Released:" in q(gw.config_path, "stats", check=0).stdout
