@@ -48,6 +48,7 @@ class Analyser:
         self.due = {}       # sha256 -> when to poll next (in memory, see later())
         self.polls = {}     # sha256 -> polls or failed calls so far (for the back-off)
         self.failing = {}   # sha256 -> the error last logged for it: one log line per change
+        self.next_adoption = 0.0   # when to look for samples of a stopped node (vxcube/adoption.py)
         self.configure(config)
 
     def configure(self, config):
@@ -82,6 +83,10 @@ class Analyser:
 
     def sweep(self):
         now = time.time()
+        if models.shared() and now >= self.next_adoption:
+            from salmon_app.vxcube.adoption import adopt
+            self.next_adoption = now + 10
+            adopt(self, now)
         for row in (Sample.select(Sample.sha256).where(Sample.state != "done", Sample.next_step <= now,
                                                        Sample.node == self.gateway.node)
                     .order_by(Sample.next_step).limit(2000)):

@@ -189,6 +189,8 @@ def build_parser():
         child.set_defaults(func=func)
     from salmon_app.quarantine.cli import register as register_quarantine
     register_quarantine(sub)
+    from salmon_app.storage.dbcli import register as register_db
+    register_db(sub)
     return parser
 
 

@@ -3,7 +3,8 @@
 Each check prints ``ok``, ``WARN`` or ``FAIL`` with what it saw and, when something is wrong,
 the fix. The checks: the configuration, the hook, the pid file (running, or what a stale one
 means), the listening sockets, the spool and the
-database (writable, private), the next hop (answers SMTP), vxCube (reachable, key valid,
+database (writable, private; reachable, at the schema this vxgate needs, and the clocks of the
+nodes that share it), the next hop (answers SMTP), vxCube (reachable, key valid,
 licence and quota) and the report server of BCC mode (reachable, the credentials work).
 """
 import errno
@@ -42,6 +43,7 @@ def run(path, out=print, timeout=5.0):
     if config.BccSocket:
         check_listen(report, "BccSocket", config.BccSocket, timeout)
     check_storage(report, config)
+    check_database(report, config, timeout)
     check_smtp(report, "SmtpSenderRelay", config.SmtpSenderRelay, timeout,
                fix="start the MTA's re-injection listener (master.cf: 127.0.0.1:10026 ... smtpd) or correct SmtpSenderRelay")
     if config.UseVxcube:
@@ -136,7 +138,10 @@ def _probe_bind(address):
 
 
 def check_storage(report, config):
-    for name, path, want_dir in (("SpoolDir", config.SpoolDir, True), ("DatabasePath", config.DatabasePath, False)):
+    places = [("SpoolDir", config.SpoolDir, True)]
+    if not config.DatabaseUrl:
+        places.append(("DatabasePath", config.DatabasePath, False))
+    for name, path, want_dir in places:
         target = path if want_dir else os.path.dirname(os.path.abspath(path))
         if not os.path.exists(path):
             parent = os.path.dirname(os.path.abspath(path))
@@ -154,6 +159,59 @@ def check_storage(report, config):
                        "chmod %s %s" % ("0700" if want_dir else "0600", path))
         else:
             report.add(OK, name, "%s (mode %o)" % (path, mode))
+
+
+SKEW_LIMIT = 2.0      # seconds between a node's clock and the database server's
+
+
+def check_database(report, config, timeout):
+    """Connect as the daemon does; the schema version; each node's clock against the server's."""
+    import time
+    from salmon_app.storage import engine, migrations
+    where = engine.location(config)
+    kind, path = engine.parse(where)
+    if kind == "sqlite" and not os.path.exists(path):
+        return      # check_storage said it is created at start
+    shown = engine.shown(where)
+    try:
+        database = engine.connect(where, busy_timeout=timeout, connect_timeout=max(1, int(timeout)))
+        database.connect()
+        found = migrations.version(database)
+    except Exception as exc:      # any driver's error: the point is to say it in one line
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        report.add(FAIL, "database", "%s: %s" % (shown, text),
+                   "check DatabaseUrl (host, port, database, user, password) and the server's pg_hba.conf"
+                   if kind != "sqlite" else "check DatabasePath and its permissions")
+        return
+    try:
+        if found == migrations.CURRENT:
+            report.add(OK, "database", "%s: schema %d" % (shown, found))
+        elif found is not None and found > migrations.CURRENT:
+            report.add(FAIL, "database", "%s: schema %d is newer than this vxgate's %d" % (shown, found, migrations.CURRENT),
+                       "upgrade vxgate on this node")
+        elif kind == "sqlite":
+            report.add(WARN, "database", "%s: schema %s; vxgate %d upgrades it at start" % (shown, found, migrations.CURRENT))
+        else:
+            report.add(FAIL, "database", "%s: schema %s, this vxgate needs %d" % (shown, found, migrations.CURRENT),
+                       "vxgate db upgrade")
+        if kind == "sqlite" or not found:
+            return
+        server = float(database.execute_sql("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+        skew = time.time() - server
+        nodes = database.execute_sql('SELECT "name", "seen", "skew" FROM "node" ORDER BY "name"').fetchall()
+        far = ["%s %+.1fs" % (name, value) for name, _, value in nodes
+               if value is not None and abs(value) > SKEW_LIMIT]
+        if abs(skew) > SKEW_LIMIT:
+            far.insert(0, "this host %+.1fs" % skew)
+        seen = "%d node(s): %s" % (len(nodes), ", ".join(
+            "%s (seen %ds ago)" % (name, max(0, server - seen_at)) for name, seen_at, _ in nodes) or "none yet")
+        if far:
+            report.add(WARN, "node clocks", seen + "; clocks off the database server's: " + ", ".join(far),
+                       "run NTP (chrony or systemd-timesyncd) on every node and the database server")
+        else:
+            report.add(OK, "node clocks", seen + "; within %gs of the database server" % SKEW_LIMIT)
+    finally:
+        database.close()
 
 
 def check_smtp(report, name, address, timeout, fix, login=None, tls="off", ca_file="", verify=True):

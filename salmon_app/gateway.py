@@ -112,7 +112,8 @@ class Gateway:
         server = SmtpServer(address, Intake(self, mode), hostname=self.hostname, max_connections=0,
                             max_message_size=0, max_recipients=0, max_line=0, idle_timeout=0, name=mode,
                             count_refused=self.metrics.smtp_refused.labels(mode).inc,
-                            count_error=self.metrics.smtp_errors.labels(mode).inc)
+                            count_error=self.metrics.smtp_errors.labels(mode).inc,
+                            session_ended=engine.release)
         self.limit_server(server)
         return server
 

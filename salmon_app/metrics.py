@@ -138,9 +138,9 @@ def _database(gateway):
     from salmon_app.storage import models
     now = time.time()
     try:
-        owned = models.owned_by_state()
-        stored = models.stored_totals()
-        analysing = models.samples_in_flight()
+        owned = models.owned_by_state(gateway.node)
+        stored = models.stored_totals(gateway.node)
+        analysing = models.samples_in_flight(gateway.node)
     except Exception as exc:      # a scrape must answer even while storage fails
         LOG.warning("metrics: database not readable: %s", exc)
         return
@@ -149,8 +149,8 @@ def _database(gateway):
     oldest = min((created for _, created in owned.values()), default=None)
     yield _gauge("vxgate_oldest_owned_message_age_seconds", "Age of the oldest message vxgate owns (0: none).",
                  None, {(): round(now - oldest, 3) if oldest else 0})
-    yield _gauge("vxgate_quarantine_messages", "Message records in the quarantine database.", None, {(): stored[0]})
-    yield _gauge("vxgate_quarantine_bytes", "Bytes of the message files kept in the spool.", None, {(): stored[1]})
+    yield _gauge("vxgate_quarantine_messages", "Message records of this node (NodeName) in the quarantine database.", None, {(): stored[0]})
+    yield _gauge("vxgate_quarantine_bytes", "Bytes of the message files kept in this node's spool.", None, {(): stored[1]})
     yield _gauge("vxgate_vxcube_analyses_in_flight", "Samples queued, uploaded or being analysed at vxCube.",
                  None, {(): analysing})
 

@@ -62,8 +62,9 @@ class SmtpServer:
 
     def __init__(self, address, intake, *, hostname, max_connections, max_message_size,
                  max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None,
-                 count_refused=lambda: None, count_error=lambda: None):
+                 count_refused=lambda: None, count_error=lambda: None, session_ended=None):
         self.address, self.intake, self.name = address, intake, name
+        self.session_ended = session_ended      # called in the session's thread as it ends
         self.count_refused, self.count_error = count_refused, count_error     # for /metrics
         self.hostname = hostname
         self.max_connections, self.max_message_size = max_connections, max_message_size
@@ -103,7 +104,14 @@ class SmtpServer:
                 self.count_refused()
                 _refuse(conn, b"421 4.7.0 %s Too many connections, try again later\r\n" % self.hostname.encode())
                 continue
-            threading.Thread(target=session.run, name="%s-session" % self.name, daemon=True).start()
+            threading.Thread(target=self._session, args=(session,), name="%s-session" % self.name, daemon=True).start()
+
+    def _session(self, session):
+        try:
+            session.run()
+        finally:
+            if self.session_ended:
+                self.session_ended()
 
     def stop(self, timeout=10.0):
         """Stop accepting, cut idle sessions, let sessions that wait for an outcome finish."""

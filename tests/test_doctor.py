@@ -103,3 +103,36 @@ def test_bad_vxcube_address_is_a_configuration_failure_not_a_traceback(setup):
     code, out = doctor(setup(VxcubeApiAddress="ftp://x"))
     assert code == 1 and "FAIL configuration" in out and "bad value for VxcubeApiAddress: 'ftp://x'" in out
     assert "Traceback" not in out
+
+
+def _shared(ini, url):
+    """The same installation on a shared PostgreSQL database instead of its SQLite file."""
+    text = "".join(line + "\n" for line in ini.read_text().splitlines() if not line.startswith("DatabasePath"))
+    ini.write_text(text.replace("[Quarantine]\n", "[Quarantine]\nDatabaseUrl = %s\n" % url))
+    return ini
+
+
+def test_shared_database_schema_and_node_clocks(setup, pg_cluster):
+    from support.pgcluster import PASSWORD
+    url = pg_cluster.new_database()
+    name = url.rsplit("/", 1)[1]
+    pg_cluster.sql("INSERT INTO node (name, started, seen, skew, version) VALUES "
+                   "('mx1', extract(epoch from now()), extract(epoch from now()), 0.1, '')", name)
+    code, out = doctor(_shared(setup(), url))
+    assert code == 0, out
+    assert "ok   database" in out and "schema 1" in out and "***@127.0.0.1" in out
+    assert "ok   node clocks" in out and "mx1" in out
+    assert PASSWORD not in out
+    pg_cluster.sql("UPDATE node SET skew = 30", name)
+    code, out = doctor(_shared(setup(), url))
+    assert "WARN node clocks" in out and "mx1 +30.0s" in out and "NTP" in out, out
+
+
+def test_shared_database_not_upgraded_or_unreachable(setup, pg_cluster):
+    from support.pgcluster import PASSWORD
+    code, out = doctor(_shared(setup(), pg_cluster.new_database(schema=False)))
+    assert code == 1 and "FAIL database" in out and "fix: vxgate db upgrade" in out, out
+    wrong = pg_cluster.new_database().replace(PASSWORD, "not-the-password")
+    code, out = doctor(_shared(setup(), wrong))
+    assert code == 1 and "FAIL database" in out and "pg_hba.conf" in out, out
+    assert "not-the-password" not in out and "Traceback" not in out

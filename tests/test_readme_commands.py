@@ -89,6 +89,10 @@ HELP = [
     "vxgate queue flush [ID...]",
     "vxgate queue hold ID...",
     "vxgate queue release-hold ID...",
+    "vxgate db",
+    "vxgate db upgrade [-c FILE]",
+    "vxgate db status [-c FILE]",
+    "vxgate db copy --from URL --to URL [--spool DIR] [--node NAME] [--batch N] [--upgrade]",
 ]
 ELSEWHERE = {
     "make demo": "tests/test_readme_commands.py::test_make_demo",
@@ -97,6 +101,9 @@ ELSEWHERE = {
     "make test": ".ci/run (CI runs the suite with it; a test cannot run its own suite)",
     "make bench": "bench/README.md (needs Postfix's smtp-source/smtp-sink; minutes of CPU on a shared box)",
     "vxgate quarantine export": "tests/test_quarantine.py::test_export_is_byte_identical",
+    "vxgate db upgrade": "tests/test_db_command.py (against a private PostgreSQL cluster)",
+    "vxgate db copy --from sqlite:///var/lib/vxgate/quarantine.db --to postgresql://vxgate:secret@db.example.com/vxgate":
+        "tests/test_db_command.py (the same command with the test's own paths and cluster)",
 }
 NOT_HERE = {
     "git clone <this repository> /root/vxgate && cd /root/vxgate": "needs the repository's public address",

@@ -8,7 +8,8 @@ before it is reported, so a message being received right now is never taken for 
 ``repair`` marks missing files in the record (``has_file = No``, with an Event), corrects the
 opposite case, deletes rows without a message, and removes orphan files older than a minute
 (``MIN_AGE``; younger ones may be a reception between its fsync and its commit). Messages in
-flight are only reported: they belong to the daemon.
+flight are only reported: they belong to the daemon. With a shared database a node checks
+its own records against its own spool.
 """
 import dataclasses
 import os
@@ -16,7 +17,7 @@ import time
 
 from salmon_app.storage import models
 from salmon_app.analysis import FileCheck
-from salmon_app.storage.models import Event, Message, Recipient, Release
+from salmon_app.storage.models import Body, Event, Message, Recipient, Release
 from salmon_app.quarantine import render
 from salmon_app.quarantine.store import QUEUE_ID_RE, who
 
@@ -54,7 +55,8 @@ def check(store, repair=False, now=None, min_age=MIN_AGE):
     """Returns (findings, counts) after checking (and repairing when asked)."""
     spool = store.spool
     files = spool_files(spool)                       # first the files, then the records
-    records = dict(Message.select(Message.id, Message.has_file).tuples())
+    # only this node's records: another node's files are in its own spool
+    records = dict(Message.select(Message.id, Message.has_file).where(Message.node.in_((store.node, ""))).tuples())
     findings = []
     user = who()
 
@@ -72,7 +74,7 @@ def check(store, repair=False, now=None, min_age=MIN_AGE):
             findings.append(_orphan(path, queue_id, repair, now, min_age))
     findings = [f for f in findings if f is not None]
 
-    for model in (Recipient, Event, FileCheck, Release):
+    for model in (Recipient, Event, FileCheck, Release, Body):
         finding = _orphan_rows(model, repair)
         if finding:
             findings.append(finding)

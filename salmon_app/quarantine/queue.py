@@ -117,7 +117,7 @@ def cmd_list(args, store):
         print(render.dumps({"messages": [{
             "id": row.id, "mode": row.mode, "state": row.state, "age_seconds": round(now - row.created, 1),
             "received": render.iso(row.created), "sender": row.mail_from, "recipients": row.rcpt_to,
-            "answered": bool(row.answered), "reason": reason, "attempts": row.attempts,
+            "answered": bool(row.answered), "reason": reason, "attempts": row.attempts, "node": row.node,
             "next_step": render.iso(until) if until else None} for row, reason, until in entries],
             "total": len(entries), "by_state": _counts(rows),
             "oldest_seconds": round(now - rows[0].created, 1) if rows else None}))
@@ -125,10 +125,12 @@ def cmd_list(args, store):
     if not entries:
         print("vxgate holds no message")
         return
+    several = models.shared() or len({row.node for row in rows}) > 1
     for row, reason, _ in entries:
         recipients = row.rcpt_to
-        print("%-16s  %6s  %-6s  %-9s  %s -> %s%s" % (
+        print("%-16s  %6s  %-6s  %-9s  %s%s -> %s%s" % (
             row.id, span(now - row.created), row.mode, row.state,
+            "on %s  " % render.clean(row.node) if several else "",
             render.clean(render.fit(render.sender(row.mail_from), 40)),
             render.clean(render.fit(", ".join(recipients[:3]), 60)),
             " +%d" % (len(recipients) - 3) if len(recipients) > 3 else ""))

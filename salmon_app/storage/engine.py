@@ -3,14 +3,17 @@
 ``location(config)`` says which database a configuration names: ``DatabaseUrl``
 (``postgresql://…`` or ``sqlite:///…``) when set, else the SQLite file ``DatabasePath``.
 ``connect()`` opens it through peewee; on PostgreSQL through psycopg 3, whose statements are
-prepared by the server after a few runs, and whose broken connections (the server restarted)
-are dropped so the next statement reconnects instead of failing for ever. ``shown()`` is the
+prepared by the server after a few runs, from a pool (an SMTP session is a thread of its own:
+it borrows a connection and gives it back when it ends, instead of paying for a log-in per
+connection), and whose broken connections (the server restarted) are dropped so the next
+statement reconnects instead of failing for ever. ``shown()`` is the
 location fit for a log line or an error: a URL's password is never printed.
 """
 import os
 import urllib.parse
 
 import peewee
+from playhouse.pool import PooledPostgresqlDatabase
 
 try:    # only the PostgreSQL engine needs it
     import psycopg
@@ -52,9 +55,10 @@ def parse(text):
                             "or sqlite:///path/to/quarantine.db" % scheme)
     if scheme == "sqlite":
         path = urllib.parse.unquote(text.partition("://")[2])
-        if not path or path == "/":
-            raise LocationError("sqlite:/// needs a file path, as in sqlite:////var/lib/vxgate/quarantine.db")
-        return "sqlite", os.path.abspath(path)
+        if not path.strip("/"):
+            raise LocationError("sqlite:/// needs a file path, as in sqlite:///var/lib/vxgate/quarantine.db")
+        # sqlite:///x and sqlite:////x name the same absolute path
+        return "sqlite", os.path.abspath("/" + path.lstrip("/") if path.startswith("/") else path)
     parts = urllib.parse.urlsplit(text)
     if not parts.path.strip("/"):
         raise LocationError("the database URL names no database: postgresql://user:password@host/dbname")
@@ -83,18 +87,25 @@ def password(text):
         return ""
 
 
-class Postgres(peewee.PostgresqlDatabase):
-    """peewee's PostgreSQL database whose broken connections are replaced on next use."""
+class Postgres(PooledPostgresqlDatabase):
+    """peewee's pooled PostgreSQL database whose broken connections are replaced on next use."""
 
     def connection(self):
         conn = self._state.conn
         if conn is not None and not self._state.closed and (conn.broken or conn.closed):
-            try:
-                conn.close()
-            except Exception:
-                pass
-            self._state.reset()
+            self.close()      # the pool sees it cannot be reused and closes it
         return super().connection()
+
+
+def release():
+    """Give this thread's connection back to the pool (the end of an SMTP session)."""
+    from salmon_app.storage.models import db
+    database = db.obj
+    if isinstance(database, Postgres):
+        try:
+            database.close()
+        except peewee.PeeweeException:
+            pass
 
 
 def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10):
@@ -113,7 +124,8 @@ def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10):
             raise LocationError("DatabaseUrl names PostgreSQL but psycopg is not installed (pip install psycopg)")
         # lock_timeout plays SQLite's busy_timeout; a server that is down fails the connection
         # quickly, so new mail gets 451 instead of waiting on a dead socket
-        database = Postgres(target, prefer_psycopg3=True, connect_timeout=connect_timeout,
+        database = Postgres(target, max_connections=0, stale_timeout=600, prefer_psycopg3=True,
+                            connect_timeout=connect_timeout,
                             options="-c lock_timeout=%d" % int(busy_timeout * 1000),
                             application_name="vxgate")
     database.vx_engine, database.vx_location = engine, text if is_url(text) else target

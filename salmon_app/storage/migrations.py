@@ -72,7 +72,7 @@ def upgrade(database, by="", progress=None):
     before = version(database)
     current = before or 0
     if current > CURRENT:
-        raise SchemaError(_newer(database, current))
+        raise SchemaError(newer_text(database, current))
     lock = _upgrade_lock(database)
     try:
         for number in sorted(n for n in STEPS if n > current):
@@ -100,7 +100,7 @@ def check(database, *, upgrade=False):
     if found == CURRENT:
         return
     if found is not None and found > CURRENT:
-        raise SchemaError(_newer(database, found))
+        raise SchemaError(newer_text(database, found))
     if upgrade:
         before, after = globals()["upgrade"](database, by="start-up")
         if before is not None:
@@ -113,7 +113,7 @@ def check(database, *, upgrade=False):
                       "(every node must run the new vxgate)" % (engine.shown(database.vx_location), found, CURRENT))
 
 
-def _newer(database, found):
+def newer_text(database, found):
     from salmon_app.storage import engine
     return ("the database %s is at schema %d, newer than this vxgate knows (%d): upgrade vxgate on this node"
             % (engine.shown(database.vx_location), found, CURRENT))

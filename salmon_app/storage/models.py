@@ -398,23 +398,23 @@ def probe():
                  'ON CONFLICT ("id") DO UPDATE SET "time" = excluded."time"', (time.time(),))
 
 
-# Read at scrape time by salmon_app/metrics.py.
-def owned_by_state():
-    """{state: (count, oldest created)} of the messages vxgate owns."""
-    cursor = _execute('SELECT "state", COUNT(*), MIN("created") FROM "message" WHERE "state" IN (%s) GROUP BY "state"'
-                      % ", ".join("?" * len(OWNED)), OWNED)
+# Read at scrape time by salmon_app/metrics.py: each node reports its own messages.
+def owned_by_state(node):
+    """{state: (count, oldest created)} of the messages ``node`` owns."""
+    cursor = _execute('SELECT "state", COUNT(*), MIN("created") FROM "message" WHERE "node" = ? AND "state" IN (%s) '
+                      'GROUP BY "state"' % ", ".join("?" * len(OWNED)), (node,) + OWNED)
     return {state: (count, oldest) for state, count, oldest in cursor.fetchall()}
 
 
-def stored_totals():
-    """(records, bytes of the files still in the spool)."""
+def stored_totals(node):
+    """(records, bytes of the files still in the spool) of ``node``."""
     count, size = _execute('SELECT COUNT(*), COALESCE(SUM(CASE WHEN "has_file" THEN "size" ELSE 0 END), 0) '
-                           'FROM "message"').fetchone()
+                           'FROM "message" WHERE "node" = ?', (node,)).fetchone()
     return count, size
 
 
-def samples_in_flight():
-    return _execute('SELECT COUNT(*) FROM "sample" WHERE "state" != \'done\'').fetchone()[0]
+def samples_in_flight(node):
+    return _execute('SELECT COUNT(*) FROM "sample" WHERE "node" = ? AND "state" != \'done\'', (node,)).fetchone()[0]
 
 
 def mode_of(queue_id):

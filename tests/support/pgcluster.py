@@ -111,6 +111,7 @@ class Cluster:
                 migrations.upgrade(database, by="tests")
             finally:
                 database.close()
+                database.close_all()       # a pooled connection would keep the template busy
                 models.db.initialize(previous)
             self.template = "vxgate_template"
         return self.template
