@@ -160,7 +160,8 @@ class Gateway:
         for relay in self.relays.values():
             relay.close()
         metrics_closed.join(5)
-        self.database.close()
+        # every pooled connection, not only this thread's: the workers' would stay open on the server
+        getattr(self.database, "close_all", self.database.close)()
 
     # ------------------------------------------------------------ moving messages
     def submit(self, item, state):

@@ -135,7 +135,8 @@ def shared_db(pg_cluster):
     previous = models.db.obj
     database = models.open_database(url)
     yield url
-    database.close()
+    models.db.obj.close_all()        # this test's gateway in this process may have opened its own
+    database.close_all()
     models.db.initialize(previous)
 
 
@@ -183,8 +184,13 @@ def test_one_attachment_over_two_nodes_is_uploaded_once(tmp_path, shared_db, nod
     for thread in threads:
         thread.join()
     assert not errors
-    sink.wait_for(100, 90)
-    wait_for(lambda: Message.select().where(Message.state == "delivered").count() == 100, 30, "100 records delivered")
+    try:
+        wait_for(lambda: Message.select().where(Message.state == "delivered").count() == 100, 90,
+                 "100 records delivered")
+    except AssertionError:
+        raise AssertionError([(r.id, r.node, r.state, r.analysis_json, [(e.kind, e.text) for e in Event.select().where(Event.message == r.id)])
+                              for r in Message.select().where(Message.state != "delivered")])
+    sink.wait_for(100, 10)
     assert sorted(counts(sink).items()) == [(n, 1) for n in range(100)]
     stats = vxsim.stats()
     assert stats["uploads"] == 1 and stats["upload_requests"] == 1, stats
