@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Pass-through benchmark: smtp-source -> smtp-sink directly vs smtp-source -> vxgate -> smtp-sink.
+"""Pass-through benchmark: vxgate against the filters an administrator would compare it with.
 
-One run starts a private ``smtp-sink`` on a free loopback port, measures the baseline
-(``smtp-source`` straight into the sink) for every cell of the matrix, then starts vxgate
-(``salmon start --no-daemon`` with its own spool, database and log in a temporary directory)
-relaying to the same sink and measures the same cells through it.  It then relays one ~30 MB
-MIME message through vxgate and reports the salmon process's peak memory (VmHWM) as a multiple
-of the message size.
+One run starts a private ``smtp-sink`` on a free loopback port and, relaying to it, the
+targets: smtp-source -> smtp-sink directly; a bare threaded durable Python filter
+(``bench/barefilter.py``: tmp file, fsync, rename, directory fsync, relay, 250, unlink);
+amavisd-new as a pass-through filter when it is installed (skipped with the reason
+otherwise); and vxgate (``salmon start --no-daemon``, default hook, no vxCube, durability on),
+each with its own spool in a temporary directory. It first relays one ~30 MB MIME message
+through vxgate and reports its peak memory (VmHWM) as a multiple of the message size, then
+sends the issue's loads through every target, interleaved (each repetition runs every load
+through every target in turn), and reports medians with the CPU time per message of the
+filter's process tree beside every rate.
 
-Matrix: message size 4 KB / 100 KB (``smtp-source -l``) x recipients 1 / 5 (``-r``; smtp-source
-makes them distinct by prefixing a number) x a new connection per message / reused connections
-(``-d``), 10 parallel sessions (``-s``), a fixed message count per cell (``-m``).
+Loads (``smtp-source``, 10 parallel sessions, no pipelining): 4 KB with a new connection per
+message, 4 KB over reused connections (``-d``), 4 KB new connection 5 recipients, 100 KB
+reused; ``--all-loads`` runs the whole 4 KB / 100 KB x 1 / 5 recipients x new / reused matrix.
 
 Every message is accounted for: the sink's own counter (``smtp-sink -c``) must grow by exactly
 the number smtp-source sent, smtp-source must exit 0 (it aborts on any reply that is not the
-expected 2xx/3xx), and vxgate's database must record every message as delivered.
+expected 2xx/3xx), vxgate's database must record every message as delivered and the bare
+filter's spool must be empty at the end.
 
 Usage (from the repo root):  .venv/bin/python bench/passthrough.py [--quick]
 Stdlib only.  Every process it starts is stopped at the end, on errors and on Ctrl-C too.
@@ -53,15 +58,15 @@ MODES = [("new", "new connection per message"), ("reused", "reused connections (
 FULL_COUNTS = {"4KB": 2000, "100KB": 500}
 QUICK_COUNTS = {"4KB": 300, "100KB": 100}
 
-# The issue's reference figures (2 cores, 4 KB, 1 recipient, 10 sessions), msg/s.
-REFERENCE = {
-    "smtp-source -> smtp-sink": {"new": 3800, "reused": 10500},
-    "Amavis pass-through": {"new": 100, "reused": 195},
-    "bare threaded Python filter, fsync per message": {"new": 400, "reused": 700},
-}
+# The loads of issue 14's table: (size label, bytes, recipients, connection).
+ISSUE_LOADS = [("4KB", 4 * 1024, 1, "new"), ("4KB", 4 * 1024, 1, "reused"), ("4KB", 4 * 1024, 5, "new"),
+               ("100KB", 100 * 1024, 1, "reused")]
+# The issue's figures (msg/s, 2 cores, 10 sessions), for the JSON: same order as ISSUE_LOADS.
+ISSUE_FIGURES = {"direct": [10820, 24235, 9008, 3875], "amavis": [306, 533, 242, 40],
+                 "bare": [732, 1246, 516, 473], "vxgate": [292, 420, 270, 272]}
+PEAK_MEMORY_MULTIPLE = 4.0
 VXGATE_STOP_TIMEOUT = 90.0
 OTHER_CPU_WARNING = 20.0   # percent of one core used by processes that are not part of the benchmark
-TARGETS = {"new": 250, "reused": 450, "peak_memory_multiple": 4.0}
 
 
 class BenchError(Exception):
@@ -333,8 +338,10 @@ class Vxgate:
     """vxgate under ``salmon start --no-daemon`` with its own spool, database and log."""
 
     def __init__(self, processes, workdir, port, relay_port, max_connections, log_level=None,
-                 maild="", root=""):
-        self.workdir, self.port = workdir, port
+                 maild="", root="", source=REPO):
+        # ``source``: the tree whose salmon_app/config run (another checkout: a before/after in
+        # one run), with this venv's interpreter and packages
+        self.workdir, self.port, self.source = workdir, port, source
         os.makedirs(workdir, exist_ok=True)
         self.config_path = os.path.join(workdir, "vxgate.ini")
         self.db_path = os.path.join(workdir, "q.db")
@@ -347,7 +354,7 @@ class Vxgate:
                          % (root, port, relay_port, max_connections, maild, os.path.join(workdir, "spool"),
                             self.db_path))
         logging_conf = os.path.join(workdir, "logging.conf")
-        with open(os.path.join(REPO, "config", "logging.conf")) as handle:
+        with open(os.path.join(source, "config", "logging.conf")) as handle:
             template = handle.read()
         if '"logs/vxgate.log"' not in template:
             raise BenchError("config/logging.conf no longer names \"logs/vxgate.log\"; update the benchmark")
@@ -360,13 +367,15 @@ class Vxgate:
         if os.geteuid() == 0:
             env["VXGATE_ALLOW_ROOT"] = "1"     # a benchmark on a test machine, not a service
         env.pop("PYTHONPATH", None)
+        if source != REPO:
+            env["PYTHONPATH"] = source
         self.stderr_path = os.path.join(workdir, "salmon.stderr")
         self._stderr = open(self.stderr_path, "wb")
         salmon = os.path.join(REPO, ".venv", "bin", "salmon")
         if not os.path.exists(salmon):
             salmon = os.path.join(os.path.dirname(sys.executable), "salmon")
         argv = [salmon, "start", "--pid", self.pid_path, "--no-daemon"]
-        self.proc = processes.start("vxgate", argv, stop_signal=signal.SIGTERM, cwd=REPO, env=env,
+        self.proc = processes.start("vxgate", argv, stop_signal=signal.SIGTERM, cwd=source, env=env,
                                     stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         try:
@@ -417,6 +426,147 @@ class Vxgate:
         return counts, examples
 
 
+# ------------------------------------------------------------------ the other filters
+class Barefilter:
+    """bench/barefilter.py under this script's interpreter (the one vxgate's venv runs)."""
+
+    def __init__(self, processes, workdir, port, relay_port):
+        self.port = port
+        os.makedirs(workdir, exist_ok=True)
+        self.spool = os.path.join(workdir, "spool")
+        self.output_path = os.path.join(workdir, "barefilter.out")
+        self._output = open(self.output_path, "wb")
+        argv = [sys.executable, os.path.join(REPO, "bench", "barefilter.py"), str(port), str(relay_port), self.spool]
+        self.proc = processes.start("barefilter", argv, stdin=subprocess.DEVNULL, stdout=self._output,
+                                    stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        wait_for_smtp(port, self.proc, 30, "barefilter")
+
+    def leftover_files(self):
+        """Message files still in the spool (each relayed message's file is unlinked)."""
+        return sum(len(files) for _, _, files in os.walk(self.spool))
+
+
+def amavis_binary():
+    for name in ("amavisd", "amavisd-new"):
+        for folder in SBIN:
+            path = os.path.join(folder, name)
+            if os.access(path, os.X_OK):
+                return path
+    return None
+
+
+AMAVIS_CONFIG = """\
+# Written by vxgate's bench/passthrough.py: amavisd-new as a pure pass-through content filter
+# (no virus scanners, no SpamAssassin, no decoders, no database), forwarding to smtp-sink.
+use strict;
+$daemon_user = 'amavis';
+$daemon_group = 'amavis';
+$MYHOME = '%(home)s';
+$TEMPBASE = '%(home)s/tmp';
+$db_home = '%(home)s';
+$helpers_home = '%(home)s';
+$pid_file = '%(home)s/amavisd.pid';
+$lock_file = '%(home)s/amavisd.lock';
+$QUARANTINEDIR = undef;
+$mydomain = 'bench.example';
+$myhostname = 'amavis.bench.example';
+$max_servers = %(children)d;
+$max_requests = 1000000;    # no child recycling during a run: its CPU time would be lost
+$child_timeout = 300;
+$inet_socket_bind = '127.0.0.1';
+$inet_socket_port = %(port)d;
+@inet_acl = qw(127.0.0.1);
+$forward_method = 'smtp:[127.0.0.1]:%(relay_port)d';
+$notify_method = $forward_method;
+$enable_db = 0;
+$enable_zmq = 0;
+$enable_global_cache = 0;
+$nanny_details_level = 0;
+$DO_SYSLOG = 0;
+$LOGFILE = '%(home)s/amavis.log';
+$log_level = 0;
+@local_domains_maps = (1);
+@bypass_virus_checks_maps = (1);
+@bypass_spam_checks_maps = (1);
+@bypass_banned_checks_maps = (1);
+@bypass_header_checks_maps = (1);
+@av_scanners = ();
+@av_scanners_backup = ();
+@spam_scanners = ();
+@decoders = ();
+$enable_dkim_verification = 0;
+$enable_dkim_signing = 0;
+1;
+"""
+
+
+class Amavis:
+    """amavisd-new started by hand (``amavisd -c CONFIG foreground``) with a config of ours.
+
+    amavisd refuses a config file its own user could change, so the config lives in a
+    root-owned folder; the daemon drops to the ``amavis`` user Debian's package created,
+    whose home here is a temporary folder it owns. Debian's service is never used."""
+
+    @staticmethod
+    def unavailable():
+        """Why amavisd-new cannot be measured here, or None."""
+        binary = amavis_binary()
+        if not binary:
+            return "amavisd-new is not installed (bench/README.md: how to install it without its service)"
+        if os.geteuid() != 0:
+            return "amavisd-new needs the benchmark to run as root (it drops to the amavis user)"
+        try:
+            import pwd
+            pwd.getpwnam("amavis")
+        except KeyError:
+            return "no amavis user (Debian's amavisd-new package creates it)"
+        return None
+
+    def __init__(self, processes, workdir, port, relay_port, children=2):
+        import pwd
+        amavis = pwd.getpwnam("amavis")
+        self.port = port
+        os.makedirs(workdir, exist_ok=True)
+        os.chmod(workdir, 0o755)      # the caller makes the folders above it traversable too
+        conf_dir = os.path.join(workdir, "conf")
+        home = os.path.join(workdir, "home")
+        for path in (conf_dir, home, os.path.join(home, "tmp")):
+            os.makedirs(path, exist_ok=True)
+        os.chmod(conf_dir, 0o755)
+        for path in (home, os.path.join(home, "tmp")):
+            os.chown(path, amavis.pw_uid, amavis.pw_gid)
+        self.config_path = os.path.join(conf_dir, "amavisd.conf")
+        self.log_path = os.path.join(home, "amavis.log")
+        with open(self.config_path, "w") as handle:
+            handle.write(AMAVIS_CONFIG % {"home": home, "port": port, "relay_port": relay_port, "children": children})
+        os.chmod(self.config_path, 0o644)
+        self.output_path = os.path.join(workdir, "amavisd.out")
+        self._output = open(self.output_path, "wb")
+        self.argv = [amavis_binary(), "-c", self.config_path, "foreground"]
+        self.proc = processes.start("amavisd", self.argv, cwd=home, stdin=subprocess.DEVNULL, stdout=self._output,
+                                    stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        try:
+            wait_for_smtp(port, self.proc, 60, "amavisd")
+        except BenchError:
+            raise BenchError("%s\n%s" % (sys.exc_info()[1], self.log_tail()))
+        self.version = ""
+        with open(self.log_path, errors="replace") as handle:
+            found = re.search(r"amavis-([\d.]+)", handle.read(4096))
+            self.version = found.group(1) if found else ""
+
+    def log_tail(self, size=3000):
+        text = ""
+        for path in (self.output_path, self.log_path):
+            try:
+                with open(path, "rb") as handle:
+                    text += handle.read()[-size:].decode("utf-8", "replace")
+            except OSError:
+                pass
+        return text
+
+
 # ------------------------------------------------------------------ measuring
 def run_source(port, count, size, rcpts, reused, sessions, processes, timeout):
     """One smtp-source run; returns (elapsed seconds, exit status, stderr text)."""
@@ -439,57 +589,70 @@ def run_source(port, count, size, rcpts, reused, sessions, processes, timeout):
     return elapsed, proc.returncode, text
 
 
-def measure_cell(target, port, sink, cell, sessions, processes, vx=None, repeats=1):
-    """Send one cell's messages ``repeats`` times; returns the measurement dict."""
-    runs = []
-    for _ in range(repeats):
-        before_sink = sink.count()
-        before_states = vx.states() if vx else None
-        before_cpu = tree_cpu_seconds(vx.pid) if vx else None
-        # Generous but bounded: no cell may hang the benchmark.
-        timeout = max(120, cell["count"] // 5)
-        meter = CpuMeter(lambda: (sink.proc.pid, vx.pid if vx else None))
-        meter.start()
-        elapsed, status, text = run_source(port, cell["count"], cell["size"], cell["rcpts"],
-                                           cell["mode"] == "reused", sessions, processes, timeout)
-        expected = before_sink + cell["count"]
-        # vxgate answers only after relaying, so the sink has everything already; allow a moment.
-        seen = sink.wait_for(expected, 5 if status == 0 else 2) - before_sink
-        run = {"seconds": round(elapsed, 4), "rate": cell["count"] / elapsed if elapsed > 0 else float("nan"),
-               "source_status": status, "sink_received": seen}
-        run.update(meter.stop())
-        if text:
-            run["source_output"] = text[-2000:]
-        if vx:
-            run["vxgate_cpu_seconds"] = round(tree_cpu_seconds(vx.pid) - before_cpu, 3)
-            after = vx.states()
-            run["delivered"] = after.get("delivered", 0) - before_states.get("delivered", 0)
-            run["states_after"] = after
-            if not vx.proc.poll() is None:
-                run["vxgate_exited"] = vx.proc.returncode
-        problems = []
-        if status != 0:
-            problems.append("smtp-source status %s: %s" % (status, text[-300:]))
-        if seen != cell["count"]:
-            problems.append("sink received %d of %d messages" % (seen, cell["count"]))
-        if vx and run["delivered"] != cell["count"]:
+def measure_run(port, sink, cell, sessions, processes, cpu_pid, vx=None):
+    """One smtp-source run of ``cell`` into ``port``; ``cpu_pid``'s process tree is the one whose
+    CPU time is charged to the messages (the filter; the sink itself for the direct path)."""
+    before_sink = sink.count()
+    before_states = vx.states() if vx else None
+    before_cpu = tree_cpu_seconds(cpu_pid)
+    # Generous but bounded: no cell may hang the benchmark.
+    timeout = max(120, cell["count"] // 5)
+    meter = CpuMeter(lambda: (sink.proc.pid, cpu_pid))
+    meter.start()
+    elapsed, status, text = run_source(port, cell["count"], cell["size"], cell["rcpts"],
+                                       cell["mode"] == "reused", sessions, processes, timeout)
+    cpu = tree_cpu_seconds(cpu_pid) - before_cpu
+    expected = before_sink + cell["count"]
+    # a filter answers only after relaying, so the sink has everything already; allow a moment.
+    seen = sink.wait_for(expected, 5 if status == 0 else 2) - before_sink
+    run = {"seconds": round(elapsed, 4), "rate": cell["count"] / elapsed if elapsed > 0 else float("nan"),
+           "source_status": status, "sink_received": seen, "cpu_seconds": round(cpu, 3)}
+    run.update(meter.stop())
+    if text:
+        run["source_output"] = text[-2000:]
+    problems = []
+    if status != 0:
+        problems.append("smtp-source status %s: %s" % (status, text[-300:]))
+    if seen != cell["count"]:
+        problems.append("sink received %d of %d messages" % (seen, cell["count"]))
+    if vx:
+        after = vx.states()
+        run["delivered"] = after.get("delivered", 0) - before_states.get("delivered", 0)
+        run["states_after"] = after
+        if run["delivered"] != cell["count"]:
             problems.append("vxgate recorded %d of %d messages as delivered (states now: %s)"
                             % (run["delivered"], cell["count"], run["states_after"]))
-        if vx and vx.proc.poll() is not None:
+        if vx.proc.poll() is not None:
             problems.append("vxgate exited with status %s" % vx.proc.returncode)
-        run["problems"] = problems
-        runs.append(run)
-        if problems:
-            break
+    run["problems"] = problems
+    return run
+
+
+def summarise(runs, count):
+    """The median rate of the runs without problems, and CPU per message over all runs."""
     rates = [r["rate"] for r in runs if not r["problems"]]
-    result = {"runs": runs, "rate": statistics.median(rates) if rates else float("nan"),
-              "problems": [p for r in runs for p in r["problems"]],
-              "other_processes_percent": max(r["other_processes_percent"] for r in runs)}
-    if vx and runs:
-        cpu = sum(r["vxgate_cpu_seconds"] for r in runs) / sum(r["seconds"] for r in runs)
-        result["vxgate_cpu_percent"] = round(100 * cpu, 1)
-        result["vxgate_cpu_ms_per_message"] = round(
-            1000 * sum(r["vxgate_cpu_seconds"] for r in runs) / (cell["count"] * len(runs)), 3)
+    cpu = sum(r["cpu_seconds"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    return {"runs": runs, "rate": statistics.median(rates) if rates else float("nan"),
+            "rate_min": min(rates) if rates else float("nan"), "rate_max": max(rates) if rates else float("nan"),
+            "problems": [p for r in runs for p in r["problems"]],
+            "other_processes_percent": max(r["other_processes_percent"] for r in runs),
+            "cpu_percent": round(100 * cpu / seconds, 1) if seconds else float("nan"),
+            "cpu_ms_per_message": round(1000 * cpu / (count * len(runs)), 3)}
+
+
+def measure_cell(target, port, sink, cell, sessions, processes, vx=None, repeats=1):
+    """Send one cell's messages ``repeats`` times into one target; returns the measurement dict
+    (bench/policy_vxcube.py measures vxgate this way)."""
+    runs = []
+    for _ in range(repeats):
+        runs.append(measure_run(port, sink, cell, sessions, processes, vx.pid if vx else sink.proc.pid, vx=vx))
+        if runs[-1]["problems"]:
+            break
+    result = summarise(runs, cell["count"])
+    if vx:
+        result["vxgate_cpu_percent"] = result["cpu_percent"]
+        result["vxgate_cpu_ms_per_message"] = result["cpu_ms_per_message"]
     return result
 
 
@@ -604,88 +767,168 @@ def measure_memory(vx, sink, port, size_mb):
 
 
 # ------------------------------------------------------------------ report
-def print_table(cells, out=sys.stdout):
-    header = ("%-6s %-5s %-7s %6s %12s %12s %7s %9s %9s %8s  %s"
-              % ("size", "rcpt", "conn", "msgs", "base msg/s", "vxgate msg/s", "ratio", "vx CPU%", "ms CPU/m",
-                 "other%", "check"))
-    print(header, file=out)
-    print("-" * len(header), file=out)
+def load_label(cell):
+    return "%s %s%s" % (cell["size_label"], cell["mode"], " %d rcpt" % cell["rcpts"] if cell["rcpts"] > 1 else "")
+
+
+def ratio(cell, top, bottom):
+    results = cell["results"]
+    if top not in results or bottom not in results:
+        return float("nan")
+    a, b = results[top]["rate"], results[bottom]["rate"]
+    return a / b if b == b and b and a == a else float("nan")
+
+
+def print_table(cells, targets, out=sys.stdout):
+    """The issue's table: msg/s (CPU ms per message) per target and load, then the ratios."""
+    first = 42
+    width = max(22, max(len(load_label(c)) for c in cells) + 2)
+    print("%-*s" % (first, "msg/s (CPU ms/msg)") + "".join("%*s" % (width, load_label(c)) for c in cells), file=out)
+    print("-" * (first + width * len(cells)), file=out)
+    for target in targets:
+        row = "%-*s" % (first, target["label"][:first - 1])
+        for cell in cells:
+            result = cell["results"].get(target["name"])
+            if result is None:
+                text = "skipped"
+            else:
+                text = "%s (%.1f)%s" % (fmt_rate(result["rate"]), result["cpu_ms_per_message"],
+                                        "!" if result["problems"] else "")
+            row += "%*s" % (width, text)
+        print(row, file=out)
+    names = {t["name"] for t in targets}
+    for vx in [t for t in targets if t["kind"] == "vxgate"]:
+        for other, what in (("amavis", "amavisd-new"), ("bare", "bare filter")):
+            if other in names:
+                print("%-*s" % (first, "%s / %s" % (vx["name"], what))
+                      + "".join("%*s" % (width, "%.2f" % ratio(c, vx["name"], other)) for c in cells), file=out)
+    print("%-*s" % (first, "other processes, % of a core (max)")
+          + "".join("%*.0f" % (width, max((r.get("other_processes_percent", 0) for r in c["results"].values()),
+                                         default=0)) for c in cells), file=out)
+    print("(CPU: the filter's process and its children per message; for the direct path, smtp-sink's; "
+          "'!' marks a cell with a problem)", file=out)
+
+
+def goals(cells, vx_name="vxgate"):
+    """The issue's goals, as (text, met) lines for the cells that were measured."""
+    lines = []
     for cell in cells:
-        base, vx = cell["baseline"], cell.get("vxgate") or {}
-        ratio = vx.get("rate", float("nan")) / base["rate"] if base.get("rate") else float("nan")
-        problems = base["problems"] + vx.get("problems", [])
-        other = max(base.get("other_processes_percent", 0), vx.get("other_processes_percent", 0))
-        print("%-6s %-5d %-7s %6d %12s %12s %7s %9s %9s %8s  %s" % (
-            cell["size_label"], cell["rcpts"], cell["mode"], cell["count"], fmt_rate(base["rate"]),
-            fmt_rate(vx.get("rate", float("nan"))), ("%.3f" % ratio) if ratio == ratio else "n/a",
-            vx.get("vxgate_cpu_percent", "n/a"), vx.get("vxgate_cpu_ms_per_message", "n/a"),
-            "%.0f" % other, "ok" if not problems else "PROBLEM"), file=out)
+        bare, amavis = ratio(cell, vx_name, "bare"), ratio(cell, vx_name, "amavis")
+        need = 0.8 if cell["size_label"] == "100KB" else 0.7
+        if bare == bare:
+            lines.append(("%s %s / bare filter >= %.1f: %.2f" % (load_label(cell), vx_name, need, bare), bare >= need))
+        if cell["size_label"] == "4KB" and cell["rcpts"] == 1 and amavis == amavis:
+            lines.append(("%s %s / amavisd-new >= 2: %.2f" % (load_label(cell), vx_name, amavis), amavis >= 2))
+    return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller message counts (300 / 100)")
+    parser.add_argument("--quick", action="store_true", help="smaller message counts (300 / 100), one repetition")
     parser.add_argument("--sessions", type=int, default=10, help="parallel smtp-source sessions (10)")
-    parser.add_argument("--baseline-repeats", type=int, default=3,
-                        help="baseline runs per cell; the median is reported (3: a baseline cell lasts well under 1 s)")
+    parser.add_argument("--repeats", "--baseline-repeats", type=int, default=None,
+                        help="interleaved repetitions of every load and target; medians reported (3; --quick: 1)")
+    parser.add_argument("--all-loads", action="store_true",
+                        help="the whole matrix (4 KB / 100 KB x 1 / 5 recipients x new / reused) instead of "
+                             "the issue's four loads")
+    parser.add_argument("--only", help="comma-separated targets to run: direct,bare,amavis,vxgate (default: all)")
+    parser.add_argument("--vxgate", action="append", default=[], metavar="NAME=DIR",
+                        help="also measure the vxgate of another checkout DIR (e.g. a `git worktree` of an "
+                             "older commit), as row NAME; with this venv's packages")
+    parser.add_argument("--amavis-children", type=int, default=2, help="amavisd-new's $max_servers (2)")
     parser.add_argument("--big-mb", type=float, default=30.0, help="size of the memory-probe message in MiB (30)")
     parser.add_argument("--no-memory", action="store_true", help="skip the big-message memory probe")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="vxgate's log level (default: config/logging.conf's, INFO: one line per step)")
+                        help="vxgate's log level (default: config/logging.conf's, INFO)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, log, spool, db)")
     parser.add_argument("--no-metrics", action="store_true",
                         help="MetricsSocket empty (default: /metrics served on a free port, as in production)")
     parser.add_argument("--output", help="JSON path (default bench/results/passthrough-<timestamp>.json)")
     args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    only = set((args.only or "direct,bare,amavis,vxgate").split(","))
+    extra = []
+    for spec in args.vxgate:
+        name, _, folder = spec.partition("=")
+        if not name or not os.path.isdir(os.path.join(folder, "salmon_app")):
+            parser.error("--vxgate wants NAME=DIR, DIR a vxgate checkout (with salmon_app/): %r" % spec)
+        extra.append((name, os.path.abspath(folder)))
 
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
-    cells = [{"size_label": label, "size": size, "rcpts": rcpts, "mode": mode, "count": counts[label]}
-             for label, size in SIZES for rcpts in RECIPIENTS for mode, _ in MODES]
+    loads = [(label, size, rcpts, mode) for label, size in SIZES for rcpts in RECIPIENTS for mode, _ in MODES] \
+        if args.all_loads else ISSUE_LOADS
+    cells = [{"size_label": label, "size": size, "rcpts": rcpts, "mode": mode, "count": counts[label],
+              "results": {}} for label, size, rcpts, mode in loads]
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = tempfile.mkdtemp(prefix="vxgate-bench-")
+    os.chmod(workdir, 0o711)     # amavisd-new runs as its own user below it
     processes = Processes()
     report = {"benchmark": "passthrough", "started": started_at, "quick": args.quick,
               "log_level": args.log_level or "as config/logging.conf", "metrics": not args.no_metrics,
-              "sessions": args.sessions, "baseline_repeats": args.baseline_repeats,
+              "sessions": args.sessions, "repeats": repeats, "interleaved": True,
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                           "postfix": _postfix_version()},
               "vxgate_commit": git_revision(), "vxgate_source_digest": source_digest(),
-              "loadavg_at_start": os.getloadavg(), "reference_msgs_per_s": REFERENCE, "targets": TARGETS,
-              "cells": cells, "memory": None, "problems": [], "warnings": []}
-    vx = None
+              "loadavg_at_start": os.getloadavg(), "issue_figures_msgs_per_s": ISSUE_FIGURES,
+              "cells": cells, "targets": [], "memory": None, "problems": [], "warnings": [], "skipped": {}}
+    vxgates = []
 
     def on_signal(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)   # SIGINT too: it is ignored when started in the background
     exit_status = 0
+    targets = []
     try:
-        sink_port, vx_port = free_port(), free_port()
-        while vx_port == sink_port:
-            vx_port = free_port()
+        used = set()
+
+        def port():
+            number = free_port()
+            while number in used:
+                number = free_port()
+            used.add(number)
+            return number
+        sink_port = port()
         sink = Sink(processes, sink_port)
         report["sink"] = {"argv": sink.argv}
         print("smtp-sink on 127.0.0.1:%d; %d sessions; work dir %s" % (sink_port, args.sessions, workdir))
-        print("\n== baseline: smtp-source -> smtp-sink (median of %d runs per cell)" % args.baseline_repeats)
-        for cell in cells:
-            cell["baseline"] = measure_cell("sink", sink_port, sink, cell, args.sessions, processes,
-                                            repeats=max(1, args.baseline_repeats))
-            print("  %-5s rcpt=%d %-6s %6d msgs  %8s msg/s%s" % (
-                cell["size_label"], cell["rcpts"], cell["mode"], cell["count"], fmt_rate(cell["baseline"]["rate"]),
-                "  PROBLEM: " + "; ".join(cell["baseline"]["problems"]) if cell["baseline"]["problems"] else ""))
+        if "direct" in only:
+            targets.append({"name": "direct", "kind": "direct", "label": "smtp-source -> smtp-sink directly",
+                            "port": sink_port, "cpu_pid": sink.proc.pid})
+        if "amavis" in only:
+            why = Amavis.unavailable()
+            if why:
+                report["skipped"]["amavis"] = why
+                print("amavisd-new: skipped: %s" % why)
+            else:
+                amavis = Amavis(processes, os.path.join(workdir, "amavis"), port(), sink_port, args.amavis_children)
+                targets.append({"name": "amavis", "kind": "amavis", "port": amavis.port, "cpu_pid": amavis.pid,
+                                "label": "amavisd-new %s, pass-through, %d ch." % (amavis.version, args.amavis_children),
+                                "process": amavis.proc, "argv": amavis.argv, "config": open(amavis.config_path).read()})
+                print("amavisd-new %s on 127.0.0.1:%d (pid %d)" % (amavis.version, amavis.port, amavis.pid))
+        if "bare" in only:
+            bare = Barefilter(processes, os.path.join(workdir, "bare"), port(), sink_port)
+            targets.append({"name": "bare", "kind": "bare", "port": bare.port, "cpu_pid": bare.pid, "filter": bare,
+                            "label": "bare threaded Python fsync filter", "process": bare.proc})
+            print("bare filter on 127.0.0.1:%d (pid %d)" % (bare.port, bare.pid))
+        metrics = (lambda: "MetricsSocket =") if args.no_metrics else (lambda: "MetricsSocket = 127.0.0.1:%d" % port())
+        for name, source in ([("vxgate", REPO)] if "vxgate" in only else []) + extra:
+            vx = Vxgate(processes, os.path.join(workdir, name), port(), sink_port, max(200, 4 * args.sessions),
+                        log_level=args.log_level, maild=metrics(), source=source)
+            vxgates.append((name, vx))
+            targets.append({"name": name, "kind": "vxgate", "port": vx.port, "cpu_pid": vx.pid, "vx": vx,
+                            "process": vx.proc, "source": source,
+                            "label": "vxgate (default hook, no vxCube)" if name == "vxgate" else "vxgate %s" % name,
+                            "config": open(vx.config_path).read()})
+            print("%s: %s (pid %d, %s)" % (name, vx.greeting, vx.pid, source))
+        report["targets"] = [{k: v for k, v in t.items() if k not in ("process", "vx", "filter")} for t in targets]
 
-        print("\n== starting vxgate on 127.0.0.1:%d, relaying to the sink" % vx_port)
-        metrics = "MetricsSocket =" if args.no_metrics else "MetricsSocket = 127.0.0.1:%d" % free_port()
-        vx = Vxgate(processes, os.path.join(workdir, "vxgate"), vx_port, sink_port, max(200, 4 * args.sessions),
-                    log_level=args.log_level, maild=metrics)
-        report["vxgate"] = {"pid": vx.pid, "greeting": vx.greeting, "config": open(vx.config_path).read()}
-        print("  %s (pid %d)" % (vx.greeting, vx.pid))
-
-        if not args.no_memory:
+        if vxgates and not args.no_memory:
             # First, on the fresh process, so that VmHWM is not raised by the throughput runs.
-            print("\n== memory: one %.0f MiB MIME message through vxgate" % args.big_mb)
-            memory = measure_memory(vx, sink, vx_port, args.big_mb)
+            name, vx = vxgates[0]
+            print("\n== memory: one %.0f MiB MIME message through %s" % (args.big_mb, name))
+            memory = measure_memory(vx, sink, vx.port, args.big_mb)
             report["memory"] = memory
             print("  %.1f MiB in %.2fs; salmon RSS idle %.1f MiB, peak (VmHWM) %.1f MiB = %.2fx the message "
                   "(%.2fx above idle)%s" % (
@@ -694,18 +937,28 @@ def main():
                       memory.get("peak_above_idle_multiple", float("nan")),
                       "  PROBLEM: " + "; ".join(memory["problems"]) if memory["problems"] else ""))
 
-        print("\n== vxgate: smtp-source -> vxgate -> smtp-sink")
+        print("\n== %d interleaved repetition(s): every load through every target in turn" % repeats)
+        runs = {(id(c), t["name"]): [] for c in cells for t in targets}
+        for repetition in range(repeats):
+            for cell in cells:
+                # the order of the targets turns with each repetition: none always runs first
+                shift = repetition % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    run = measure_run(target["port"], sink, cell, args.sessions, processes, target["cpu_pid"],
+                                      vx=target.get("vx"))
+                    runs[(id(cell), target["name"])].append(run)
+                    print("  %d/%d %-20s %-10s %7s msg/s %6.2f ms CPU/msg%s" % (
+                        repetition + 1, repeats, load_label(cell), target["name"], fmt_rate(run["rate"]),
+                        1000 * run["cpu_seconds"] / cell["count"],
+                        "  PROBLEM: " + "; ".join(run["problems"]) if run["problems"] else ""), flush=True)
+                    process = target.get("process")
+                    if process is not None and process.poll() is not None:
+                        raise BenchError("%s exited (status %s)" % (target["name"], process.returncode))
         for cell in cells:
-            cell["vxgate"] = measure_cell("vxgate", vx_port, sink, cell, args.sessions, processes, vx=vx)
-            cell["ratio"] = (cell["vxgate"]["rate"] / cell["baseline"]["rate"]
-                             if cell["baseline"]["rate"] == cell["baseline"]["rate"] else float("nan"))
-            print("  %-5s rcpt=%d %-6s %6d msgs  %8s msg/s  (%.1f%% of baseline, vxgate CPU %s%%)%s" % (
-                cell["size_label"], cell["rcpts"], cell["mode"], cell["count"], fmt_rate(cell["vxgate"]["rate"]),
-                100 * cell["ratio"], cell["vxgate"].get("vxgate_cpu_percent"),
-                "  PROBLEM: " + "; ".join(cell["vxgate"]["problems"]) if cell["vxgate"]["problems"] else ""))
-            if vx.proc.poll() is not None:
-                raise BenchError("vxgate exited (status %s)\n%s" % (vx.proc.returncode, vx.log_tail()))
-        report["vxgate"]["status_after_load"] = proc_status(vx.pid)
+            for target in targets:
+                cell["results"][target["name"]] = summarise(runs[(id(cell), target["name"])], cell["count"])
+        for name, vx in vxgates:
+            report.setdefault("vxgate_status_after_load", {})[name] = proc_status(vx.pid)
     except Interrupted as exc:
         report["problems"].append("interrupted by %s" % exc)
         print("\ninterrupted (%s): stopping everything" % exc, file=sys.stderr)
@@ -718,25 +971,30 @@ def main():
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)   # let the clean-up finish
         processes.stop_named("smtp-source")   # the load first, so vxgate stops an idle gateway
-        if vx is not None:
+        for name, vx in vxgates:
             # SIGTERM, as `salmon stop` sends it. Sessions waiting for an outcome may hold vxgate up
             # to SmtpReplyTimeout (60 s by default), so allow for that before killing it.
-            print("stopping vxgate (SIGTERM)...", flush=True)
+            print("stopping %s (SIGTERM)..." % name, flush=True)
             stop_started = time.monotonic()
             status = processes.stop(vx.proc, timeout=VXGATE_STOP_TIMEOUT)
-            report["vxgate"]["stop_seconds"] = round(time.monotonic() - stop_started, 2)
-            report["vxgate"]["exit_status"] = status
-            report["vxgate"]["states_final"] = vx.states()
+            end = report.setdefault("vxgate_end", {})[name] = {
+                "stop_seconds": round(time.monotonic() - stop_started, 2), "exit_status": status,
+                "states_final": vx.states()}
             counts, examples = vx.log_problems()
-            report["vxgate"]["log_problems"] = counts
-            report["vxgate"]["log_examples"] = examples
+            end.update(log_problems=counts, log_examples=examples)
             if status not in (0, None):
-                report["problems"].append("vxgate exited with status %s on SIGTERM" % status)
+                report["problems"].append("%s exited with status %s on SIGTERM" % (name, status))
             if counts["ERROR"] or counts["CRITICAL"] or counts["Traceback"]:
-                report["problems"].append("vxgate log has errors: %s, e.g. %s" % (counts, examples[:2]))
-            leftover = {k: v for k, v in report["vxgate"]["states_final"].items() if k != "delivered"}
+                report["problems"].append("%s log has errors: %s, e.g. %s" % (name, counts, examples[:2]))
+            leftover = {k: v for k, v in end["states_final"].items() if k != "delivered"}
             if leftover:
-                report["problems"].append("messages not delivered at the end: %s" % leftover)
+                report["problems"].append("%s: messages not delivered at the end: %s" % (name, leftover))
+            if end["stop_seconds"] > 10:
+                report["warnings"].append("%s took %.1fs to stop on SIGTERM" % (name, end["stop_seconds"]))
+        for target in targets:
+            if target["kind"] == "bare" and target["filter"].leftover_files():
+                report["problems"].append("bare filter: %d message files left in its spool"
+                                          % target["filter"].leftover_files())
         processes.stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -744,39 +1002,36 @@ def main():
             print("kept %s" % workdir)
 
     for cell in cells:
-        for side in ("baseline", "vxgate"):
-            for problem in (cell.get(side) or {}).get("problems", []):
-                report["problems"].append("%s %s rcpt=%d %s: %s" % (side, cell["size_label"], cell["rcpts"],
-                                                                    cell["mode"], problem))
+        for name, result in cell["results"].items():
+            for problem in result["problems"]:
+                report["problems"].append("%s %s: %s" % (name, load_label(cell), problem))
     if report["memory"]:
         report["problems"] += ["memory probe: " + p for p in report["memory"]["problems"]]
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report["loadavg_at_end"] = os.getloadavg()
-    busy = [(c, side, c[side]["other_processes_percent"]) for c in cells for side in ("baseline", "vxgate")
-            if c.get(side) and c[side].get("other_processes_percent", 0) > OTHER_CPU_WARNING]
+    busy = [r["other_processes_percent"] for c in cells for r in c["results"].values()
+            if r["other_processes_percent"] > OTHER_CPU_WARNING]
     if busy:
         report["warnings"].append(
-            "other processes used the CPU during %d measurement(s) (up to %.0f%% of one core, column other%%): "
-            "those figures are low; rerun on a quiet machine" % (len(busy), max(b[2] for b in busy)))
-    if report.get("vxgate", {}).get("stop_seconds", 0) > 10:
-        report["warnings"].append("vxgate took %.1fs to stop on SIGTERM" % report["vxgate"]["stop_seconds"])
+            "other processes used the CPU during %d measurement(s) (up to %.0f%% of one core): those figures "
+            "are low; rerun on a quiet machine" % (len(busy), max(busy)))
 
-    print("\n== results (%d sessions%s; msg/s; ratio = vxgate / baseline, same run)"
-          % (args.sessions, ", --quick" if args.quick else ""))
-    if all("baseline" in cell for cell in cells):
-        print_table(cells)
-    for mode in ("new", "reused"):
-        cell = next((c for c in cells if c["size_label"] == "4KB" and c["rcpts"] == 1 and c["mode"] == mode), None)
-        if cell and cell.get("vxgate"):
-            rate = cell["vxgate"]["rate"]
-            print("target 4KB/1 rcpt/%-6s >= %d msg/s: %s (%s)" % (
-                mode, TARGETS[mode], fmt_rate(rate), "met" if rate >= TARGETS[mode] else "NOT met"))
+    print("\n== results (%d sessions, median of %d interleaved run(s)%s)"
+          % (args.sessions, repeats, ", --quick" if args.quick else ""))
+    if cells and all(c["results"] for c in cells):
+        print_table(cells, targets)
+        report["goals"] = {}
+        for name, _ in vxgates:
+            for text, met in goals(cells, name):
+                report["goals"][text] = met
+                print("goal: %s (%s)" % (text, "met" if met else "NOT met"))
+    for name, why in report["skipped"].items():
+        print("skipped %s: %s" % (name, why))
     memory = report["memory"]
     if memory and memory.get("peak_multiple"):
-        print("target peak memory < %.0fx largest message: %.2fx (%.1f MiB for %.1f MiB) (%s)" % (
-            TARGETS["peak_memory_multiple"], memory["peak_multiple"], mib(memory["peak_hwm_bytes"]),
-            mib(memory["message_bytes"]),
-            "met" if memory["peak_multiple"] < TARGETS["peak_memory_multiple"] else "NOT met"))
+        print("goal: peak memory < %.0fx largest message: %.2fx (%.1f MiB for %.1f MiB) (%s)" % (
+            PEAK_MEMORY_MULTIPLE, memory["peak_multiple"], mib(memory["peak_hwm_bytes"]),
+            mib(memory["message_bytes"]), "met" if memory["peak_multiple"] < PEAK_MEMORY_MULTIPLE else "NOT met"))
     for warning in report["warnings"]:
         print("WARNING: " + warning)
     if report["problems"]:

@@ -12,6 +12,7 @@ import threading
 import time
 
 from salmon_app.policy import Decision, Envelope, HookError
+from salmon_app.policy.context import MessageFile
 from salmon_app.policy.process import HookProcess
 
 LOG = logging.getLogger("vxgate.policy")
@@ -81,7 +82,7 @@ class Checks:
                             queue_id=row.id)
         metrics = self.gateway.metrics
         started = time.monotonic()
-        decision = runtime.run(envelope, message.data(), analysis or {})
+        decision = runtime.run(envelope, MessageFile(message.path), analysis or {})
         metrics.hook_seconds.observe(time.monotonic() - started)
         if decision.error:
             metrics.hook_failures.labels(failure_kind(decision.reason)).inc()

@@ -62,7 +62,8 @@ class Gateway:
     def __init__(self, config, router, checks=None):
         self.config, self.router = config, router
         self.spool = Spool(config.SpoolDir)
-        self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout)
+        self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout,
+                                             group_commit=True)
         self.node = engine.node_name(config)
         self.registry = Registry()
         self.storage = StorageGuard(self.spool, self.registry)
@@ -464,12 +465,13 @@ class Gateway:
         verdict, action = fields.get("verdict") or row.verdict, fields.get("action") or row.action or "-"
         files = analysed_files(fields.get("analysis_json") or row.analysis_json)
         took = time.time() - row.created
-        message.log.info("from=<%s> to=%s size=%d verdict=%s action=%s files=%s outcome=%s next_hop_id=%s time=%.3fs",
-                         row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, verdict, action,
-                         ",".join(files) or "-", outcome, result.next_hop_id or "-", took,
+        client = row.client.get("addr") or row.client.get("peer_ip") or "-"
+        message.log.info("from=<%s> to=%s size=%d client=%s verdict=%s action=%s files=%s outcome=%s next_hop_id=%s "
+                         "time=%.3fs", row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, client,
+                         verdict, action, ",".join(files) or "-", outcome, result.next_hop_id or "-", took,
                          extra={"event": "summary", "fields": {
-                             "from": row.mail_from, "to": row.rcpt_to, "size": row.size, "verdict": verdict,
-                             "action": action, "files": files, "outcome": outcome,
+                             "from": row.mail_from, "to": row.rcpt_to, "size": row.size, "client": client,
+                             "verdict": verdict, "action": action, "files": files, "outcome": outcome,
                              "next_hop_id": result.next_hop_id, "time": round(took, 3)}})
 
 
@@ -516,7 +518,8 @@ class Intake:
             return Reply(451, "4.3.0 Could not store the message, try again later")
         self.received.inc()
         client = envelope.xforward.get("ADDR") or envelope.peer[0]
-        log.info("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
+        # DEBUG: on the hot path the summary line (with client=) is the one line per message
+        log.debug("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
                  ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size, client,
                  extra={"event": "received", "fields": {"from": envelope.mail_from, "to": envelope.rcpt_to,
                                                         "size": writer.size, "client": client}})

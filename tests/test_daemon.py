@@ -76,7 +76,7 @@ def test_salmon_start_and_stop(app, sink):
         time.sleep(0.05)
     log = app["log"].read_text()
     assert "signal SIGTERM received" in log and "vxgate stopped" in log
-    assert "received from=<a@x.test> to=<b@x.test>,<c@x.test>" in log
+    assert "from=<a@x.test> to=<b@x.test>,<c@x.test> size=" in log and "client=127.0.0.1" in log
 
 
 @pytest.mark.parametrize("reply_timeout", ["60s", "0.02s"])

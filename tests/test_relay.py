@@ -157,3 +157,28 @@ def test_thirty_megabyte_message(vxgate, sink):
     gw.send("a@x.test", ["b@x.test"], data)
     got = sink.wait_for(1, 30)[0]
     assert got.data == data
+
+
+def test_next_hop_connections_are_kept_and_reused_by_the_workers(vxgate, sink):
+    """30 messages from 6 parallel clients, a new client connection each: the next hop sees at
+    most one connection per relay worker (each keeps its own), not one per message."""
+    import threading
+    gw = vxgate(SmtpWorkers=4, SmtpRelayWorkers=2)
+    errors = []
+
+    def client(first):
+        try:
+            for n in range(first, first + 5):
+                gw.send("a@x.test", ["b@x.test"], body(n))
+        except Exception as exc:      # reported below, with the others
+            errors.append(exc)
+    threads = [threading.Thread(target=client, args=(k * 5,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert len(sink.wait_for(30, 10)) == 30
+    rows = wait_state(Message.mode == "smtp", "delivered")
+    assert len(rows) == 30 and {r.action for r in rows} == {"accept"}     # the hook decided each one
+    assert 1 <= sink.connections <= 2

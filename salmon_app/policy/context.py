@@ -137,6 +137,17 @@ def _exported(method):
     return call
 
 
+@dataclass(frozen=True)
+class MessageFile:
+    """A stored message the hook reads only if it looks at the message (most decide on the
+    verdict alone): the worker sends this path to its hook process instead of the bytes."""
+    path: str
+
+    def read(self):
+        with open(self.path, "rb") as handle:
+            return handle.read()
+
+
 class Bridge:
     """The callbacks of one runtime; ``message`` and ``queue_id`` are set per run."""
 
@@ -156,7 +167,8 @@ class Bridge:
     def message(self):
         # Parsed on first use: most hooks decide on the verdict alone.
         if self._message is None:
-            self._message = mime.parse(self._raw)
+            raw = self._raw
+            self._message = mime.parse(raw if isinstance(raw, (bytes, bytearray)) else raw.read())
         return self._message
 
     def callbacks(self):

@@ -129,7 +129,7 @@ class HookRuntime:
     # --- running -----------------------------------------------------------------------
 
     def run(self, envelope, raw, analysis):
-        """The Decision of the hook for one message (bytes) and its analysis dict."""
+        """The Decision of the hook for one message (bytes, or a MessageFile read on first use) and its analysis dict."""
         # Creating ctx needs free memory in the state (see context.MEMORY_RESERVE); a hook
         # whose globals fill it is started afresh.
         if self._broken or self._host.memory_left() < 2 * context.MEMORY_RESERVE:

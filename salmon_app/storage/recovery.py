@@ -5,15 +5,19 @@ whose 250 was never sent are dropped, since Postfix still holds those messages; 
 acknowledged message in flight is resumed, and one that was in flight at too many start-ups
 (SmtpRecoveryLimit) is set aside as ``held`` so a poisonous message cannot crash-loop vxgate.
 While running, the sweeper re-submits what no stage holds: deferred mail whose time has come
-and anything a full queue could not take.
+and anything a full queue could not take. Everything here touches only this node's messages
+(``NodeName``); with a shared database the sweeper also resumes, every second, this node's
+messages whose analyses another node finished.
 """
 import logging
 import threading
 import time
 
-from salmon_app.storage import models
+from peewee import fn
+
 from salmon_app.log import qlog
-from salmon_app.storage.models import Message
+from salmon_app.storage import models
+from salmon_app.storage.models import FileCheck, Message
 
 LOG = logging.getLogger("vxgate.recovery")
 
@@ -88,14 +92,22 @@ class Sweeper:
         # Messages waiting for vxCube are resumed by the analyser; look at them only now and then.
         gateway, now = self.gateway, time.time()
         self.rounds += 1
-        # with a shared database another node may finish the analysis this node waits for
-        states = models.IN_FLIGHT if self.rounds % (5 if models.shared() else 60) == 0 else [
-            s for s in models.IN_FLIGHT if s != models.ANALYSING]
-        rows = (Message.select(Message.id, Message.state, Message.answered)
-                .where(Message.state.in_(states), Message.next_attempt <= now, Message.node == gateway.node)
-                .order_by(Message.next_attempt).limit(5000))
+        states = models.IN_FLIGHT if self.rounds % 60 == 0 else [s for s in models.IN_FLIGHT if s != models.ANALYSING]
+        rows = list(Message.select(Message.id, Message.state, Message.answered)
+                    .where(Message.state.in_(states), Message.next_attempt <= now, Message.node == gateway.node)
+                    .order_by(Message.next_attempt).limit(5000))
+        if models.shared():
+            rows += analysed_elsewhere(gateway.node)
         for row in rows:
             if gateway.registry.is_held(row.id):
                 continue
             if row.answered or gateway.registry.waiter(row.id):
                 gateway.submit(row.id, row.state)
+
+
+def analysed_elsewhere(node):
+    """``node``'s messages waiting for vxCube whose files all have verdicts now: with a shared
+    database another node may have finished the analysis they waited for."""
+    pending = FileCheck.select(FileCheck.id).where(FileCheck.message == Message.id, FileCheck.verdict == "")
+    return list(Message.select(Message.id, Message.state, Message.answered)
+                .where(Message.node == node, Message.state == models.ANALYSING, ~fn.EXISTS(pending)).limit(5000))

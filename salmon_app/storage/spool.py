@@ -8,12 +8,15 @@ import hashlib
 import os
 import re
 
+from salmon_app.storage.groupsync import FolderSyncs
+
 
 
 class Spool:
     def __init__(self, directory):
         self.directory = os.path.abspath(directory)
         self.tmp = os.path.join(self.directory, "tmp")
+        self.folders = FolderSyncs()
         for path in (self.directory, self.tmp):
             os.makedirs(path, mode=0o700, exist_ok=True)
             os.chmod(path, 0o700)
@@ -153,11 +156,9 @@ class SpoolWriter:
         if not os.path.isdir(folder):
             os.makedirs(folder, mode=0o700, exist_ok=True)
         os.rename(self.tmp_path, final)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)   # the rename itself must survive a power cut
-        finally:
-            os.close(fd)
+        # the rename itself must survive a power cut: one folder fsync for every session that
+        # renamed into this folder meanwhile (storage/groupsync.py)
+        self.spool.folders.sync(folder)
         self.committed = True
         return final
 

@@ -1,0 +1,118 @@
+"""Group fsync (salmon_app/storage/groupsync.py) and the daemon's group commit on SQLite.
+
+What matters: a writer is told "durable" only after an fsync that started after its write;
+a failed fsync reaches every writer it would have covered; and a transaction whose
+``writing()`` returned survives a kill -9 of the process that wrote it."""
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from salmon_app.storage.groupsync import GroupSync
+
+
+def test_every_waiter_is_covered_by_an_fsync_that_started_after_its_write():
+    lock = threading.Lock()
+    written = [0]          # writes made so far
+    synced = []            # for each fsync: how many writes existed when it started
+    gate = threading.Event()
+
+    def fsync():
+        with lock:
+            synced.append(written[0])
+        gate.wait(5)       # a slow disk: the others pile up behind the first fsync
+
+    group = GroupSync(fsync)
+    covered = {}
+
+    def writer(number):
+        with lock:
+            written[0] += 1
+            mine = written[0]
+            ticket = group.ticket()
+        group.wait(ticket)
+        covered[number] = (mine, list(synced))
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(covered) == 20
+    for mine, syncs in covered.values():
+        assert any(start >= mine for start in syncs)       # an fsync that began after this write
+    assert len(synced) < 20          # and the writers shared them
+
+
+def test_a_failed_fsync_reaches_every_writer_it_covered():
+    calls = []
+
+    def fsync():
+        calls.append(1)
+        raise OSError(5, "Input/output error")
+    group = GroupSync(fsync)
+    errors = []
+
+    def writer():
+        try:
+            group.sync()
+        except OSError as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=writer) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 5 and len(calls) == 5       # nobody was told "durable"
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, threading
+    from salmon_app.storage import models
+    models.open_database(sys.argv[1], group_commit=True)
+    lock = threading.Lock()
+
+    def writer(k):
+        for n in range(40):
+            queue_id = "GC%02d%04dXXXXXXXX" % (k, n)
+            with models.writing():
+                models.update_message("none", state="x")      # a statement per transaction
+                models.log_event(queue_id, "test", "durable")
+            with lock:                  # told durable: say so (the parent kills us any time)
+                os.write(1, (queue_id + "\\n").encode())
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.write(1, b"done\\n")
+    threading.Event().wait(60)
+""")
+
+
+@pytest.mark.parametrize("after", [50, 200])
+def test_kill_9_loses_no_transaction_writing_returned(tmp_path, after):
+    database = str(tmp_path / "q.db")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, database], stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    acknowledged = []
+    try:
+        for line in proc.stdout:
+            acknowledged.append(line.decode().strip())
+            if len(acknowledged) >= after or acknowledged[-1] == "done":
+                break
+        proc.kill()
+        proc.wait(10)
+        acknowledged += [line.decode().strip() for line in proc.stdout.read().splitlines()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    acknowledged = [a for a in acknowledged if a and a != "done"]
+    assert len(acknowledged) >= min(after, 320)
+    with sqlite3.connect(database) as conn:
+        stored = {row[0] for row in conn.execute("SELECT message FROM event WHERE kind = 'test'")}
+    assert set(acknowledged) <= stored
