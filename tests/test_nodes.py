@@ -36,13 +36,9 @@ _SECTION = {p.name: p for p in vxconfig.SCHEMA}
 
 
 def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+    value = pgcluster.wait_for(predicate, timeout)
+    assert value, "timed out after %ss waiting for %s" % (timeout, what)
+    return value
 
 
 def ini_text(params):
