@@ -12,10 +12,16 @@ Usage (from the repo root, as root: py-spy attaches to another process):
 By default only running threads are sampled (py-spy's own rule: a thread blocked in a
 system call is idle); ``--wall`` samples waiting threads too, which shows where waits are.
 Output: the tables on stdout, and the raw samples in bench/results/profile-<timestamp>.txt.
+
+Then the CPU per message of each kind of thread, read from ``/proc/<pid>/task`` (user and
+system time; py-spy's samples leave the kernel out): the stage workers (``check``, ``relay``,
+named once with ``py-spy dump``), the session threads (one per connection, gone when it ends:
+what the named threads did not use) and the hook processes (the children).
 """
 import argparse
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +61,77 @@ def _short(frame):
     return "%s (%s)" % (name, where)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _times(path):
+    with open(path) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def threads(pid):
+    """{tid: (user, system)} of the live threads of ``pid``."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            out[int(tid)] = _times("/proc/%d/task/%s/stat" % (pid, tid))
+        except OSError:
+            pass
+    return out
+
+
+def children(pid):
+    total = [0.0, 0.0]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) != pid:
+                        continue
+                user, system = _times("/proc/%s/stat" % entry)
+            except (OSError, IndexError, ValueError):
+                continue
+            total[0] += user
+            total[1] += system
+    return tuple(total)
+
+
+def thread_names(py_spy, pid):
+    """{tid: thread name} from py-spy dump ("Thread 1234 (idle): "check-0"")."""
+    text = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60).stdout
+    return {int(m.group(1), 0): m.group(2) for m in re.finditer(r'Thread (0x[0-9A-Fa-f]+|\d+) \([^)]*\): "([^"]*)"', text)}
+
+
+def kind(name):
+    return re.sub(r"-\d+$", "", name or "?")
+
+
+def print_stages(before, after, named, process0, process1, kids0, kids1, count):
+    """CPU ms per message by kind of thread: what the named (long-lived) threads did not use
+    was used by the session threads (one per connection) and threads that ended."""
+    per = collections.defaultdict(lambda: [0.0, 0.0])
+    for tid, (user, system) in after.items():
+        if tid in before and tid in named:
+            per[kind(named[tid])][0] += user - before[tid][0]
+            per[kind(named[tid])][1] += system - before[tid][1]
+    total = (process1[0] - process0[0], process1[1] - process0[1])
+    per["sessions and ended threads"] = [total[0] - sum(v[0] for v in per.values()),
+                                         total[1] - sum(v[1] for v in per.values())]
+    per["hook processes"] = [kids1[0] - kids0[0], kids1[1] - kids0[1]]
+    print("\n%-28s %8s %8s %8s   (CPU ms per message)" % ("part", "user", "system", "total"))
+    grand = [0.0, 0.0]
+    for name, (user, system) in sorted(per.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        if user + system < 0.005 * count / 1000:
+            continue
+        grand[0] += user
+        grand[1] += system
+        print("%-28s %8.2f %8.2f %8.2f" % (name, 1000 * user / count, 1000 * system / count,
+                                           1000 * (user + system) / count))
+    print("%-28s %8.2f %8.2f %8.2f" % ("all", 1000 * grand[0] / count, 1000 * grand[1] / count,
+                                       1000 * sum(grand) / count))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=6000)
@@ -83,12 +160,15 @@ def main():
         kwargs = {"source": os.path.abspath(args.source)} if args.source else {}
         vx = Vxgate(processes, os.path.join(workdir, "vxgate"), port, sink_port, 200, **kwargs)
         run_source(port, 300, args.size, args.rcpts, not args.new, 10, processes, 120)   # warm up
+        named = thread_names(py_spy, vx.pid)
         argv = [py_spy, "record", "--pid", str(vx.pid), "--format", "raw", "--output", raw, "--rate",
                 str(args.rate), "--nonblocking"] + (["--idle"] if args.wall else []) + (["--gil"] if args.gil else [])
         spy = processes.start("py-spy", argv, stop_signal=signal.SIGINT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
         time.sleep(1.0)
+        cpu0 = threads(vx.pid), _times("/proc/%d/stat" % vx.pid), children(vx.pid)
         elapsed, status, text = run_source(port, args.count, args.size, args.rcpts, not args.new, 10, processes, 600)
+        cpu1 = threads(vx.pid), _times("/proc/%d/stat" % vx.pid), children(vx.pid)
         processes.stop(spy, timeout=30)     # SIGINT: py-spy writes its file and exits
         print("%d messages in %.2fs = %.0f msg/s (smtp-source status %s)" % (
             args.count, elapsed, args.count / elapsed, status))
@@ -104,6 +184,7 @@ def main():
     for name, count in total:
         print("  %5.1f%%  %s" % (100.0 * count / samples, name))
     print("\nraw samples: %s" % os.path.relpath(raw))
+    print_stages(cpu0[0], cpu1[0], named, cpu0[1], cpu1[1], cpu0[2], cpu1[2], args.count)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ def build_parser():
     register_quarantine(sub)
     from salmon_app.storage.dbcli import register as register_db
     register_db(sub)
+    from salmon_app.web.cli import register as register_web
+    register_web(sub)
     return parser
 
 

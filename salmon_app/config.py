@@ -247,6 +247,18 @@ SCHEMA = [
     _p("Quarantine", "DeliveredRetention", "duration", 7 * 86400.0, "Keep records of delivered, discarded and tempfailed mail and closed BCC copies this long.", minimum=0),
     _p("Quarantine", "QuarantineRetention", "duration", 30 * 86400.0, "Keep quarantined, rejected, failed and held messages and reported BCC copies this long.", minimum=0),
     _p("Quarantine", "KeepDeliveredMessages", "bool", False, "Keep the files of delivered mail (until DeliveredRetention) for export/release."),
+    # [Quarantine]: the web console (vxgate web) and recipients' self-service
+    _p("Quarantine", "WebSocket", "socket", "127.0.0.1:8425", "Where `vxgate web` serves the quarantine console: IP:port (empty: off)."),
+    _p("Quarantine", "WebUsersFile", "str", "", "Console administrators and their password hashes (vxgate web add-user; mode 0600; empty: web-users beside the configuration file)."),
+    _p("Quarantine", "WebTlsCert", "str", "", "PEM certificate (chain) for HTTPS on WebSocket (empty: plain HTTP, for loopback or a reverse proxy)."),
+    _p("Quarantine", "WebTlsKey", "str", "", "PEM private key of WebTlsCert."),
+    _p("Quarantine", "WebSecret", "secret", "", "Key that signs console sessions and recipients' links (never logged; empty: a random key per start, and no digest)."),
+    _p("Quarantine", "WebBehindProxy", "bool", False, "The console is reached through one reverse proxy on this host: trust its X-Forwarded-For and X-Forwarded-Proto."),
+    _p("Quarantine", "WebSessionLifetime", "duration", 8 * 3600.0, "An administrator's login lasts this long.", minimum=60),
+    _p("Quarantine", "WebBaseUrl", "str", "", "The console's address as recipients reach it, for the links in digests (https://gateway.example:8425/)."),
+    _p("Quarantine", "QuarantineDigest", "choice", "Off", "Send each recipient a digest of their newly quarantined mail with signed links: Off, Daily or Hourly (needs WebSecret and WebBaseUrl).", choices=("Off", "Daily", "Hourly")),
+    _p("Quarantine", "DigestLinkLifetime", "duration", 7 * 86400.0, "How long a digest's link stays valid.", minimum=60),
+    _p("Quarantine", "RecipientRelease", "list", ["suspicious:release", "unchecked:request", "none:request", "dangerous:request"], "What a recipient may do with their quarantined mail, per verdict: none, request (an administrator approves) or release."),
 ]
 _BY_KEY = {(p.section.lower(), p.name.lower()): p for p in SCHEMA}
 
@@ -453,6 +465,42 @@ def _check_together(config, seen, filename):
             fail("DatabaseUrl", str(exc))
     if config.NodeName and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", config.NodeName):
         fail("NodeName", "NodeName must be letters, digits, '.', '_' or '-' (at most 63), like a host name")
+    _check_web(config, fail)
+
+
+def _check_web(config, fail):
+    """The console's and the digest's parameters (salmon_app/web)."""
+    if config.WebSocket is not None and config.WebSocket.is_unix:
+        fail("WebSocket", "WebSocket must be IP:port (browsers speak TCP), or empty for off")
+    if bool(config.WebTlsCert) != bool(config.WebTlsKey):
+        fail("WebTlsCert", "WebTlsCert and WebTlsKey go together: give both for HTTPS, or neither")
+    if config.QuarantineDigest != "Off":
+        for name in ("WebSecret", "WebBaseUrl"):
+            if not getattr(config, name):
+                fail("QuarantineDigest", "QuarantineDigest = %s needs %s (the links are signed with WebSecret "
+                     "and point at WebBaseUrl)" % (config.QuarantineDigest, name))
+    if config.WebBaseUrl and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", config.WebBaseUrl):
+        fail("WebBaseUrl", "bad WebBaseUrl %r, expected https://host[:port]/[path]" % config.WebBaseUrl)
+    try:
+        recipient_release(config)
+    except ValueError as exc:
+        fail("RecipientRelease", "bad RecipientRelease: %s" % exc)
+
+
+RECIPIENT_RIGHTS = ("none", "request", "release")
+
+
+def recipient_release(config):
+    """{verdict: none|request|release} from RecipientRelease (verdicts not named: none)."""
+    from salmon_app.verdict import Verdict
+    rights = {v.label: "none" for v in Verdict}
+    for item in config.RecipientRelease:
+        verdict, colon, right = (part.strip().lower() for part in item.partition(":"))
+        if not colon or verdict not in rights or right not in RECIPIENT_RIGHTS:
+            raise ValueError("%r; expected verdict:right, verdict one of %s, right one of %s"
+                             % (item, ", ".join(rights), ", ".join(RECIPIENT_RIGHTS)))
+        rights[verdict] = right
+    return rights
 
 
 SYSTEM_CONFIG = "/etc/vxgate/vxgate.ini"

@@ -9,7 +9,6 @@ message to Salmon's Router; the handlers in ``handlers/`` decide which step runs
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 
@@ -18,9 +17,11 @@ import tenacity
 from salmon_app import dsn, headers
 from salmon_app.log import qlog
 from salmon_app.metrics import Metrics, reply_class
+from salmon_app.outbox import new_queue_id, store_own
 from salmon_app.pipeline import Registry, Stage
 from salmon_app.quarantine import render
 from salmon_app.quarantine.expire import expiry_hook
+from salmon_app.web.digest import digest_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
 from salmon_app.request import StoredMessage
@@ -41,10 +42,6 @@ RELAY_OF = {"smtp": "smtp", "notice": "smtp", "report": "report"}
 def _permanent(reply):
     code, text = reply
     return (code if code >= 500 else 554), text
-
-
-def new_queue_id():
-    return secrets.token_hex(8).upper()
 
 
 def backoff(initial, maximum):
@@ -137,6 +134,7 @@ class Gateway:
             stage.start()
         self.sweeper = Sweeper(self)
         self.sweeper.hooks.append(expiry_hook(lambda: self.config, metrics=self.metrics))
+        self.sweeper.hooks.append(digest_hook(lambda: self.config, self.inject))     # QuarantineDigest
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:
@@ -161,7 +159,8 @@ class Gateway:
         for relay in self.relays.values():
             relay.close()
         metrics_closed.join(5)
-        # every pooled connection, not only this thread's: the workers' would stay open on the server
+        # every pooled connection, not only this thread's and the idle ones: the workers'
+        # (threads that ended holding one) would stay open on the server
         getattr(self.database, "close_all", self.database.close)()
 
     # ------------------------------------------------------------ moving messages
@@ -445,15 +444,7 @@ class Gateway:
 
     def inject(self, mode, mail_from, rcpt_to, data, *, parent=None, subject=""):
         """Store a message vxgate writes itself (a bounce, a report) and start relaying it."""
-        queue_id = new_queue_id()
-        self.spool.store(queue_id, data)
-        now = time.time()
-        with models.writing():
-            Message.create(id=queue_id, node=self.node, mode=mode, state=models.RELAYING, answered=True, created=now,
-                           updated=now, mail_from=mail_from, rcpt_json=json.dumps(rcpt_to), size=len(data),
-                           sha256="", subject=subject, parent=parent)
-            Recipient.insert_many([{"message": queue_id, "address": a} for a in rcpt_to]).execute()
-            models.log_event(queue_id, "created", "%s about %s to %s" % (mode, parent, ", ".join(rcpt_to)))
+        queue_id = store_own(self.spool, mode, mail_from, rcpt_to, data, parent=parent, subject=subject, node=self.node)
         qlog(queue_id).info("%s created about %s", mode, parent)
         self.submit(queue_id, models.RELAYING)
         return queue_id
@@ -502,7 +493,11 @@ class Intake:
         waiter = gateway.registry.add_waiter(queue_id) if not own else None
         try:
             writer.commit()
-            message = self._record(envelope, writer, answered=own)
+            # the record's fsync is not waited for here: the outcome's commit (or the early
+            # answer's) makes it durable too, before any 250 (``models.writing(defer)``)
+            message, commit = self._record(envelope, writer, answered=own)
+            if own:
+                commit.wait()      # a BCC copy is answered at once: its record first
         except Exception as exc:
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
@@ -548,6 +543,13 @@ class Intake:
             gateway.registry.drop_waiter(queue_id)
         if waiter.abandon():        # shutting down with the 250 unrecorded: the client keeps it
             return Reply(451, "4.3.0 Internal error, try again later")
+        try:
+            commit.wait()      # at once as a rule: a later durable commit covered it
+        except Exception as exc:
+            # an outcome that was recorded (or kept in memory as a fact) still goes out, as
+            # ``conclude`` has it; this only happens when the disk fails
+            gateway.storage.failed(exc)
+            log.error("could not make the record durable: %s", exc)
         if reply is None:
             log.info("answered 250 before the outcome; finishing in the background")
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
@@ -555,7 +557,7 @@ class Intake:
 
     def _record(self, envelope, writer, answered=False):
         now = time.time()
-        row = models.insert_message(dict(
+        row, commit = models.insert_message(dict(
             id=writer.queue_id, node=self.gateway.node, mode=self.mode, state=models.STORED, answered=answered, created=now,
             updated=now, mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
             client_json=json.dumps(envelope.client), size=writer.size, sha256=writer.sha256,
@@ -563,10 +565,10 @@ class Intake:
                 a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}}),
             body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",
             smtputf8=bool(envelope.mail_params.get("SMTPUTF8")), **parse_headers(envelope.headers)),
-            envelope.rcpt_to)
+            envelope.rcpt_to, defer=True)
         message = StoredMessage(self.gateway, row)
         message.recipients = list(envelope.rcpt_to)
-        return message
+        return message, commit
 
 
 def analysed_files(analysis_json):

@@ -85,6 +85,10 @@ if [ $SYSTEMD_UP = yes ]; then
     step "systemd unit vxgate.service"
     sed "s#/opt/vxgate#$PREFIX#g; s#/var/lib/vxgate#$STATE#g; s#/etc/vxgate#$ETC#g" \
         "$PREFIX/config/systemd/vxgate.service" > /etc/systemd/system/vxgate.service
+    # the web console's unit is installed, not enabled: it needs an administrator first
+    # (vxgate web add-user NAME, then systemctl enable --now vxgate-web)
+    sed "s#/opt/vxgate#$PREFIX#g; s#/var/lib/vxgate#$STATE#g; s#/etc/vxgate#$ETC#g" \
+        "$PREFIX/config/systemd/vxgate-web.service" > /etc/systemd/system/vxgate-web.service
     systemctl daemon-reload
     systemctl enable vxgate
 fi

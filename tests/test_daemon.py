@@ -396,10 +396,12 @@ def test_systemd_unit_verifies(tmp_path):
     assert "Type=notify" in text and "StartLimitBurst=" in text and "WatchdogSec=" in text
     for directive in ("StateDirectory=vxgate", "LogsDirectory=vxgate", "RuntimeDirectory=vxgate"):
         assert directive in text
-    unit = tmp_path / "vxgate.service"
-    unit.write_text(text.replace("/opt/vxgate", ROOT))     # the commands it names must exist
-    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    for name in ("vxgate.service", "vxgate-web.service"):
+        text = open(os.path.join(ROOT, "config", "systemd", name)).read()
+        unit = tmp_path / name
+        unit.write_text(text.replace("/opt/vxgate", ROOT))     # the commands it names must exist
+        result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and not result.stderr.strip(), (name, result.stderr)
 
 
 def test_check_config_dry_runs_the_hook_on_sample_messages(tmp_path):

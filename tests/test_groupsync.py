@@ -116,3 +116,24 @@ def test_kill_9_loses_no_transaction_writing_returned(tmp_path, after):
     with sqlite3.connect(database) as conn:
         stored = {row[0] for row in conn.execute("SELECT message FROM event WHERE kind = 'test'")}
     assert set(acknowledged) <= stored
+
+
+def test_a_deferred_commit_waits_for_no_fsync_of_its_own(tmp_path):
+    """``writing(defer=True)`` (a message's record while it is checked and relayed): committed
+    at once, durable once any later fsync of the WAL ran: the outcome's commit covers it."""
+    from salmon_app.storage import models
+    database = models.open_database(str(tmp_path / "q.db"), group_commit=True)
+    try:
+        group = models._GROUP
+        syncs, real = [], group._sync
+        group._sync = lambda: (syncs.append(1), real())
+        with models.writing(defer=True) as record:
+            models.log_event("DEFERRED0001", "test", "record")
+        assert syncs == []                     # the writer went on without an fsync
+        with models.writing():
+            models.log_event("DEFERRED0001", "test", "outcome")
+        assert syncs == [1]
+        record.wait()
+        assert syncs == [1]                    # the outcome's fsync covered the record
+    finally:
+        database.close()

@@ -176,6 +176,10 @@ def test_list_filters_sort_limit_and_json(gw, sink):
     by_sender = qjson(cfg, "list", "--sender", "S3@SPAM", "--mode", "smtp")
     assert by_sender["total"] == sum(r["mail_from"] == "s3@spam.test" and r["mode"] == "smtp" for r in rows) > 0
 
+    real = Message.get(Message.subject == "real 1")
+    by_message_id = qjson(cfg, "list", "--message-id", real.message_id.strip("<>")[:10])   # as the web console searches
+    assert [m["id"] for m in by_message_id["messages"]] == [real.id]
+
     by_rcpt = qjson(cfg, "list", "--recipient", "other@q.test", "--subject", "INVOICE")
     assert by_rcpt["total"] == sum("other@q.test" in r["rcpt_json"] and "invoice" in r["subject"] for r in rows) > 0
 

@@ -101,6 +101,10 @@ ELSEWHERE = {
     "make test": ".ci/run (CI runs the suite with it; a test cannot run its own suite)",
     "make bench": "bench/README.md (needs Postfix's smtp-source/smtp-sink; minutes of CPU on a shared box)",
     "vxgate quarantine export": "tests/test_quarantine.py::test_export_is_byte_identical",
+    "vxgate web": "tests/web/test_web_cli.py::test_serves_https_with_a_secure_cookie_and_stops_on_sigterm",
+    "vxgate web add-user alice": "tests/web/test_web_cli.py::test_add_user_reads_the_password_from_stdin_never_argv",
+    "vxgate web users": "tests/web/test_web_cli.py::test_add_user_reads_the_password_from_stdin_never_argv",
+    "vxgate web remove-user alice": "tests/web/test_web_cli.py::test_add_user_reads_the_password_from_stdin_never_argv",
     "vxgate db upgrade": "tests/test_db_command.py (against a private PostgreSQL cluster)",
     "vxgate db copy --from sqlite:///var/lib/vxgate/quarantine.db --to postgresql://vxgate:secret@db.example.com/vxgate":
         "tests/test_db_command.py (the same command with the test's own paths and cluster)",
@@ -113,6 +117,7 @@ NOT_HERE = {
     "postconf -e 'content_filter =' && postfix reload": "run by tests/test_install.py as separate commands",
     "journalctl -u vxgate": "needs systemd as PID 1",
     "journalctl -u vxgate | grep 'from=<'": "needs systemd as PID 1",
+    "journalctl -u vxgate-web": "needs systemd as PID 1",
     "grep QUEUEID": "a fragment in prose; `grep 3D4A9076761D5EFE logs/vxgate.log` is run",
     "vxgate started (pid N): listening on …": "output of `salmon start` quoted in the text, not a command",
 }

@@ -92,6 +92,27 @@ def test_every_recipient_refused_while_waiting_gives_5xx_to_the_client(vxgate, s
     assert Message.select().where(Message.mode == "notice").count() == 0   # the MTA bounces, not us
 
 
+def test_refusals_of_a_pipelined_transaction_keep_the_kept_connection_in_step(vxgate, sink):
+    """The relay sends MAIL, RCPT and DATA at once (the sink offers PIPELINING): a refused MAIL
+    FROM, then a refused recipient, each reach the client, and the next message goes through the
+    same kept connection, every reply of the refused transactions having been read."""
+    sink.mail_reply = lambda sender: (550, "5.7.1 sender refused") if sender == "bad@x.test" else None
+    sink.rcpt_reply = {"gone@x.test": (550, "5.1.1 no such user")}
+    gw = vxgate(SmtpRelayWorkers=1)
+    for sender, rcpt, expected in (("bad@x.test", "b@x.test", b"sender refused"),
+                                   ("a@x.test", "gone@x.test", b"no such user")):
+        with gw.client() as client:
+            client.ehlo()
+            client.mail(sender)
+            client.rcpt(rcpt)
+            code, text = client.data(body())
+        assert code == 550 and expected in text
+    gw.send("a@x.test", ["b@x.test"], body(2))
+    got = sink.wait_for(1, 10)
+    assert got[0].data == body(2) and got[0].rcpt_tos == ["b@x.test"]
+    assert sink.connections == 1
+
+
 def test_data_4xx_then_accepted(vxgate, sink):
     replies = [(452, "4.3.1 insufficient storage")]
     sink.data_reply = lambda msg: replies.pop() if replies else None

@@ -85,6 +85,7 @@ def add_filters(parser):
     group.add_argument("--sender", metavar="TEXT", help="envelope sender contains TEXT ('<>': the null sender)")
     group.add_argument("--recipient", metavar="TEXT", help="an envelope recipient contains TEXT")
     group.add_argument("--subject", metavar="TEXT", help="subject contains TEXT (case-insensitive)")
+    group.add_argument("--message-id", metavar="TEXT", help="the Message-ID header contains TEXT")
     group.add_argument("--since", type=when_arg, metavar="WHEN",
                        help="received at or after WHEN: 2h, 3d, 1w ago, today, yesterday, or 2026-01-31[T14:00]")
     group.add_argument("--until", type=when_arg, metavar="WHEN", help="received before WHEN (same forms)")

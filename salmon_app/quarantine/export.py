@@ -4,21 +4,25 @@ The stored file is copied in blocks (a 30 MB message is never held in memory). A
 with ``-o`` is written to a temporary name beside it with mode 0600 and renamed into place,
 so a failed export never leaves half a message under the requested name.
 """
-import os
 import shutil
 import sys
-import tempfile
 
+from salmon_app import private_file
 from salmon_app.quarantine.store import QuarantineError
 
 
-def export(store, queue_id, output=None):
-    """Copy the message's bytes to ``output`` (a path; None or "-" for stdout); returns the size."""
+def open_original(store, queue_id):
+    """(record, open binary file) of the message's stored original, or QuarantineError."""
     row = store.lookup(queue_id)
     problem = store.file_problem(row, "export")
     if problem:
         raise QuarantineError(problem)
-    source = store.open_message(row)
+    return row, store.open_message(row)
+
+
+def export(store, queue_id, output=None):
+    """Copy the message's bytes to ``output`` (a path; None or "-" for stdout); returns the size."""
+    row, source = open_original(store, queue_id)
     with source:
         if output in (None, "-"):
             out = sys.stdout.buffer
@@ -26,21 +30,9 @@ def export(store, queue_id, output=None):
             shutil.copyfileobj(source, out, 1024 * 1024)
             out.flush()
             return source.tell()
-        folder = os.path.dirname(os.path.abspath(output))
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".vxgate-export-", dir=folder)
+            private_file.replace(output, lambda handle: shutil.copyfileobj(source, handle, 1024 * 1024),
+                                 prefix=".vxgate-export-")
         except OSError as exc:
-            raise QuarantineError("cannot write %s: %s" % (output, exc.strerror or exc)) from None
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                shutil.copyfileobj(source, handle, 1024 * 1024)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, output)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise QuarantineError("cannot write %s: %s" % (output, exc.strerror or exc)) from None
         return source.tell()

@@ -77,12 +77,15 @@ class Filters:
     since: float = None
     until: float = None
     released: bool = None      # True: released ones only, False: never released, None: both
+    message_id: str = None     # Message-ID contains
+    queue_id: str = None       # queue id starts with (any case)
 
     def given(self):
         """True when at least one filter narrows the selection."""
         return any([self.states, self.verdicts, self.modes, self.sender is not None,
                     self.recipient is not None, self.subject is not None,
-                    self.since is not None, self.until is not None, self.released is not None])
+                    self.since is not None, self.until is not None, self.released is not None,
+                    self.message_id is not None, self.queue_id is not None])
 
     def conditions(self):
         where = []
@@ -103,6 +106,10 @@ class Filters:
                                         .where(Recipient.address.contains(needle))))
         if self.subject is not None:
             where.append(Message.subject.contains(self.subject))
+        if self.message_id is not None:
+            where.append(Message.message_id.contains(self.message_id.strip()))
+        if self.queue_id is not None:
+            where.append(Message.id.startswith(self.queue_id.strip().upper()))
         if self.since is not None:
             where.append(Message.created >= self.since)
         if self.until is not None:
@@ -123,7 +130,8 @@ def filters_from(args, now=None):
     """Filters from parsed arguments (argparse already checked the values)."""
     return Filters(states=args.state or [], verdicts=args.verdict or [], modes=args.mode or [],
                    sender=args.sender, recipient=args.recipient, subject=args.subject,
-                   since=args.since, until=args.until, released=getattr(args, "released", None))
+                   since=args.since, until=args.until, released=getattr(args, "released", None),
+                   message_id=getattr(args, "message_id", None))
 
 
 def ordered(query, sort="created", reverse=False):
@@ -157,13 +165,16 @@ def release_dict(release):
             "reply": release.reply, "count": release.count}
 
 
-def listing(store, filters, sort="created", reverse=False, limit=None):
-    """(rows, total, releases) for the filters; rows are at most ``limit`` long."""
+def listing(store, filters, sort="created", reverse=False, limit=None, offset=0):
+    """(rows, total, releases) for the filters; rows are at most ``limit`` long, from ``offset`` on
+    (the web console's pages: LIMIT/OFFSET on the indexed sort column)."""
     base = filters.select()
     total = base.count()
     query = ordered(filters.select(), sort, reverse)
     if limit is not None:
         query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
     rows = list(query)
     return rows, total, store.released(r.id for r in rows)
 

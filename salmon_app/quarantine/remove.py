@@ -8,12 +8,14 @@ unless asked (``allow_in_flight``). Only after the commit are the files (the ``.
 ``check --repair`` (and the daemon's start-up) remove, never a record pointing at half a message.
 """
 import dataclasses
+import logging
 import os
 
 from salmon_app.storage import models
 from salmon_app.storage.models import Body, Event, FileCheck, Message, Recipient, Release
 
 BATCH = 500
+LOG = logging.getLogger("vxgate")
 
 
 @dataclasses.dataclass
@@ -24,8 +26,11 @@ class Removed:
     files: int          # files unlinked (0, 1 or 2)
 
 
-def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH):
-    """Remove the messages ``ids``; returns (removed: [Removed], skipped: {id: state or None})."""
+def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH, user=None):
+    """Remove the messages ``ids``; returns (removed: [Removed], skipped: {id: state or None}).
+
+    With ``user`` (the web console), each removal is logged with who did it: the message's
+    history goes with it."""
     removed, skipped = [], {}
     ids = list(dict.fromkeys(ids))
     for start in range(0, len(ids), batch):
@@ -51,6 +56,8 @@ def remove_messages(store, ids, *, allow_in_flight=False, batch=BATCH):
         for r in doomed:
             # another node's file stays until that node's next start-up finds it without a record
             removed.append(Removed(r.id, r.state, r.size, remove_files(store, r.id) if store.local(r) else 0))
+            if user:
+                LOG.info("%s: deleted (%s) by %s", r.id, r.state, user)
     return removed, skipped
 
 

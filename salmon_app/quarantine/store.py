@@ -156,6 +156,12 @@ class Store:
         return found
 
 
+def record(queue_id, kind, user, text=""):
+    """An administrator's action in the message's history (an Event): who, when and what."""
+    with models.writing():
+        models.log_event(queue_id, kind, "by %s%s" % (user, ": " + text if text else ""))
+
+
 def client_of(row):
     """The message's client dict (XFORWARD attributes, peer, and "_" internal keys); {} if unreadable."""
     try:

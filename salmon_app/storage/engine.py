@@ -13,7 +13,7 @@ import os
 import urllib.parse
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase, PooledSqliteDatabase
 
 try:    # only the PostgreSQL engine needs it
     import psycopg
@@ -101,22 +101,27 @@ def release():
     """Give this thread's connection back to the pool (the end of an SMTP session)."""
     from salmon_app.storage.models import db
     database = db.obj
-    if isinstance(database, Postgres):
+    if isinstance(database, PooledDatabase):
         try:
             database.close()
         except peewee.PeeweeException:
             pass
 
 
-def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10):
-    """The peewee database for ``text`` (a path or a URL), not yet bound to the models."""
+def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10, pooled=False):
+    """The peewee database for ``text`` (a path or a URL), not yet bound to the models.
+
+    ``pooled`` (the daemon): SQLite connections are pooled too, since a new one (opening the
+    file, its pragmas, reading the schema) costs half a millisecond of CPU, which an SMTP
+    session of one message, a thread of its own, would otherwise pay for every message."""
     engine, target = parse(text)
     if engine == "sqlite":
         directory = os.path.dirname(target)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if not os.path.exists(target):
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
-        database = peewee.SqliteDatabase(target, pragmas={
+        kind, pool = (PooledSqliteDatabase, {"max_connections": 0}) if pooled else (peewee.SqliteDatabase, {})
+        database = kind(target, **pool, pragmas={
             "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": int(busy_timeout * 1000),
             "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
     else:

@@ -202,7 +202,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     sqlite = engine.parse(where)[0] == "sqlite"
     if group_commit and sqlite:
         synchronous = "NORMAL"
-    database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout)
+    database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout, pooled=group_commit)
     db.initialize(database)
     _GROUP = None
     if group_commit and sqlite:
@@ -224,23 +224,45 @@ def shared():
 _DEPTH = threading.local()
 
 
+class Commit:
+    """A transaction's durability: ``wait()`` returns once it is on disk (at once if it is)."""
+
+    def __init__(self, group=None, ticket=None):
+        self.group, self.ticket = group, ticket
+
+    def wait(self):
+        if self.ticket is not None:
+            self.group.wait(self.ticket)
+
+
+_DURABLE = Commit()
+
+
 @contextlib.contextmanager
-def writing():
+def writing(defer=False):
     """A write transaction; on SQLite one that cannot meet "database is locked" in this process.
 
     Nested calls join the outer transaction. Plain BEGIN/COMMIT on peewee's autocommit
-    connection: peewee's atomic() cost more CPU than the statements it wrapped."""
+    connection: peewee's atomic() cost more CPU than the statements it wrapped.
+
+    Yields a ``Commit``. With ``defer`` (the daemon's group commit on SQLite) the transaction
+    is committed but not yet fsynced on return: the caller must ``wait()`` on the Commit
+    before it acknowledges anything that rests on it. Any later transaction made durable
+    makes this one durable too (the WAL is written in order), so a message's record need not
+    wait for its own fsync while the message is checked and relayed: the outcome's commit
+    covers it."""
     depth = getattr(_DEPTH, "n", 0)
     if depth:
         _DEPTH.n = depth + 1
         try:
-            yield
+            yield _DURABLE      # the outer transaction decides when it is durable
         finally:
             _DEPTH.n = depth
         return
     local = not shared()
     group = _GROUP if local else None
     ticket = None
+    commit = Commit()
     if local:
         _WRITE_LOCK.acquire()
     _DEPTH.n = 1
@@ -248,7 +270,7 @@ def writing():
         connection = db.connection()
         connection.execute("BEGIN IMMEDIATE" if local else "BEGIN")
         try:
-            yield
+            yield commit
             connection.execute("COMMIT")
             if group is not None:
                 ticket = group.ticket()     # taken under the lock: its COMMIT is written
@@ -262,7 +284,9 @@ def writing():
         if local:
             _WRITE_LOCK.release()
     if ticket is not None:
-        group.wait(ticket)      # durable on return; the fsync runs outside the write lock
+        commit.group, commit.ticket = group, ticket
+        if not defer:
+            group.wait(ticket)      # durable on return; the fsync runs outside the write lock
 
 
 def _rollback(connection):
@@ -314,8 +338,9 @@ def _update_sql(columns):
 _MESSAGE_DEFAULTS = None
 
 
-def insert_message(values, recipients):
-    """Insert a message record (missing columns take their model defaults) and its recipients."""
+def insert_message(values, recipients, defer=False):
+    """Insert a message record (missing columns take their model defaults) and its recipients;
+    returns (the row, its ``Commit``: see ``writing(defer)``)."""
     global _MESSAGE_DEFAULTS
     if _MESSAGE_DEFAULTS is None:
         _MESSAGE_DEFAULTS = {f.column_name: f.default for f in Message._meta.sorted_fields
@@ -326,11 +351,11 @@ def insert_message(values, recipients):
     if key not in _SQL:
         _SQL[key] = 'INSERT INTO "message" (%s) VALUES (%s)' % (
             ", ".join('"%s"' % c for c in columns), ", ".join("?" * len(columns)))
-    with writing():
+    with writing(defer) as commit:
         _execute(_SQL[key], tuple(row.values()))
         _executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
                      "VALUES (?, ?, 'pending', '')", [(values["id"], a) for a in recipients])
-    return Message(**row)
+    return Message(**row), commit
 
 
 def log_event(queue_id, kind, text="", when=None):

@@ -308,3 +308,18 @@ HOOK_FILE_READS = [
     "/proc/self/environ",                                        # the daemon's environment
     "",                                                          # the folder itself
 ]
+
+# ------------------------------------------------------------------ web console (salmon_app/web)
+# Text that reaches the console's pages from mail: a subject, a file name and an address. Each
+# must show as the text it is (escaped), never become an element or an event handler; a CR/LF
+# must not break it into lines that pass for something else.
+WEB_TEXT = [
+    "<script>alert(1)</script>",
+    "\"><img src=x onerror=alert(1)>",
+    "Invoice\r\nBcc: x@attacker.test",
+]
+# Envelope senders with the same payloads (quoted local parts: RFC 5321 allows these characters).
+WEB_SENDERS = [
+    '"<script>alert(1)</script>"@evil.test',
+    '"\\"><img src=x onerror=alert(1)>"@evil.test',
+]
