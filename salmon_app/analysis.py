@@ -20,6 +20,8 @@ import json
 import logging
 import time
 
+import peewee
+
 from salmon_app import headers
 from salmon_app.storage import models
 from salmon_app.log import qlog
@@ -33,6 +35,7 @@ from salmon_app.vxcube.extract import describe, extract, not_analysable_reason
 
 LOG = logging.getLogger("vxgate.analysis")
 FINISHED_TASK = ("successful", "failed", "deleted")
+FORGOTTEN_AFTER = 10.0      # seconds a sample may be done before its waiting checks get their result
 MESSAGE_SAMPLE = "message"        # FileCheck.path of a whole-message upload awaiting its split
 
 
@@ -113,6 +116,12 @@ class Analyser:
         if message.state == models.STORED and not self._start_message(message):
             return {}     # nothing to analyse: no query, no write
         checks = list(FileCheck.select().where(FileCheck.message == queue_id).order_by(FileCheck.id))
+        if message.state == models.ANALYSING and any(not c.verdict for c in checks) \
+                and self._forgotten(queue_id, time.time()):
+            # the sample ended between this message's look at it and its commit, so the node
+            # that finished it never saw these checks (PostgreSQL: no single writer): start again
+            self._start_message(message)
+            checks = list(FileCheck.select().where(FileCheck.message == queue_id).order_by(FileCheck.id))
         if any(not c.verdict for c in checks):
             if message.state != models.ANALYSING:
                 models.set_state(queue_id, models.ANALYSING, "waiting for vxCube")
@@ -124,6 +133,15 @@ class Analyser:
             analysis.update(held=round(held, 3), hold_expired=held >= self.config.VxcubeMaxHold)
         analysis["hold_fallback"] = self.config.VxcubeHoldFallback.lower()
         return analysis
+
+    @staticmethod
+    def _forgotten(queue_id, now):
+        """True when a check of the message still waits for a sample that ended a while ago or is
+        gone. One statement, so a sample being split or finished right now is not taken for one."""
+        live = Sample.select(Sample.sha256).where(
+            Sample.sha256 == FileCheck.sha256, (Sample.state != "done") | (Sample.finished > now - FORGOTTEN_AFTER))
+        return FileCheck.select(FileCheck.id).where(FileCheck.message == queue_id, FileCheck.verdict == "",
+                                                    ~peewee.fn.EXISTS(live)).exists()
 
     def _start_message(self, message):
         """Record the message's files and make sure each has a sample decided or on its way."""

@@ -159,10 +159,9 @@ class Gateway:
         for relay in self.relays.values():
             relay.close()
         metrics_closed.join(5)
-        self.database.close()
-        close_idle = getattr(self.database, "close_idle", None)
-        if close_idle:
-            close_idle()         # the pooled connections of ended sessions
+        # every pooled connection, not only this thread's and the idle ones: the workers'
+        # (threads that ended holding one) would stay open on the server
+        getattr(self.database, "close_all", self.database.close)()
 
     # ------------------------------------------------------------ moving messages
     def submit(self, item, state):
@@ -529,12 +528,20 @@ class Intake:
                 gateway.mark_answered(queue_id)
             except Exception as exc:
                 failed.append(exc)
+                return False        # the waiter stays open
+            return True
         try:
             reply = waiter.wait(gateway.config.SmtpReplyTimeout, on_timeout=answered)
+            if failed and not waiter.closed:
+                # The 250 cannot be recorded, but the message may be on its way to the next hop
+                # right now: a 451 would make the client send it a second time. Wait for its
+                # outcome, or until storage works and the 250 is recorded (tried each second).
+                log.error("could not record the early answer: %s; waiting for the outcome", failed[0])
+                while not waiter.closed and not waiter.woken:
+                    reply = waiter.wait(1.0, on_timeout=answered)
         finally:
             gateway.registry.drop_waiter(queue_id)
-        if failed:
-            log.error("could not record the early answer: %s", failed[0])
+        if waiter.abandon():        # shutting down with the 250 unrecorded: the client keeps it
             return Reply(451, "4.3.0 Internal error, try again later")
         try:
             commit.wait()      # at once as a rule: a later durable commit covered it

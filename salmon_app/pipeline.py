@@ -80,6 +80,7 @@ class Waiter:
         self._lock = threading.Lock()
         self.reply = None
         self.closed = False
+        self.woken = False
 
     def offer(self, reply, before=None):
         """Hand ``reply`` to the session; ``before()`` runs first, under the lock, only if it will be sent."""
@@ -95,17 +96,27 @@ class Waiter:
 
     def wake(self):
         """Stop waiting now (shutdown): the session takes over the message as on a time-out."""
+        self.woken = True
         self._event.set()
 
     def wait(self, timeout, on_timeout=None):
-        """The reply, or None after ``timeout``; ``on_timeout()`` runs under the lock before giving up."""
+        """The reply, or None after ``timeout``; ``on_timeout()`` runs under the lock before giving up.
+        An ``on_timeout()`` that returns False keeps the waiter open: the session may wait again."""
         self._event.wait(timeout)
         with self._lock:
             if self.reply is None and not self.closed:
-                if on_timeout:
-                    on_timeout()
+                if on_timeout and on_timeout() is False:
+                    return None
                 self.closed = True
             return self.reply
+
+    def abandon(self):
+        """Close without a reply; False if a reply was handed over first."""
+        with self._lock:
+            if self.closed:
+                return False
+            self.closed = True
+            return True
 
 
 class Registry:

@@ -3,10 +3,14 @@ import json
 import threading
 import time
 
+import pytest
+
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from salmon_app.analysis import FileCheck, Sample
 from salmon_app.storage.models import Message
+
+pytestmark = pytest.mark.both_engines     # each test runs on SQLite and on PostgreSQL
 
 
 def wait_states(state, count, timeout=20):

@@ -12,6 +12,8 @@ from support.sink import SinkServer
 from salmon_app.config import SocketAddr
 from salmon_app.storage.models import Message
 
+pytestmark = pytest.mark.both_engines     # each test runs on SQLite and on PostgreSQL
+
 PASSWORD = "s3cret-Rep0rter-pw"
 
 

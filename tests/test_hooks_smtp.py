@@ -15,6 +15,8 @@ from support.mail import EICAR, mail_with, pe_image, vxcube_params
 from salmon_app.storage.models import Message, Recipient
 from salmon_app.policy import RepackPassword
 
+pytestmark = pytest.mark.both_engines     # each test runs on SQLite and on PostgreSQL
+
 PLAIN = b"From: a@x.test\r\nTo: b@x.test\r\nSubject: Hello\r\nMessage-ID: <h@x.test>\r\n\r\nbody\r\n"
 
 

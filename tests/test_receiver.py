@@ -7,6 +7,8 @@ import pytest
 
 from salmon_app.storage.models import Message, Recipient
 
+pytestmark = pytest.mark.both_engines     # each test runs on SQLite and on PostgreSQL
+
 
 def body(subject="test", extra=b""):
     return (b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: " + subject.encode()

@@ -7,6 +7,8 @@ import pytest
 
 from salmon_app.storage.models import Event, Message, Recipient
 
+pytestmark = pytest.mark.both_engines     # each test runs on SQLite and on PostgreSQL
+
 
 def body(n=1):
     return b"From: a@x.test\r\nTo: b@x.test\r\nSubject: relay %d\r\nMessage-ID: <%d@x.test>\r\n\r\nhello\r\n" % (n, n)
