@@ -5,7 +5,6 @@ spool and SQLite file under the test's tmp_path, relaying to the ``sink`` fixtur
 back the running gateway with ``.port`` and ``.send(...)``.
 """
 import os
-import smtplib
 import sys
 
 import pytest
@@ -20,8 +19,7 @@ os.environ.setdefault("VXGATE_ALLOW_ROOT", "1")
 from support.mail import VXCUBE_KEY  # noqa: E402
 from support.sink import SinkServer  # noqa: E402
 
-from salmon_app import config as vxconfig  # noqa: E402
-from salmon_app.config import SocketAddr  # noqa: E402
+from support.gateway import Running, make_config  # noqa: E402
 
 
 
@@ -77,36 +75,6 @@ def sink():
     server.start()
     yield server
     server.stop()
-
-
-def make_config(tmp_path, sink_port, **params):
-    values = dict(
-        SmtpSocket=SocketAddr("127.0.0.1", 0), SmtpSenderRelay=SocketAddr("127.0.0.1", sink_port),
-        SpoolDir=str(tmp_path / "spool"), DatabasePath=str(tmp_path / "quarantine.db"),
-        SmtpHostname="vxgate.test", SmtpReplyTimeout=10.0, SmtpRelayRetryMin=0.2,
-        SmtpRelayRetryMax=0.5, MetricsSocket=None)
-    values.update(params)
-    return vxconfig.Config(vxconfig.defaults()).replace(**values)
-
-
-class Running:
-    """A gateway running in this process, with a client helper."""
-
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.port = gateway.servers[0].port
-
-    def send(self, mail_from, rcpt_to, data, **kw):
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-            return client.sendmail(mail_from, rcpt_to, data, **kw)
-
-    def client(self):
-        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
-
-    def stop(self):
-        if self.gateway:
-            self.gateway.shut_down()
-            self.gateway = None
 
 
 @pytest.fixture

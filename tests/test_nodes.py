@@ -18,10 +18,11 @@ import time
 
 import pytest
 
-from conftest import Running, make_config
 from support import pgcluster
+from support.gateway import Running, make_config
 from support.mail import EICAR, ROOT, mail_with, pe_image, vxcube_params
 from support.sink import SinkServer
+from support.waiting import wait_until
 
 from salmon_app import config as vxconfig
 from salmon_app.config import SocketAddr
@@ -33,12 +34,6 @@ pytestmark = pytest.mark.slow
 SALMON = os.path.join(os.path.dirname(sys.executable), "salmon")
 VXGATE = os.path.join(os.path.dirname(sys.executable), "vxgate")
 _SECTION = {p.name: p for p in vxconfig.SCHEMA}
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    value = pgcluster.wait_for(predicate, timeout)
-    assert value, "timed out after %ss waiting for %s" % (timeout, what)
-    return value
 
 
 def ini_text(params):
@@ -82,7 +77,7 @@ class Node:
                 return True
             except OSError:
                 return False
-        wait_for(listening, 30, "%s to listen" % self.name)
+        wait_until(listening, 30, "%s to listen" % self.name)
         return self
 
     def kill(self):
@@ -181,7 +176,7 @@ def test_one_attachment_over_two_nodes_is_uploaded_once(tmp_path, shared_db, nod
         thread.join()
     assert not errors
     try:
-        wait_for(lambda: Message.select().where(Message.state == "delivered").count() == 100, 90,
+        wait_until(lambda: Message.select().where(Message.state == "delivered").count() == 100, 90,
                  "100 records delivered")
     except AssertionError:
         raise AssertionError([(r.id, r.node, r.state, r.analysis_json, [(e.kind, e.text) for e in Event.select().where(Event.message == r.id)])
@@ -210,7 +205,7 @@ def test_quarantined_on_one_node_released_from_the_other(tmp_path, shared_db, no
     b = nodes(tmp_path / "b", "node-b", shared_db, sink_b.port)    # B's commands need no running daemon
     data = mail_with([("invoice.exe", pe_image(EICAR))], subject="quarantined on A")
     a.send(data)
-    row = wait_for(lambda: Message.get_or_none(Message.state == "quarantined"), 30, "the quarantine")
+    row = wait_until(lambda: Message.get_or_none(Message.state == "quarantined"), 30, "the quarantine")
     assert row.node == "node-a" and not sink.messages
 
     listed = b.vxgate("quarantine", "list").splitlines()
@@ -262,7 +257,7 @@ def test_a_killed_node_keeps_its_messages_and_resumes_them(tmp_path, shared_db, 
         def a_holds_acknowledged_mail():
             return Message.select().where(Message.node == "node-a", Message.answered == True,  # noqa: E712
                                           Message.state.in_(models.IN_FLIGHT)).count() >= 20
-        wait_for(a_holds_acknowledged_mail, 60, "node A to hold 20 acknowledged messages")
+        wait_until(a_holds_acknowledged_mail, 60, "node A to hold 20 acknowledged messages")
         a.kill()
         a_rows = {r.id: (r.state, r.node, r.answered, r.updated, r.attempts)
                   for r in Message.select().where(Message.node == "node-a")}
@@ -270,8 +265,8 @@ def test_a_killed_node_keeps_its_messages_and_resumes_them(tmp_path, shared_db, 
         a_attempts = len(sink.attempts)
         # B keeps taking mail and sweeping, its shared-database look at ANALYSING included (every 5 rounds)
         rounds = b.gateway.sweeper.rounds
-        wait_for(lambda: b.gateway.sweeper.rounds >= rounds + 11, 60, "eleven rounds of B's sweeper")
-        wait_for(lambda: sum(1 for n, node in list(acked.items()) if node == "b") >= 40, 60, "B to take mail")
+        wait_until(lambda: b.gateway.sweeper.rounds >= rounds + 11, 60, "eleven rounds of B's sweeper")
+        wait_until(lambda: sum(1 for n, node in list(acked.items()) if node == "b") >= 40, 60, "B to take mail")
     finally:
         stop.set()
         for thread in threads:
@@ -288,9 +283,9 @@ def test_a_killed_node_keeps_its_messages_and_resumes_them(tmp_path, shared_db, 
 
         sink.data_reply = None
         a.start()
-        wait_for(lambda: acked_a <= set(counts(sink)), 60, "A to deliver what it acknowledged")
-        wait_for(lambda: acked_b <= set(counts(sink_b)), 60, "B to deliver what it acknowledged")
-        wait_for(lambda: not Message.select().where(Message.state.in_(models.IN_FLIGHT)).exists(), 30,
+        wait_until(lambda: acked_a <= set(counts(sink)), 60, "A to deliver what it acknowledged")
+        wait_until(lambda: acked_b <= set(counts(sink_b)), 60, "B to deliver what it acknowledged")
+        wait_until(lambda: not Message.select().where(Message.state.in_(models.IN_FLIGHT)).exists(), 30,
                  "nothing left in flight")
     finally:
         b.stop()
@@ -336,12 +331,12 @@ def test_database_restart_under_load_tempfails_and_loses_nothing(tmp_path, pg_cl
         for thread in threads:
             thread.start()
         try:
-            wait_for(lambda: len(acked) >= 30, 60, "mail to flow")
+            wait_until(lambda: len(acked) >= 30, 60, "mail to flow")
             cluster.stop()
-            wait_for(lambda: refused.count(451) >= 5, 60, "451 while the database is down")
+            wait_until(lambda: refused.count(451) >= 5, 60, "451 while the database is down")
             cluster.start()
             after = len(acked)
-            wait_for(lambda: len(acked) >= after + 30, 90, "mail accepted again without a restart")
+            wait_until(lambda: len(acked) >= after + 30, 90, "mail accepted again without a restart")
         finally:
             stop.set()
             for thread in threads:
@@ -349,7 +344,7 @@ def test_database_restart_under_load_tempfails_and_loses_nothing(tmp_path, pg_cl
         assert node.proc.poll() is None
         assert {code for code in refused if not isinstance(code, int) or code >= 500} == set(), refused
         assert {code for code in refused if isinstance(code, int)} <= {421, 451}, refused
-        wait_for(lambda: acked <= set(counts(sink)), 90, "every acknowledged message delivered")
+        wait_until(lambda: acked <= set(counts(sink)), 90, "every acknowledged message delivered")
         got = counts(sink)
         print("acknowledged %d, refused %d (%s), delivered %d"
               % (len(acked), len(refused), sorted(set(map(str, refused))), len(got)))

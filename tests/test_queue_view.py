@@ -11,6 +11,7 @@ import time
 
 from salmon_app.storage.models import Message
 from support.mail import mail_with, pe_image, vxcube_params
+from support.waiting import wait_until
 
 from test_quarantine import ROOT
 from test_relay import body, wait_state
@@ -32,16 +33,6 @@ def ini(tmp_path, gw, sink_port, **extra):
     root = ["%s = %s" % item for item in extra.items()]
     path.write_text("\n".join((["[Root]"] + root if root else []) + lines) + "\n")
     return path
-
-
-def _wait(condition, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_dead_next_hop_reason_flush_hold_and_release(vxgate, sink, tmp_path):
@@ -88,7 +79,7 @@ def test_vxcube_outage_reason_and_give_up_time_match_what_happens(vxgate, sink, 
     started = time.time()
     with gw.client() as client:
         client.sendmail("alice@x.test", ["bob@x.test"], mail_with([("invoice.exe", pe_image(b"outage"))]))
-    row = _wait(lambda: Message.get_or_none((Message.mode == "smtp") & (Message.state == "analysing")), 20,
+    row = wait_until(lambda: Message.get_or_none((Message.mode == "smtp") & (Message.state == "analysing")), 20,
                 "the message to wait for vxCube")
     out = vq(config).stdout
     assert "waiting for vxCube: upload of sample" in out and "(invoice.exe)" in out, out
@@ -100,5 +91,5 @@ def test_vxcube_outage_reason_and_give_up_time_match_what_happens(vxgate, sink, 
     # it is still waiting shortly before that time, and has moved on a little after it
     time.sleep(max(0.0, gives_up - time.time() - 2.5))
     assert Message.get_by_id(row.id).state == "analysing"
-    _wait(lambda: Message.get_by_id(row.id).state != "analysing", 30, "the analysis to give up")
+    wait_until(lambda: Message.get_by_id(row.id).state != "analysing", 30, "the analysis to give up")
     assert time.time() >= gives_up - 1.5

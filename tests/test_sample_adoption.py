@@ -3,7 +3,7 @@ still waiting for it, so its mail does not wait for the stopped node to return."
 import time
 
 from support.mail import mail_with, pe_image, vxcube_params
-from support.pgcluster import wait_for
+from support.waiting import wait_until
 
 from salmon_app.storage import models
 from salmon_app.storage.models import Message, Node, Sample
@@ -14,10 +14,6 @@ def node(vxgate, tmp_path, url, name, **params):
     return vxgate(DatabaseUrl=url, NodeName=name, SpoolDir=str(tmp_path / name / "spool"), **params)
 
 
-def wait(predicate, timeout, what):
-    assert wait_for(predicate, timeout, interval=0.1), "timed out waiting for " + what
-
-
 def test_stopped_nodes_sample_is_adopted(vxgate, tmp_path, sink, vxsim, pg_cluster):
     url = pg_cluster.new_database()
     data = mail_with([("shared.exe", pe_image(b"adopt me"))])
@@ -25,16 +21,16 @@ def test_stopped_nodes_sample_is_adopted(vxgate, tmp_path, sink, vxsim, pg_clust
     a = node(vxgate, tmp_path, url, "a", SmtpReplyTimeout=0.5,
              **vxcube_params(vxsim, VxcubeApiAddress="http://127.0.0.1:1", VxcubeRetryAttempts=1))
     a.send("x@x.test", ["one@y.test"], data)
-    wait(lambda: Sample.select().where(Sample.node == "a").exists(), 15, "node a's claim")
+    wait_until(lambda: Sample.select().where(Sample.node == "a").exists(), 15, "node a's claim")
     a.stop()
     b = node(vxgate, tmp_path, url, "b", SmtpReplyTimeout=0.5, **vxcube_params(vxsim))
     b.send("x@x.test", ["two@y.test"], data)
-    wait(lambda: Message.select().where(Message.node == "b", Message.state == models.ANALYSING).exists(),
+    wait_until(lambda: Message.select().where(Message.node == "b", Message.state == models.ANALYSING).exists(),
          15, "node b to wait for node a's sample")
     assert vxsim.stats()["uploads"] == 0
     # node a has not been seen for longer than STALE
     Node.update(seen=time.time() - 3600).where(Node.name == "a").execute()
-    wait(lambda: Message.select().where(Message.node == "b", Message.state == models.DELIVERED).exists(),
+    wait_until(lambda: Message.select().where(Message.node == "b", Message.state == models.DELIVERED).exists(),
          40, "node b's message to be delivered")
     assert [m.rcpt_tos for m in sink.wait_for(1, 5)] == [["two@y.test"]]
     assert Sample.get().node == "b" and vxsim.stats()["uploads"] == 1

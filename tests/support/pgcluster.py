@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 
 PASSWORD = "pg-Secret-4711"
@@ -124,13 +123,3 @@ class Cluster:
         else:
             self.sql('CREATE DATABASE "%s"' % name)
         return self.url(name)
-
-
-def wait_for(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()

@@ -7,10 +7,10 @@ on what a browser would build (an injected ``<img>`` would be an element), not o
 """
 import html.parser
 import re
-import time
 
 from salmon_app.storage.models import Message
 from support.mail import mail_with
+from support.waiting import wait_until  # noqa: F401  (tests import it from here too)
 
 PASSWORD = "correct horse battery staple"
 SECRET = "web-test-secret-0123456789abcdef"
@@ -76,16 +76,6 @@ class Dom(html.parser.HTMLParser):
 
 def dom(response):
     return Dom(response.get_data(as_text=True))
-
-
-def wait_until(predicate, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def quarantined(gw, subject, files=(), sender="mallory@x.test", to=("bob@y.test",), data=None):
