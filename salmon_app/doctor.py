@@ -196,7 +196,7 @@ def check_database(report, config, timeout):
                        "vxgate db upgrade")
         if kind == "sqlite" or not found:
             return
-        server = float(database.execute_sql("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+        server = engine.server_time(database)
         skew = time.time() - server
         nodes = database.execute_sql('SELECT "name", "seen", "skew" FROM "node" ORDER BY "name"').fetchall()
         far = ["%s %+.1fs" % (name, value) for name, _, value in nodes

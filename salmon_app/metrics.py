@@ -156,11 +156,8 @@ def _database(gateway):
 
 
 def _version():
-    try:
-        from importlib.metadata import version
-        return version("vxgate")
-    except Exception:
-        return "unknown"
+    from salmon_app import installed_version
+    return installed_version() or "unknown"
 
 
 _LUA = []

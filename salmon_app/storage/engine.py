@@ -137,6 +137,13 @@ def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10, 
     return database
 
 
+def server_time(database):
+    """The database server's clock (epoch seconds) on PostgreSQL; None on SQLite (no server)."""
+    if database.vx_engine == "sqlite":
+        return None
+    return float(database.execute_sql("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+
+
 def storage_errors():
     """Exception classes that mean "the database cannot be reached or written", per driver."""
     found = [peewee.OperationalError, peewee.InterfaceError]

@@ -414,15 +414,11 @@ def kept_body(queue_id):
 
 def heartbeat(node, started=False):
     """Record that ``node`` runs, with its clock's distance from the database server's."""
+    from salmon_app import installed_version
     now = time.time()
-    skew = None
-    if shared():
-        skew = now - float(_execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
-    from importlib.metadata import PackageNotFoundError, version as installed
-    try:
-        version = installed("vxgate")
-    except PackageNotFoundError:
-        version = ""
+    server = engine.server_time(db.obj)
+    skew = None if server is None else now - server
+    version = installed_version()
     with writing():
         _execute('INSERT INTO "node" ("name", "started", "seen", "skew", "version") VALUES (?, ?, ?, ?, ?) '
                  'ON CONFLICT ("name") DO UPDATE SET "seen" = excluded."seen", "skew" = excluded."skew", '
