@@ -95,7 +95,7 @@ def _file_info(store, row):
     present = local and store.spool.exists(row.id)
     modified = store.modified_path(row.id)
     return {"path": path if local else None, "present": present, "recorded": bool(row.has_file),
-            "node": row.node, "in_database": models.Body.select().where(models.Body.message == row.id).exists(),
+            "node": row.node, "in_database": models.has_kept_body(row.id),
             "modified_copy": modified if local and os.path.exists(modified) else None}
 
 

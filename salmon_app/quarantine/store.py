@@ -134,12 +134,12 @@ class Store:
                     if row.state == models.DELIVERED else "")
             return "%s: no stored file to %s: only its record is left%s" % (row.id, verb, hint)
         if not self.local(row):
-            if models.Body.select().where(models.Body.message == row.id).exists():
+            if models.has_kept_body(row.id):
                 return None
             return ("%s: its file is in the spool of node %s and not in the database (only quarantined "
                     "and held messages are); run the command on %s" % (row.id, row.node, row.node))
         if not self.spool.exists(row.id):
-            if models.Body.select().where(models.Body.message == row.id).exists():
+            if models.has_kept_body(row.id):
                 return None
             return ("%s: its file %s is missing from the spool; nothing to %s "
                     "(vxgate quarantine check --repair records that)" % (row.id, self.file_path(row.id), verb))

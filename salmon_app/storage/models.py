@@ -412,6 +412,11 @@ def kept_body(queue_id):
     return bytes(row[0]) if row else None
 
 
+def has_kept_body(queue_id):
+    """True when ``keep_body`` stored the message's bytes."""
+    return _execute('SELECT 1 FROM "body" WHERE "message" = ?', (queue_id,)).fetchone() is not None
+
+
 def heartbeat(node, started=False):
     """Record that ``node`` runs, with its clock's distance from the database server's."""
     from salmon_app import installed_version
