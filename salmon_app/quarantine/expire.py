@@ -20,6 +20,7 @@ from salmon_app.storage import models
 from salmon_app.storage.models import Message
 from salmon_app.quarantine.remove import remove_files, remove_messages
 from salmon_app.quarantine.store import Store
+from salmon_app.storage.recovery import unrecorded
 
 LOG = logging.getLogger("vxgate.quarantine")
 DELIVERED_STATES = (models.DELIVERED, models.DISCARDED, models.DROPPED, models.TEMPFAILED,
@@ -81,11 +82,8 @@ def remove_orphans(store, now, age=3600.0):
     once they are ``age`` old: a file younger than that may be one being received right now."""
     if not models.shared():
         return 0     # one node removes its files with their records
-    known = {r.id for r in Message.select(Message.id).where(Message.node == store.node)}
     count = 0
-    for queue_id in store.spool.queue_ids():
-        if queue_id in known or queue_id.endswith(".out"):
-            continue
+    for queue_id in unrecorded(store.spool, store.node):
         try:
             if now - os.path.getmtime(store.file_path(queue_id)) >= age and not Message.get_or_none(Message.id == queue_id):
                 count += remove_files(store, queue_id)

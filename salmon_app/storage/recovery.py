@@ -29,8 +29,7 @@ def recover(gateway):
         with models.writing():
             Message.update(node=node).where(Message.node == "").execute()
     models.heartbeat(node, started=True)
-    known = {row.id for row in Message.select(Message.id).where(Message.node == node)}
-    orphans = [qid for qid in spool.queue_ids() if qid not in known and not qid.endswith(".out")]
+    orphans = unrecorded(spool, node)
     for queue_id in orphans:
         spool.remove(queue_id)
     dropped = resumed = held = 0
@@ -56,6 +55,12 @@ def recover(gateway):
     LOG.info("recovery: %d unacknowledged files removed, %d dropped, %d resumed, %d set aside",
              removed + len(orphans), dropped, resumed, held)
     return {"removed": removed + len(orphans), "dropped": dropped, "resumed": resumed, "held": held}
+
+
+def unrecorded(spool, node):
+    """Queue ids of ``spool``'s message files that have no record of ``node``."""
+    known = {row.id for row in Message.select(Message.id).where(Message.node == node)}
+    return [qid for qid in spool.queue_ids() if qid not in known and not qid.endswith(".out")]
 
 
 class Sweeper:
