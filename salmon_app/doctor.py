@@ -178,8 +178,7 @@ def check_database(report, config, timeout):
         database.connect()
         found = migrations.version(database)
     except Exception as exc:      # any driver's error: the point is to say it in one line
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        report.add(FAIL, "database", "%s: %s" % (shown, text),
+        report.add(FAIL, "database", "%s: %s" % (shown, engine.error_text(exc, where)),
                    "check DatabaseUrl (host, port, database, user, password) and the server's pg_hba.conf"
                    if kind != "sqlite" else "check DatabasePath and its permissions")
         return

@@ -80,7 +80,7 @@ class Store:
             raise QuarantineError(str(exc)) from None
         except (peewee.PeeweeException, engine.storage_errors()) as exc:
             raise QuarantineError("cannot open the database %s: %s"
-                                  % (engine.shown(where), str(exc).strip().splitlines()[0] if str(exc).strip() else exc)) from None
+                                  % (engine.shown(where), engine.error_text(exc, where))) from None
         try:
             self.spool = Spool(config.SpoolDir)
         except OSError as exc:

@@ -38,16 +38,9 @@ def _database_errors():
     return errors
 
 
-def _reason(exc, where):
-    """The first line of a driver's error, without the URL's password."""
-    text = " ".join(str(exc).split("\n")[0].split()) or exc.__class__.__name__
-    secret = engine.password(where)
-    return text.replace(secret, "***") if secret else text
-
-
 def _cannot_connect(where, exc, setting):
     """A sentence: which server refused, why, and where to look."""
-    reason = _reason(exc, where)
+    reason = engine.error_text(exc, where)
     kind, _ = engine.parse(where)
     if kind == "sqlite":
         return "cannot open the database %s: %s; check %s and the directory's permissions" % (
@@ -112,7 +105,7 @@ def upgrade_schema(database, by, say=print):
     try:
         before, after = migrations.upgrade(database, by=by, progress=lambda text: say("applying " + text))
     except _database_errors() as exc:
-        reason = _reason(exc, database.vx_location)
+        reason = engine.error_text(exc, database.vx_location)
         fix = ("; the user of the URL must own the database (as postgres: ALTER DATABASE dbname OWNER TO user)"
                if "permission denied" in reason.lower() else "")
         raise Failed("cannot upgrade %s: %s%s" % (location, reason, fix)) from None
@@ -322,7 +315,7 @@ def _runner(func, prog):
             return 1
         except _database_errors() as exc:
             where = getattr(getattr(models.db, "obj", None), "vx_location", "")
-            print("%s: database %s: %s" % (prog, engine.shown(where) or "?", _reason(exc, where)), file=sys.stderr)
+            print("%s: database %s: %s" % (prog, engine.shown(where) or "?", engine.error_text(exc, where)), file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("%s: interrupted; what was committed stays (run the same command again to resume)" % prog,

@@ -137,6 +137,13 @@ def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10, 
     return database
 
 
+def error_text(exc, where):
+    """The first line of a driver's error about ``where``, with the URL's password as ``***``."""
+    text = " ".join(str(exc).split("\n")[0].split()) or exc.__class__.__name__
+    secret = password(where)
+    return text.replace(secret, "***") if secret else text
+
+
 def server_time(database):
     """The database server's clock (epoch seconds) on PostgreSQL; None on SQLite (no server)."""
     if database.vx_engine == "sqlite":
