@@ -1,10 +1,10 @@
 """vxCube analysis through real SMTP and a real HTTP emulator: verdicts, dedup, faults, restarts."""
 import json
-import threading
 import time
 
 import pytest
 
+from support.gateway import send_at_once
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
 
 from salmon_app.analysis import FileCheck, Sample
@@ -52,18 +52,7 @@ def test_failed_task_is_unchecked_never_dangerous(vxgate, sink, vxsim):
 def test_hundred_messages_one_attachment_one_upload(vxgate, sink, vxsim):
     gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.5, SmtpMaxConnections=200)
     data = mail_with([("same.exe", pe_image(b"shared payload"))])
-    errors = []
-
-    def send(n):
-        try:
-            gw.send("a@x.test", ["b%d@x.test" % n], data)
-        except Exception as exc:
-            errors.append(exc)
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(100)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = send_at_once(lambda n: gw.send("a@x.test", ["b%d@x.test" % n], data), 100)
     assert not errors
     wait_states("delivered", 100, timeout=60)
     stats = vxsim.stats()

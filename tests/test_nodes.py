@@ -19,7 +19,7 @@ import time
 import pytest
 
 from support import pgcluster
-from support.gateway import Running, make_config
+from support.gateway import Running, make_config, send_at_once
 from support.mail import EICAR, ROOT, mail_with, pe_image, vxcube_params
 from support.sink import SinkServer
 from support.waiting import wait_until
@@ -161,19 +161,7 @@ def test_one_attachment_over_two_nodes_is_uploaded_once(tmp_path, shared_db, nod
     a = nodes(tmp_path / "a", "node-a", shared_db, sink.port, **params).start()
     b = nodes(tmp_path / "b", "node-b", shared_db, sink.port, **params).start()
     payload = pe_image(b"one attachment for every node")
-    errors = []
-
-    def send(n):
-        data = mail_with([("same.exe", payload)], subject="load %d" % n)
-        try:
-            (a, b)[n % 2].send(data)
-        except Exception as exc:
-            errors.append((n, exc))
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(100)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = send_at_once(lambda n: (a, b)[n % 2].send(mail_with([("same.exe", payload)], subject="load %d" % n)), 100)
     assert not errors
     try:
         wait_until(lambda: Message.select().where(Message.state == "delivered").count() == 100, 90,

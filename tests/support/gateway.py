@@ -1,11 +1,13 @@
 """A gateway started in the test process: its configuration and a client helper.
 
 ``make_config`` builds a configuration on loopback with the test's own spool and database,
-relaying to a sink; ``Running`` wraps a started gateway with ``.port`` and ``.send(...)``.
+relaying to a sink; ``Running`` wraps a started gateway with ``.port`` and ``.send(...)``;
+``send_at_once`` sends from many threads at the same moment.
 The ``vxgate`` fixture of conftest.py uses both; tests that start gateways their own way
 import them from here (a test folder's conftest is not importable by name from another).
 """
 import smtplib
+import threading
 
 from salmon_app import config as vxconfig
 from salmon_app.config import SocketAddr
@@ -39,3 +41,21 @@ class Running:
         if self.gateway:
             self.gateway.shut_down()
             self.gateway = None
+
+
+def send_at_once(send, count):
+    """Run ``send(n)`` for n in range(count), each in its own thread, all at once; returns the
+    [(n, exception)] of the calls that raised."""
+    errors = []
+
+    def one(n):
+        try:
+            send(n)
+        except Exception as exc:
+            errors.append((n, exc))
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
