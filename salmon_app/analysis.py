@@ -138,10 +138,8 @@ class Analyser:
     def _forgotten(queue_id, now):
         """True when a check of the message still waits for a sample that ended a while ago or is
         gone. One statement, so a sample being split or finished right now is not taken for one."""
-        live = Sample.select(Sample.sha256).where(
-            Sample.sha256 == FileCheck.sha256, (Sample.state != "done") | (Sample.finished > now - FORGOTTEN_AFTER))
         return FileCheck.select(FileCheck.id).where(FileCheck.message == queue_id, FileCheck.verdict == "",
-                                                    ~peewee.fn.EXISTS(live)).exists()
+                                                    ~peewee.fn.EXISTS(live_sample(now))).exists()
 
     def _start_message(self, message):
         """Record the message's files and make sure each has a sample decided or on its way."""
@@ -404,6 +402,13 @@ class Analyser:
             if row is not None and row.state == models.ANALYSING and row.node == self.gateway.node:
                 qlog(queue_id).info("analyses finished")
                 self.gateway.submit(queue_id, models.ANALYSING)
+
+
+def live_sample(now):
+    """The sample a pending FileCheck (of the outer query) may still get its verdict from: one
+    not done, or done so recently that its results are being handed out right now."""
+    return Sample.select(Sample.sha256).where(
+        Sample.sha256 == FileCheck.sha256, (Sample.state != "done") | (Sample.finished > now - FORGOTTEN_AFTER))
 
 
 def may_carry_files(raw):

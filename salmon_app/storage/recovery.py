@@ -102,7 +102,7 @@ class Sweeper:
                     .where(Message.state.in_(states), Message.next_attempt <= now, Message.node == gateway.node)
                     .order_by(Message.next_attempt).limit(5000))
         if models.shared():
-            rows += analysed_elsewhere(gateway.node)
+            rows += analysed_elsewhere(gateway.node, now)
         for row in rows:
             if gateway.registry.is_held(row.id):
                 continue
@@ -110,9 +110,12 @@ class Sweeper:
                 gateway.submit(row.id, row.state)
 
 
-def analysed_elsewhere(node):
-    """``node``'s messages waiting for vxCube whose files all have verdicts now: with a shared
-    database another node may have finished the analysis they waited for."""
-    pending = FileCheck.select(FileCheck.id).where(FileCheck.message == Message.id, FileCheck.verdict == "")
+def analysed_elsewhere(node, now):
+    """``node``'s messages waiting for vxCube that no live analysis will wake: with a shared
+    database another node may have finished the analysis they waited for, or finished it while
+    their file check was being written (the check stage then starts their analysis again)."""
+    from salmon_app.analysis import live_sample
+    waiting = FileCheck.select(FileCheck.id).where(FileCheck.message == Message.id, FileCheck.verdict == "",
+                                                   fn.EXISTS(live_sample(now)))
     return list(Message.select(Message.id, Message.state, Message.answered)
-                .where(Message.node == node, Message.state == models.ANALYSING, ~fn.EXISTS(pending)).limit(5000))
+                .where(Message.node == node, Message.state == models.ANALYSING, ~fn.EXISTS(waiting)).limit(5000))
