@@ -322,8 +322,10 @@ def test_hook_tempfail_keeps_mail_deferred_until_hook_accepts(chain, sink):
     gw, pf = chain(SmtpHook=hook('return {action = "tempfail", message = "try later, scanner busy"}'))
     data = message("tempfail")
     queue_id = pf.send(SENDER, ["bob@dest.test", "carol@dest.test"], data)
-    (entry,) = pf.wait_queue(
-        lambda q: len(q) == 1 and q[0].status == "deferred" and q[0].delay_reasons, timeout=20)
+    # held in Postfix with vxgate's 451 as the reason; not necessarily in the "deferred" queue:
+    # with this test's 1 s back-off qmgr can meet the file while smtp still locks it ("skipped,
+    # still being delivered") and leave it in "incoming" until the next trigger (the flush below)
+    (entry,) = pf.wait_queue(lambda q: len(q) == 1 and q[0].delay_reasons, timeout=20)
     assert entry.queue_id == queue_id
     assert sorted(entry.addresses) == ["bob@dest.test", "carol@dest.test"]
     for reason in entry.delay_reasons:
@@ -363,8 +365,10 @@ def test_vxgate_down_mail_waits_in_postfix_then_delivered_once(postfix, vxgate_p
     assert vx.stop() == 0                                   # SIGTERM: a clean shutdown
     data = message("while-down")
     queue_id = pf.send(SENDER, "bob@dest.test", data)
-    (entry,) = pf.wait_queue(
-        lambda q: len(q) == 1 and q[0].status == "deferred" and q[0].delay_reasons, timeout=20)
+    # held in Postfix with vxgate's 451 as the reason; not necessarily in the "deferred" queue:
+    # with this test's 1 s back-off qmgr can meet the file while smtp still locks it ("skipped,
+    # still being delivered") and leave it in "incoming" until the next trigger (the flush below)
+    (entry,) = pf.wait_queue(lambda q: len(q) == 1 and q[0].delay_reasons, timeout=20)
     assert entry.queue_id == queue_id
     assert "Connection refused" in entry.delay_reasons[0]
     time.sleep(2.5)                                         # retries keep failing
