@@ -25,7 +25,7 @@ from salmon_app.web.digest import digest_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
 from salmon_app.request import StoredMessage
-from salmon_app.storage import engine, models
+from salmon_app.storage import engine, models, nodelock
 from salmon_app.storage.durability import StorageGuard, is_storage_error
 from salmon_app.storage.models import Event, Message, Recipient
 from salmon_app.storage.spool import Spool
@@ -62,6 +62,8 @@ class Gateway:
         self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout,
                                              group_commit=True)
         self.node = engine.node_name(config)
+        # before anything reads the node's records: a second daemon under this name stops here
+        self.node_claim = nodelock.claim(self.database, self.node)
         self.registry = Registry()
         self.storage = StorageGuard(self.spool, self.registry)
         self.metrics = Metrics(self)
@@ -162,6 +164,7 @@ class Gateway:
         # every pooled connection, not only this thread's and the idle ones: the workers'
         # (threads that ended holding one) would stay open on the server
         getattr(self.database, "close_all", self.database.close)()
+        nodelock.release(self.node_claim)
 
     # ------------------------------------------------------------ moving messages
     def submit(self, item, state):

@@ -98,7 +98,13 @@ def start(argv):
         return _start_daemon(salmon_args, path, args.wait)
     salmon_args.append("--no-daemon")
     os.environ["VXGATE_PIDFILE"] = path      # the foreground service writes it itself
-    return salmon_main(salmon_args)
+    try:
+        return salmon_main(salmon_args)
+    except Exception as exc:    # noqa: BLE001 - as the daemon's start reports it: one line, no traceback
+        import logging
+        logging.getLogger("vxgate").debug("start-up failed", exc_info=True)
+        say("vxgate: stopped during start-up: %s" % (exc or exc.__class__.__name__))
+        return 1
 
 
 def _start_daemon(salmon_args, path, wait):

@@ -26,7 +26,7 @@ from support.waiting import wait_until
 
 from salmon_app import config as vxconfig
 from salmon_app.config import SocketAddr
-from salmon_app.storage import models
+from salmon_app.storage import engine, models
 from salmon_app.storage.models import Event, Message
 
 pytestmark = pytest.mark.slow
@@ -286,6 +286,31 @@ def test_a_killed_node_keeps_its_messages_and_resumes_them(tmp_path, shared_db, 
              sum(1 for state, _, answered, *_ in a_rows.values() if answered and state in models.IN_FLIGHT)))
     resumed = Event.select().where(Event.kind == "resumed", Event.message.in_(list(a_rows))).count()
     assert resumed == sum(1 for state, _, answered, *_ in a_rows.values() if answered and state in models.IN_FLIGHT)
+
+
+# ---------------------------------------------------------------- one name, two daemons
+def test_a_second_daemon_with_the_same_node_name_stops_before_touching_its_mail(tmp_path, shared_db, nodes, sink):
+    """A copied VM keeps its host name, the default NodeName: its recovery would drop the records
+    of sessions the first node is answering and relay the first node's mail a second time."""
+    sink.data_reply = (451, "4.3.0 busy, come back later")
+    a = nodes(tmp_path / "a", "alpha", shared_db, sink.port, SmtpReplyTimeout=0.02).start()
+    for n in range(3):
+        a.send(numbered(n))
+    wait_until(lambda: Message.select().where(Message.node == "alpha", Message.state == "deferred").count() == 3,
+               30, "three deferred messages on alpha")
+    before = {r.id: (r.state, r.updated) for r in Message.select()}
+    twin = nodes(tmp_path / "twin", "alpha", shared_db, sink.port)
+    run = subprocess.run([SALMON, "start", "--no-daemon", "--force", "--pid", str(twin.pid)], cwd=ROOT,
+                         env=twin.env, capture_output=True, text=True, timeout=60)
+    said = run.stderr + twin.tail()
+    assert run.returncode != 0 and "another running vxgate is node 'alpha'" in said, said
+    assert "NodeName" in said and "Traceback" not in run.stderr and engine.password(shared_db) not in said
+    assert {r.id: (r.state, r.updated) for r in Message.select()} == before       # nothing dropped or resumed
+    a.kill()                  # the server frees the name with the session: a restart needs no clean-up
+    sink.data_reply = None
+    a.start()
+    wait_until(lambda: len(counts(sink)) == 3, 30, "alpha, started again after kill -9, to deliver its mail")
+    assert all(count == 1 for count in counts(sink).values())
 
 
 # ---------------------------------------------------------------- the database restarted

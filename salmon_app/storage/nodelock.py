@@ -1,0 +1,59 @@
+"""One running vxgate per NodeName on a shared database.
+
+Two daemons with one node name (a copied VM keeps its host name, the default NodeName) would
+each take the other's messages for their own: recovery drops the records of sessions the
+other is still answering, and both resume and relay its acknowledged mail, twice. At start-up,
+before recovery, the daemon therefore takes a PostgreSQL session advisory lock on its node
+name, on a connection of its own held for the life of the process; the server frees it when
+that process or connection ends, so a node killed with -9 starts again at once. A second
+daemon with the same name stops with the fix named. SQLite serves one node, whose state lock
+(``config/boot.py``) already keeps a second daemon out.
+"""
+import time
+import zlib
+
+from salmon_app.storage import engine
+
+_CLASS = 0x5658     # "VX": the first key of the two-key form, apart from models.exclusive()'s one-key locks
+
+
+class NodeInUse(RuntimeError):
+    """Another running vxgate holds this node name."""
+
+
+def _key(node):
+    value = zlib.crc32(node.encode("utf-8"))
+    return value - 2 ** 32 if value >= 2 ** 31 else value     # the server's int4
+
+
+def claim(database, node):
+    """Hold ``node`` for this process: the connection that holds it (close it to let go), or
+    None on SQLite. Raises NodeInUse when another daemon holds it."""
+    if database.vx_engine == "sqlite":
+        return None
+    connection = database._connect()      # not from the pool: it lives as long as the daemon
+    try:
+        connection.autocommit = True
+        got = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", (_CLASS, _key(node))).fetchone()[0]
+        if got:
+            return connection
+        row = connection.execute('SELECT "seen", "version" FROM "node" WHERE "name" = %s', (node,)).fetchone()
+    except BaseException:
+        connection.close()
+        raise
+    connection.close()
+    seen = ""
+    if row and row[0]:
+        seen = " (it was last seen %ds ago%s)" % (max(0, time.time() - row[0]),
+                                                  ", vxgate %s" % row[1] if row[1] else "")
+    raise NodeInUse("another running vxgate is node %r on %s%s; give this one its own NodeName in [Root] "
+                    "(the default is the host name, which a copied machine keeps)"
+                    % (node, engine.shown(database.vx_location), seen))
+
+
+def release(connection):
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:
+            pass        # the server frees the lock with the session anyway
