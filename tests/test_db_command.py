@@ -253,6 +253,16 @@ def test_copy_needs_the_schema_and_never_overwrites_another_message(pg_cluster, 
     wrong = vx(*args, "--to", empty.replace(PASSWORD, "Not-The-Password-93"), check=1)
     assert len(wrong.stderr.strip().splitlines()) == 1 and "password authentication failed" in wrong.stderr
     assert "Not-The-Password-93" not in wrong.stdout + wrong.stderr and "--to" in wrong.stderr
+    # the source's daemon still runs (it holds its state lock): nothing is copied
+    from salmon_app.service import lock_state
+    held = lock_state(path + ".lock")
+    try:
+        running = vx(*args, "--to", empty, "--upgrade", check=1)
+    finally:
+        os.close(held)
+    assert running.stderr.strip() == ("vxgate db copy: the vxgate using %s is running (pid %d, lock %s.lock): "
+                                      "stop it first (salmon stop), then copy" % (path, os.getpid(), path)), running.stderr
+    assert rows(empty, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     refused = vx(*args, "--to", empty, check=1)
     assert "run `vxgate db upgrade` with DatabaseUrl = postgresql://postgres:***@" in refused.stderr
     assert PASSWORD not in refused.stderr

@@ -206,6 +206,7 @@ def cmd_copy(args):
         raise Failed("--from must be a node's SQLite quarantine (sqlite:///path/to/quarantine.db)", status=2)
     if (target_kind, target_path) == (kind, source_path):
         raise Failed("--from and --to name the same database", status=2)
+    _source_stopped(source_path)
     try:
         source = dbcopy.Source(source_path, spool)
     except dbcopy.CopyError as exc:
@@ -231,6 +232,25 @@ def cmd_copy(args):
     finally:
         source.close()
         database.close()
+
+
+def _source_stopped(path):
+    """Refuse a source whose daemon runs: the copy would miss what it writes meanwhile, and its
+    messages in flight would finish on SQLite after their copies were taken."""
+    import fcntl
+    lock = path + ".lock"        # the daemon's state lock (config/boot.py)
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return                   # no daemon ever ran on it here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        raise Failed("the vxgate using %s is running (pid %s, lock %s): stop it first (salmon stop), "
+                     "then copy" % (path, holder, lock)) from None
+    finally:
+        os.close(fd)
 
 
 def _target_ready(database, args):
