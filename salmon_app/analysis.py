@@ -119,7 +119,8 @@ class Analyser:
         if message.state == models.ANALYSING and any(not c.verdict for c in checks) \
                 and self._forgotten(queue_id, time.time()):
             # the sample ended between this message's look at it and its commit, so the node
-            # that finished it never saw these checks (PostgreSQL: no single writer): start again
+            # that finished it never saw these checks: start again
+            message.log.warning("a file check missed the verdict of its sample; checking the files again")
             self._start_message(message)
             checks = list(FileCheck.select().where(FileCheck.message == queue_id).order_by(FileCheck.id))
         if any(not c.verdict for c in checks):
@@ -165,6 +166,7 @@ class Analyser:
         to_queue = []
         spenders = budget_keys(message.row)
         with models.writing():
+            models.lock_samples(item.sha256 for item in items)
             FileCheck.delete().where(FileCheck.message == message.queue_id).execute()
             for item in items:
                 check = FileCheck(message=message.queue_id, path=item.path, name=item.name,
@@ -296,8 +298,9 @@ class Analyser:
     def _split(self, sample, samples):
         """A whole-message upload: vxCube returned the files it found; analyse each of them."""
         now = time.time()
-        waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
         with models.writing():
+            models.lock_samples([sample.sha256] + [info.get("sha256", "") for info in samples])
+            waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
             for info in samples:
                 child = Sample.get_or_none(Sample.sha256 == info.get("sha256"))
                 for check in waiting:
@@ -376,19 +379,23 @@ class Analyser:
         sample.tasks_json = json.dumps(list(tasks))
         sample.maliciousness = maliciousness
         sample.finished = time.time()
-        sample.save()
+        self._deliver_result(sample, save=True)
         self.gateway.spool.remove_sample(sample.sha256)
         self._log(sample.sha256, logging.INFO, "%s%s", verdict.label, " (%s)" % reason if reason else "")
-        self._deliver_result(sample)
         if verdict == Verdict.UNCHECKED:
             self.metrics.unchecked.labels(cause_of(reason, verdict.label)).inc()
             sample.delete_instance()     # never cache a failure: the next copy is analysed again
         elif sample.started:
             self.metrics.analysis_seconds.observe(sample.finished - sample.started)
 
-    def _deliver_result(self, sample):
-        waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
+    def _deliver_result(self, sample, save=False):
+        """Give a decided sample's verdict to every check waiting for it (``save``: record the
+        sample's own end in the same transaction), then resume the messages it completes."""
         with models.writing():
+            models.lock_samples([sample.sha256])
+            if save:
+                sample.save()
+            waiting = list(FileCheck.select().where(FileCheck.sha256 == sample.sha256, FileCheck.verdict == ""))
             for check in waiting:
                 _copy_result(check, sample)
                 check.save()

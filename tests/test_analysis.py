@@ -1,5 +1,6 @@
 """vxCube analysis through real SMTP and a real HTTP emulator: verdicts, dedup, faults, restarts."""
 import json
+import logging
 import time
 
 import pytest
@@ -58,6 +59,26 @@ def test_hundred_messages_one_attachment_one_upload(vxgate, sink, vxsim):
     stats = vxsim.stats()
     assert stats["upload_requests"] == 1 and stats["uploads"] == 1
     assert len(sink.wait_for(100, 10)) == 100
+
+
+def test_messages_with_the_same_files_in_opposite_orders_never_deadlock(vxgate, sink, vxsim, caplog):
+    """Pairs of messages carrying two new files, one in each order, checked at the same moment:
+    each check claims its samples in one transaction, in one global order (no deadlock on
+    PostgreSQL), and a check written while the sample finishes still gets its verdict."""
+    gw = vxgate(**vxcube_params(vxsim), SmtpWorkers=8, SmtpReplyTimeout=0.5, SmtpMaxConnections=200)
+    pairs = 30
+    files = [(pe_image(b"pair %d first" % n), pe_image(b"pair %d second" % n)) for n in range(pairs)]
+
+    def send(n):
+        one, two = files[n // 2]
+        attached = [("one.exe", one), ("two.exe", two)]
+        gw.send("a@x.test", ["b%d@x.test" % n], mail_with(attached if n % 2 else attached[::-1]))
+    assert not send_at_once(send, 2 * pairs)
+    wait_states("delivered", 2 * pairs, timeout=60)
+    assert vxsim.stats()["uploads"] == 2 * pairs
+    assert {r.verdict for r in Message.select()} == {"clean"}
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not problems, problems     # no deadlock, no internal error, no check that missed its verdict
 
 
 def test_cache_and_lookup_avoid_uploads(vxgate, sink, vxsim):

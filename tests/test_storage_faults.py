@@ -214,3 +214,40 @@ def test_internal_errors_on_an_owned_message_are_bounded(vxgate, sink):
     notices = [m for m in sink.wait_for(1, 10) if m.rcpt_tos == [admin]]
     assert len(notices) == 1 and row.id.encode() in notices[0].data
     assert not gw.gateway.storage.failing      # a missing file is not a storage fault
+
+
+def test_a_deadlock_victim_is_one_failed_write_not_a_failing_database(pg_cluster):
+    """PostgreSQL rolls back one of two deadlocked transactions: that write is retried like any
+    failed step; it must not make the node refuse all mail with 451 as an unreachable server does."""
+    import threading
+
+    import psycopg
+
+    from salmon_app.storage.durability import is_storage_error
+    url = pg_cluster.new_database(schema=False)
+    first, second = psycopg.connect(url), psycopg.connect(url)
+    try:
+        first.execute("CREATE TABLE pair (id int PRIMARY KEY)")
+        first.commit()
+        first.execute("INSERT INTO pair VALUES (1)")
+        second.execute("INSERT INTO pair VALUES (2)")
+        errors = []
+
+        def insert(connection, value):
+            try:
+                connection.execute("INSERT INTO pair VALUES (%s)" % value)
+            except psycopg.Error as exc:
+                errors.append(exc)
+                connection.rollback()
+        crossing = threading.Thread(target=insert, args=(first, 2))
+        crossing.start()          # first waits for second's row 2, second for first's row 1: a cycle
+        insert(second, 1)
+        crossing.join(30)
+        assert len(errors) == 1 and errors[0].sqlstate == "40P01", errors
+        assert not is_storage_error(errors[0])
+    finally:
+        first.close()
+        second.close()
+    with pytest.raises(psycopg.Error) as gone:
+        first.execute("SELECT 1")
+    assert is_storage_error(gone.value)      # a connection that is gone is one

@@ -27,7 +27,7 @@ def is_storage_error(exc):
     out of reach: a fault of the place vxgate writes to, not of the message (a missing file is not one)."""
     if isinstance(exc, OSError) and not isinstance(exc, _DATABASE_ERRORS):
         return exc.errno in _DISK_ERRNOS
-    return isinstance(exc, _DATABASE_ERRORS)
+    return isinstance(exc, _DATABASE_ERRORS) and not engine.is_conflict(exc)
 
 
 _DATABASE_ERRORS = engine.storage_errors()

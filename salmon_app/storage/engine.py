@@ -151,6 +151,22 @@ def server_time(database):
     return float(database.execute_sql("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
 
 
+def is_conflict(exc):
+    """A transaction PostgreSQL rolled back to settle a conflict with another one (a deadlock,
+    a serialisation failure): that write failed once, the database itself works."""
+    if psycopg is None:
+        return False
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):   # class 40: transaction rollback
+            return True
+        # peewee wraps the driver's error: the original is its first argument and its context
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = inner or exc.__cause__ or exc.__context__
+    return False
+
+
 def storage_errors():
     """Exception classes that mean "the database cannot be reached or written", per driver."""
     found = [peewee.OperationalError, peewee.InterfaceError]

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 
 import peewee
 
@@ -431,6 +432,25 @@ def heartbeat(node, started=False):
                  (node, now, now, skew, version))
 
 
+_SAMPLE_LOCKS = 0x5659      # two-key advisory locks: the class, then advisory_key(sha256)
+
+
+def advisory_key(text):
+    """A PostgreSQL int4 advisory lock key for ``text`` (a collision only serialises two names)."""
+    value = zlib.crc32(text.encode("utf-8"))
+    return value - 2 ** 32 if value >= 2 ** 31 else value
+
+
+def lock_samples(sha256s):
+    """Inside ``writing()``: wait for every other transaction on these samples to end, and keep
+    them out until this one does (PostgreSQL; SQLite has one writer). Taken in one order by
+    all, so two messages carrying the same files in opposite orders cannot deadlock; and a
+    check written under it cannot miss the verdict of a sample finished meanwhile."""
+    if shared():
+        for digest in sorted(set(sha256s)):
+            _execute("SELECT pg_advisory_xact_lock(?, ?)", (_SAMPLE_LOCKS, advisory_key(digest)))
+
+
 @contextlib.contextmanager
 def exclusive(name):
     """Yields True in the one process of all nodes that holds ``name`` now, False elsewhere
@@ -438,7 +458,6 @@ def exclusive(name):
     if not shared():
         yield True
         return
-    import zlib
     key = zlib.crc32(name.encode())
     got = _execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]
     try:

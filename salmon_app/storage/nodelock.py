@@ -10,20 +10,15 @@ daemon with the same name stops with the fix named. SQLite serves one node, whos
 (``config/boot.py``) already keeps a second daemon out.
 """
 import time
-import zlib
 
 from salmon_app.storage import engine
+from salmon_app.storage.models import advisory_key
 
 _CLASS = 0x5658     # "VX": the first key of the two-key form, apart from models.exclusive()'s one-key locks
 
 
 class NodeInUse(RuntimeError):
     """Another running vxgate holds this node name."""
-
-
-def _key(node):
-    value = zlib.crc32(node.encode("utf-8"))
-    return value - 2 ** 32 if value >= 2 ** 31 else value     # the server's int4
 
 
 def claim(database, node):
@@ -34,7 +29,7 @@ def claim(database, node):
     connection = database._connect()      # not from the pool: it lives as long as the daemon
     try:
         connection.autocommit = True
-        got = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", (_CLASS, _key(node))).fetchone()[0]
+        got = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", (_CLASS, advisory_key(node))).fetchone()[0]
         if got:
             return connection
         row = connection.execute('SELECT "seen", "version" FROM "node" WHERE "name" = %s', (node,)).fetchone()
