@@ -8,7 +8,7 @@ from salmon_app.gateway import Gateway
 from salmon_app import config as vxconfig
 from salmon_app import logsetup
 from salmon_app.log import config_secrets, install_redaction
-from salmon_app.service import Service
+from salmon_app.service import Service, state_lock
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
@@ -20,9 +20,6 @@ Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx
 Router.RELOAD = False
 Router.load(HANDLERS)
 
-# one daemon per spool: beside the SQLite file, or in the spool when the database is shared
-LOCK = (os.path.join(settings.CONFIG.SpoolDir, "vxgate.lock") if settings.CONFIG.DatabaseUrl
-        else settings.CONFIG.DatabasePath + ".lock")
-settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=LOCK,
+settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=state_lock(settings.CONFIG),
                             load=lambda: vxconfig.load(settings.CONFIG.path),
                             pid_path=os.environ.get("VXGATE_PID_PATH") or os.path.abspath(settings.CONFIG.PidFile))

@@ -46,6 +46,31 @@ def lock_state(path):
     return fd
 
 
+def state_lock(config):
+    """The daemon's state lock: one daemon per spool, beside the SQLite file, or in the spool
+    when the database is given by DatabaseUrl (shared, or a node's own)."""
+    if config.DatabaseUrl:
+        return os.path.join(config.SpoolDir, "vxgate.lock")
+    return config.DatabasePath + ".lock"
+
+
+def lock_holder(path):
+    """The pid written in the state lock ``path`` while a daemon holds it ("?" if unreadable),
+    or None: no file, or nobody holds it."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+    finally:
+        os.close(fd)
+
+
 class Service:
     def __init__(self, build, lock=None, load=None, pid_path=None):
         self.build = build          # returns the gateway; called at start so errors surface there

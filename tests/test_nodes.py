@@ -298,19 +298,30 @@ def test_a_second_daemon_with_the_same_node_name_stops_before_touching_its_mail(
         a.send(numbered(n))
     wait_until(lambda: Message.select().where(Message.node == "alpha", Message.state == "deferred").count() == 3,
                30, "three deferred messages on alpha")
-    before = {r.id: (r.state, r.updated) for r in Message.select()}
+    before = {r.id: r.state for r in Message.select()}
     twin = nodes(tmp_path / "twin", "alpha", shared_db, sink.port)
     run = subprocess.run([SALMON, "start", "--no-daemon", "--force", "--pid", str(twin.pid)], cwd=ROOT,
                          env=twin.env, capture_output=True, text=True, timeout=60)
     said = run.stderr + twin.tail()
     assert run.returncode != 0 and "another running vxgate is node 'alpha'" in said, said
     assert "NodeName" in said and "Traceback" not in run.stderr and engine.password(shared_db) not in said
-    assert {r.id: (r.state, r.updated) for r in Message.select()} == before       # nothing dropped or resumed
+    assert {r.id: r.state for r in Message.select()} == before      # alpha retries them; nothing else touched them
+    assert not Event.select().where(Event.kind.in_(["resumed", "dropped", "held"])).exists()
+    assert _running_column(a.vxgate("db", "status")) == {"alpha": "yes"}
     a.kill()                  # the server frees the name with the session: a restart needs no clean-up
+    wait_until(lambda: _running_column(a.vxgate("db", "status")) == {"alpha": "no"}, 10,
+               "the server to free the name of the killed node")
     sink.data_reply = None
     a.start()
     wait_until(lambda: len(counts(sink)) == 3, 30, "alpha, started again after kill -9, to deliver its mail")
     assert all(count == 1 for count in counts(sink).values())
+
+
+def _running_column(status):
+    """{node: RUNNING} from `vxgate db status`."""
+    lines = status.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["NODE", "RUNNING"])
+    return {line.split()[0]: line.split()[1] for line in lines[header + 1:] if line.startswith("  ")}
 
 
 # ---------------------------------------------------------------- the database restarted

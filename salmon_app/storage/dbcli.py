@@ -150,11 +150,13 @@ def cmd_status(args):
         nodes = {}
         if database.table_exists("node"):
             nodes = {row.name: row for row in models.Node.select()}
+        names = sorted(set(nodes) | set(counts))
+        running = _running(database, names, config)
         rows = []
-        for name in sorted(set(nodes) | set(counts)):
+        for name in names:
             node = nodes.get(name)
             total, flight, kept = counts.get(name, (0, 0, 0))
-            rows.append([name or "(none)", render.when(node.started) if node else "-",
+            rows.append([name or "(none)", running.get(name, "-"), render.when(node.started) if node else "-",
                          ("%s (%s ago)" % (render.when(node.seen), render.duration(now - node.seen))
                           if node and node.seen else "-"),
                          "-" if node is None or node.skew is None else "%+.2fs" % node.skew,
@@ -162,10 +164,24 @@ def cmd_status(args):
         print("nodes:    %d" % len(nodes))
         if rows:
             print("\n".join("  " + line for line in render.table(
-                ["NODE", "STARTED", "LAST SEEN", "SKEW", "MESSAGES", "IN FLIGHT", "KEPT"], rows, right=(4, 5, 6))))
+                ["NODE", "RUNNING", "STARTED", "LAST SEEN", "SKEW", "MESSAGES", "IN FLIGHT", "KEPT"], rows,
+                right=(5, 6, 7))))
         return 0 if found == migrations.CURRENT else 1
     finally:
         database.close()
+
+
+def _running(database, names, config):
+    """{node: "yes"/"no"}: whether a daemon runs as that node now. On PostgreSQL from the node
+    locks (``nodelock``), which the server frees when a daemon dies; on SQLite from the one
+    node's state lock."""
+    if database.vx_engine == "sqlite":
+        from salmon_app.service import lock_holder, state_lock
+        holder = lock_holder(state_lock(config))
+        return {name: "yes (pid %s)" % holder if holder else "no" for name in names}
+    from salmon_app.storage import nodelock
+    held = nodelock.held(database)
+    return {name: "yes" if models.advisory_key(name) in held else "no" for name in names}
 
 
 def _server(database):
@@ -237,20 +253,12 @@ def cmd_copy(args):
 def _source_stopped(path):
     """Refuse a source whose daemon runs: the copy would miss what it writes meanwhile, and its
     messages in flight would finish on SQLite after their copies were taken."""
-    import fcntl
+    from salmon_app.service import lock_holder
     lock = path + ".lock"        # the daemon's state lock (config/boot.py)
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return                   # no daemon ever ran on it here
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+    holder = lock_holder(lock)
+    if holder is not None:
         raise Failed("the vxgate using %s is running (pid %s, lock %s): stop it first (salmon stop), "
-                     "then copy" % (path, holder, lock)) from None
-    finally:
-        os.close(fd)
+                     "then copy" % (path, holder, lock))
 
 
 def _target_ready(database, args):

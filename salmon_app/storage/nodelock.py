@@ -14,6 +14,7 @@ import time
 from salmon_app.storage import engine
 from salmon_app.storage.models import advisory_key
 
+WAIT = 5            # seconds a name held by another connection is waited for
 _CLASS = 0x5658     # "VX": the first key of the two-key form, apart from models.exclusive()'s one-key locks
 
 
@@ -26,12 +27,19 @@ def claim(database, node):
     None on SQLite. Raises NodeInUse when another daemon holds it."""
     if database.vx_engine == "sqlite":
         return None
+    import psycopg
     connection = database._connect()      # not from the pool: it lives as long as the daemon
     try:
         connection.autocommit = True
-        got = connection.execute("SELECT pg_try_advisory_lock(%s, %s)", (_CLASS, advisory_key(node))).fetchone()[0]
-        if got:
+        # a daemon restarted right after a crash may find its name still held for a moment,
+        # until the server has seen the old connection close
+        connection.execute("SET lock_timeout = '%ds'" % WAIT)
+        try:
+            connection.execute("SELECT pg_advisory_lock(%s, %s)", (_CLASS, advisory_key(node)))
+            connection.execute("RESET lock_timeout")
             return connection
+        except psycopg.errors.LockNotAvailable:
+            pass
         row = connection.execute('SELECT "seen", "version" FROM "node" WHERE "name" = %s', (node,)).fetchone()
     except BaseException:
         connection.close()
@@ -52,3 +60,12 @@ def release(connection):
             connection.close()
         except Exception:
             pass        # the server frees the lock with the session anyway
+
+
+def held(database):
+    """The keys (``advisory_key`` of a name) of the node names running daemons hold now."""
+    rows = database.execute_sql(
+        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objsubid = 2 "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())", (_CLASS,))
+    # pg_locks shows the int4 key as an unsigned oid
+    return {int(objid) - 2 ** 32 if int(objid) >= 2 ** 31 else int(objid) for objid, in rows}
