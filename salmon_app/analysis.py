@@ -192,6 +192,8 @@ class Analyser:
                         Sample.insert(sha256=item.sha256, state="queued", name=item.name, node=self.gateway.node,
                                       kind=getattr(item, "kind", "file"), created=now,
                                       next_step=now).on_conflict_ignore().execute()
+                        # stored before the lock, but the sample that ended meanwhile took it along
+                        self.gateway.spool.store_sample(item.sha256, item.content)
                         sample = Sample.get_or_none(Sample.sha256 == item.sha256)
                     if sample is not None and sample.node == self.gateway.node:
                         to_queue.append(item.sha256)
@@ -379,18 +381,19 @@ class Analyser:
         sample.tasks_json = json.dumps(list(tasks))
         sample.maliciousness = maliciousness
         sample.finished = time.time()
-        self._deliver_result(sample, save=True)
-        self.gateway.spool.remove_sample(sample.sha256)
+        # logged first: the line names the messages still waiting for this sample
         self._log(sample.sha256, logging.INFO, "%s%s", verdict.label, " (%s)" % reason if reason else "")
+        self._deliver_result(sample, save=True, forget=verdict == Verdict.UNCHECKED)
         if verdict == Verdict.UNCHECKED:
             self.metrics.unchecked.labels(cause_of(reason, verdict.label)).inc()
-            sample.delete_instance()     # never cache a failure: the next copy is analysed again
         elif sample.started:
             self.metrics.analysis_seconds.observe(sample.finished - sample.started)
 
-    def _deliver_result(self, sample, save=False):
-        """Give a decided sample's verdict to every check waiting for it (``save``: record the
-        sample's own end in the same transaction), then resume the messages it completes."""
+    def _deliver_result(self, sample, save=False, forget=False):
+        """Give a decided sample's verdict to every check waiting for it, then resume the
+        messages it completes. With ``save`` the sample's end is recorded in the same
+        transaction, and its content removed; with ``forget`` (a failure, never cached) its
+        row is deleted there too, so a copy arriving meanwhile claims a new one after it."""
         with models.writing():
             models.lock_samples([sample.sha256])
             if save:
@@ -399,6 +402,10 @@ class Analyser:
             for check in waiting:
                 _copy_result(check, sample)
                 check.save()
+            if forget:
+                sample.delete_instance()
+            if save:
+                self.gateway.spool.remove_sample(sample.sha256)
         for queue_id in {c.message for c in waiting}:
             self._resume(queue_id)
 

@@ -64,6 +64,13 @@ class Gateway:
         self.node = engine.node_name(config)
         # before anything reads the node's records: a second daemon under this name stops here
         self.node_claim = nodelock.claim(self.database, self.node)
+        try:
+            self._build(config, checks)
+        except BaseException:
+            nodelock.release(self.node_claim)
+            raise
+
+    def _build(self, config, checks):
         self.registry = Registry()
         self.storage = StorageGuard(self.spool, self.registry)
         self.metrics = Metrics(self)
@@ -273,7 +280,9 @@ class Gateway:
         message vxgate owns that fails SmtpErrorLimit times is set aside and the administrator told."""
         log = qlog(queue_id)
         storage = is_storage_error(exc)
-        if storage:
+        if engine.is_conflict(exc):     # one transaction lost a deadlock; the database works
+            log.warning("database conflict, trying again later: %s", engine.error_text(exc, self.database.vx_location))
+        elif storage:
             self.storage.failed(exc)
             log.error("storage error: %s", exc)     # no traceback: the cause is the disk or the lock
         else:

@@ -102,8 +102,8 @@ def start(argv):
         return salmon_main(salmon_args)
     except Exception as exc:    # noqa: BLE001 - as the daemon's start reports it: one line, no traceback
         import logging
-        logging.getLogger("vxgate").debug("start-up failed", exc_info=True)
-        say("vxgate: stopped during start-up: %s" % (exc or exc.__class__.__name__))
+        logging.getLogger("vxgate").debug("stopped", exc_info=True)
+        say("vxgate: stopped: %s" % (str(exc) or type(exc).__name__))
         return 1
 
 

@@ -216,14 +216,15 @@ def test_internal_errors_on_an_owned_message_are_bounded(vxgate, sink):
     assert not gw.gateway.storage.failing      # a missing file is not a storage fault
 
 
-def test_a_deadlock_victim_is_one_failed_write_not_a_failing_database(pg_cluster):
-    """PostgreSQL rolls back one of two deadlocked transactions: that write is retried like any
-    failed step; it must not make the node refuse all mail with 451 as an unreachable server does."""
+def test_a_deadlock_victim_is_told_from_a_failing_database(pg_cluster):
+    """PostgreSQL rolls back one of two deadlocked transactions: vxgate must tell that from an
+    unreachable server, so the write runs again instead of the node refusing all mail."""
     import threading
 
     import psycopg
 
     from salmon_app.storage.durability import is_storage_error
+    from salmon_app.storage.engine import is_conflict
     url = pg_cluster.new_database(schema=False)
     first, second = psycopg.connect(url), psycopg.connect(url)
     try:
@@ -244,10 +245,37 @@ def test_a_deadlock_victim_is_one_failed_write_not_a_failing_database(pg_cluster
         insert(second, 1)
         crossing.join(30)
         assert len(errors) == 1 and errors[0].sqlstate == "40P01", errors
-        assert not is_storage_error(errors[0])
+        assert is_conflict(errors[0])
     finally:
         first.close()
         second.close()
     with pytest.raises(psycopg.Error) as gone:
         first.execute("SELECT 1")
-    assert is_storage_error(gone.value)      # a connection that is gone is one
+    assert is_storage_error(gone.value) and not is_conflict(gone.value)     # a connection that is gone
+
+
+def test_a_write_that_lost_a_deadlock_runs_again_and_a_settled_one_is_never_lost(tmp_path):
+    import psycopg
+
+    from salmon_app.pipeline import Registry
+    from salmon_app.storage.durability import CONFLICT_RETRIES, StorageGuard
+    from salmon_app.storage.spool import Spool
+    guard = StorageGuard(Spool(str(tmp_path / "spool")), Registry())
+    calls = []
+
+    def once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    def always():
+        calls.append(1)
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
+    assert guard.write("Q1", once, settled=True) is True and len(calls) == 2 and not guard.failing
+    calls.clear()
+    # a settled outcome (the next hop took the message) that keeps losing is kept, never raised:
+    # raised, it would become a 451 for mail already delivered, and the client would send it again
+    assert guard.write("Q2", always, settled=True) is False and guard.holds("Q2")
+    assert len(calls) == CONFLICT_RETRIES
+    with pytest.raises(psycopg.Error):
+        guard.write("Q3", always, settled=False)

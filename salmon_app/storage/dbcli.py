@@ -222,7 +222,7 @@ def cmd_copy(args):
         raise Failed("--from must be a node's SQLite quarantine (sqlite:///path/to/quarantine.db)", status=2)
     if (target_kind, target_path) == (kind, source_path):
         raise Failed("--from and --to name the same database", status=2)
-    _source_stopped(source_path)
+    _source_stopped(source_path, spool)
     try:
         source = dbcopy.Source(source_path, spool)
     except dbcopy.CopyError as exc:
@@ -250,15 +250,16 @@ def cmd_copy(args):
         database.close()
 
 
-def _source_stopped(path):
+def _source_stopped(path, spool):
     """Refuse a source whose daemon runs: the copy would miss what it writes meanwhile, and its
     messages in flight would finish on SQLite after their copies were taken."""
     from salmon_app.service import lock_holder
-    lock = path + ".lock"        # the daemon's state lock (config/boot.py)
-    holder = lock_holder(lock)
-    if holder is not None:
-        raise Failed("the vxgate using %s is running (pid %s, lock %s): stop it first (salmon stop), "
-                     "then copy" % (path, holder, lock))
+    # the daemon's state lock (service.state_lock): beside DatabasePath, or in the spool
+    for lock in (path + ".lock", os.path.join(spool, "vxgate.lock")):
+        holder = lock_holder(lock)
+        if holder is not None:
+            raise Failed("the vxgate using %s is running (pid %s, lock %s): stop it first (salmon stop), "
+                         "then copy" % (path, holder, lock))
 
 
 def _target_ready(database, args):

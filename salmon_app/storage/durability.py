@@ -27,10 +27,13 @@ def is_storage_error(exc):
     out of reach: a fault of the place vxgate writes to, not of the message (a missing file is not one)."""
     if isinstance(exc, OSError) and not isinstance(exc, _DATABASE_ERRORS):
         return exc.errno in _DISK_ERRNOS
-    return isinstance(exc, _DATABASE_ERRORS) and not engine.is_conflict(exc)
+    return isinstance(exc, _DATABASE_ERRORS)
 
 
 _DATABASE_ERRORS = engine.storage_errors()
+
+
+CONFLICT_RETRIES = 3
 
 
 class StorageGuard:
@@ -52,7 +55,15 @@ class StorageGuard:
         if waiting:
             return False
         try:
-            write()
+            for attempt in range(CONFLICT_RETRIES):
+                try:
+                    write()
+                    break
+                except Exception as exc:
+                    # PostgreSQL rolled this transaction back to settle a deadlock: the
+                    # database works, and the write (a whole transaction) can simply run again
+                    if not engine.is_conflict(exc) or attempt == CONFLICT_RETRIES - 1:
+                        raise
         except Exception as exc:
             if not is_storage_error(exc):
                 raise

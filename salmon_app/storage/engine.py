@@ -159,8 +159,8 @@ def is_conflict(exc):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):   # class 40: transaction rollback
-            return True
+        if isinstance(exc, psycopg.Error):      # the driver's own error decides, not what it interrupted
+            return (exc.sqlstate or "").startswith("40")      # class 40: transaction rollback
         # peewee wraps the driver's error: the original is its first argument and its context
         inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = inner or exc.__cause__ or exc.__context__

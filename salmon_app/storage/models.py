@@ -447,8 +447,8 @@ def lock_samples(sha256s):
     all, so two messages carrying the same files in opposite orders cannot deadlock; and a
     check written under it cannot miss the verdict of a sample finished meanwhile."""
     if shared():
-        for digest in sorted(set(sha256s)):
-            _execute("SELECT pg_advisory_xact_lock(?, ?)", (_SAMPLE_LOCKS, advisory_key(digest)))
+        for key in sorted({advisory_key(digest) for digest in sha256s}):
+            _execute("SELECT pg_advisory_xact_lock(?, ?)", (_SAMPLE_LOCKS, key))
 
 
 @contextlib.contextmanager

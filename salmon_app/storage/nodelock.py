@@ -31,6 +31,10 @@ def claim(database, node):
     connection = database._connect()      # not from the pool: it lives as long as the daemon
     try:
         connection.autocommit = True
+        # the server must notice a node whose host died (no FIN ever comes) within a minute,
+        # not after the system's two-hour TCP keepalive, or the name stays taken
+        connection.execute("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+                           "SET tcp_keepalives_count = 3")
         # a daemon restarted right after a crash may find its name still held for a moment,
         # until the server has seen the old connection close
         connection.execute("SET lock_timeout = '%ds'" % WAIT)
@@ -50,7 +54,8 @@ def claim(database, node):
         seen = " (it was last seen %ds ago%s)" % (max(0, time.time() - row[0]),
                                                   ", vxgate %s" % row[1] if row[1] else "")
     raise NodeInUse("another running vxgate is node %r on %s%s; give this one its own NodeName in [Root] "
-                    "(the default is the host name, which a copied machine keeps)"
+                    "(the default is the host name, which a copied machine keeps); if that node's machine "
+                    "died, the server frees the name within a minute"
                     % (node, engine.shown(database.vx_location), seen))
 
 
