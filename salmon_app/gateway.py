@@ -63,11 +63,11 @@ class Gateway:
                                              group_commit=True)
         self.node = engine.node_name(config)
         # before anything reads the node's records: a second daemon under this name stops here
-        self.node_claim = nodelock.claim(self.database, self.node)
+        self.node_claim = nodelock.Claim(self.database, self.node)
         try:
             self._build(config, checks)
         except BaseException:
-            nodelock.release(self.node_claim)
+            self.node_claim.release()
             raise
 
     def _build(self, config, checks):
@@ -171,7 +171,7 @@ class Gateway:
         # every pooled connection, not only this thread's and the idle ones: the workers'
         # (threads that ended holding one) would stay open on the server
         getattr(self.database, "close_all", self.database.close)()
-        nodelock.release(self.node_claim)
+        self.node_claim.release()
 
     # ------------------------------------------------------------ moving messages
     def submit(self, item, state):

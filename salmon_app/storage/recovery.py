@@ -87,6 +87,7 @@ class Sweeper:
                     continue       # nothing moves while records cannot be written
                 if self.rounds % 10 == 0:
                     models.heartbeat(self.gateway.node)
+                    self.gateway.node_claim.keep()
                 self.sweep()
                 for hook in self.hooks:
                     hook()
