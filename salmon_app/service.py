@@ -37,7 +37,7 @@ def lock_state(path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        holder = _written_pid(fd)
         os.close(fd)
         raise RuntimeError("another vxgate (pid %s) uses this spool and database (lock %s); "
                            "stop it first, or give this one its own SpoolDir and DatabasePath" % (holder, path))
@@ -49,9 +49,14 @@ def lock_state(path):
 def state_lock(config):
     """The daemon's state lock: one daemon per spool, beside the SQLite file, or in the spool
     when the database is given by DatabaseUrl (shared, or a node's own)."""
-    if config.DatabaseUrl:
-        return os.path.join(config.SpoolDir, "vxgate.lock")
-    return config.DatabasePath + ".lock"
+    beside, in_spool = state_locks(config.DatabasePath, config.SpoolDir)
+    return in_spool if config.DatabaseUrl else beside
+
+
+def state_locks(database_path, spool_dir):
+    """Both places a daemon on this SQLite file and spool may lock: (beside DatabasePath, in
+    the spool, as with DatabaseUrl = sqlite:///...)."""
+    return database_path + ".lock", os.path.join(spool_dir, "vxgate.lock")
 
 
 def lock_holder(path):
@@ -66,9 +71,13 @@ def lock_holder(path):
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        return _written_pid(fd)
     finally:
         os.close(fd)
+
+
+def _written_pid(fd):
+    return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
 
 
 class Service:

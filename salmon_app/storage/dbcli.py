@@ -253,9 +253,8 @@ def cmd_copy(args):
 def _source_stopped(path, spool):
     """Refuse a source whose daemon runs: the copy would miss what it writes meanwhile, and its
     messages in flight would finish on SQLite after their copies were taken."""
-    from salmon_app.service import lock_holder
-    # the daemon's state lock (service.state_lock): beside DatabasePath, or in the spool
-    for lock in (path + ".lock", os.path.join(spool, "vxgate.lock")):
+    from salmon_app.service import lock_holder, state_locks
+    for lock in state_locks(path, spool):
         holder = lock_holder(lock)
         if holder is not None:
             raise Failed("the vxgate using %s is running (pid %s, lock %s): stop it first (salmon stop), "
