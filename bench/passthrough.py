@@ -385,6 +385,23 @@ class Vxgate:
             raise BenchError("%s\n--- salmon output ---\n%s\n--- log tail ---\n%s"
                              % (sys.exc_info()[1], self.output_tail(), self.log_tail()))
 
+    def mail_pids(self):
+        """The processes that take mail: salmon's, or with Processes > 1 the ones it started."""
+        try:
+            with open("/proc/%d/task/%d/children" % (self.pid, self.pid)) as handle:
+                children = [int(p) for p in handle.read().split()]
+        except OSError:
+            children = []
+        workers = []
+        for child in children:
+            try:
+                with open("/proc/%d/cmdline" % child, "rb") as handle:
+                    if b"worker_process" in handle.read():
+                        workers.append(child)
+            except OSError:
+                pass
+        return workers or [self.pid]
+
     def output_tail(self, size=4000):
         try:
             with open(self.stderr_path, "rb") as handle:
@@ -710,15 +727,15 @@ def big_message(total):
 def measure_memory(vx, sink, port, size_mb):
     """Relay one ~size_mb MIME message through vxgate and read the salmon process's VmHWM."""
     message = big_message(int(size_mb * 1024 * 1024))
-    idle = proc_status(vx.pid)
+    idle = {pid: proc_status(pid) for pid in vx.mail_pids()}
     samples = []
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            status = proc_status(vx.pid)
-            if "VmRSS" in status:
-                samples.append(status["VmRSS"])
+            rss = [proc_status(pid).get("VmRSS", 0) for pid in idle]
+            if any(rss):
+                samples.append(max(rss))
             stop.wait(0.01)
     sampler = threading.Thread(target=sample, daemon=True)
     before_sink = sink.count()
@@ -740,7 +757,10 @@ def measure_memory(vx, sink, port, size_mb):
     time.sleep(0.3)
     stop.set()
     sampler.join(5)
-    after = proc_status(vx.pid)
+    # the process that took the message is the one whose peak grew most
+    grown = {pid: proc_status(pid) for pid in idle}
+    pid = max(grown, key=lambda p: grown[p].get("VmHWM", 0) - idle[p].get("VmHWM", 0))
+    after, idle = grown[pid], idle[pid]
     states = vx.states()
     result = {
         "message_bytes": len(message),
@@ -835,6 +855,8 @@ def main():
     parser.add_argument("--vxgate", action="append", default=[], metavar="NAME=DIR",
                         help="also measure the vxgate of another checkout DIR (e.g. a `git worktree` of an "
                              "older commit), as row NAME; with this venv's packages")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="vxgate's Processes (0, one per core: what the README tells a site to run)")
     parser.add_argument("--amavis-children", type=int, default=2, help="amavisd-new's $max_servers (2)")
     parser.add_argument("--big-mb", type=float, default=30.0, help="size of the memory-probe message in MiB (30)")
     parser.add_argument("--no-memory", action="store_true", help="skip the big-message memory probe")
@@ -850,9 +872,11 @@ def main():
     extra = []
     for spec in args.vxgate:
         name, _, folder = spec.partition("=")
-        if not name or not os.path.isdir(os.path.join(folder, "salmon_app")):
-            parser.error("--vxgate wants NAME=DIR, DIR a vxgate checkout (with salmon_app/): %r" % spec)
-        extra.append((name, os.path.abspath(folder)))
+        folder, _, count = folder.partition("@")
+        if not name or not os.path.isdir(os.path.join(folder, "salmon_app")) or not (count or "0").isdigit():
+            parser.error("--vxgate wants NAME=DIR or NAME=DIR@PROCESSES, DIR a vxgate checkout (with salmon_app/): %r"
+                         % spec)
+        extra.append((name, os.path.abspath(folder), int(count) if count else args.processes))
 
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
     loads = [(label, size, rcpts, mode) for label, size in SIZES for rcpts in RECIPIENTS for mode, _ in MODES] \
@@ -913,9 +937,9 @@ def main():
                             "label": "bare threaded Python fsync filter", "process": bare.proc})
             print("bare filter on 127.0.0.1:%d (pid %d)" % (bare.port, bare.pid))
         metrics = (lambda: "MetricsSocket =") if args.no_metrics else (lambda: "MetricsSocket = 127.0.0.1:%d" % port())
-        for name, source in ([("vxgate", REPO)] if "vxgate" in only else []) + extra:
+        for name, source, count in ([("vxgate", REPO, args.processes)] if "vxgate" in only else []) + extra:
             vx = Vxgate(processes, os.path.join(workdir, name), port(), sink_port, max(200, 4 * args.sessions),
-                        log_level=args.log_level, maild=metrics(), source=source)
+                        log_level=args.log_level, maild=metrics(), source=source, root="Processes = %d" % count)
             vxgates.append((name, vx))
             targets.append({"name": name, "kind": "vxgate", "port": vx.port, "cpu_pid": vx.pid, "vx": vx,
                             "process": vx.proc, "source": source,

@@ -1,4 +1,8 @@
-"""Wiring for ``salmon start``: logging, routing, and the gateway as Salmon's receiver."""
+"""Wiring for ``salmon start``: logging, routing, and the gateway as Salmon's receiver.
+
+With ``Processes`` > 1 the receiver is the master of that many processes
+(``salmon_app/processes.py``), each of which runs this file again as one of them
+(``salmon_app/worker_process.py``) and wires its own gateway."""
 import os
 
 from salmon.routing import Router
@@ -8,7 +12,10 @@ from salmon_app.gateway import Gateway
 from salmon_app import config as vxconfig
 from salmon_app import logsetup
 from salmon_app.log import config_secrets, install_redaction
+from salmon_app.processes import ProcessSet
 from salmon_app.service import Service, state_lock
+from salmon_app.storage import subnodes
+from salmon_app.worker_process import this_process
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
@@ -20,6 +27,20 @@ Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx
 Router.RELOAD = False
 Router.load(HANDLERS)
 
-settings.receiver = Service(lambda: Gateway(settings.CONFIG, Router), lock=state_lock(settings.CONFIG),
-                            load=lambda: vxconfig.load(settings.CONFIG.path),
-                            pid_path=os.environ.get("VXGATE_PID_PATH") or os.path.abspath(settings.CONFIG.PidFile))
+CONFIG = settings.CONFIG
+PID_PATH = os.environ.get("VXGATE_PID_PATH") or os.path.abspath(CONFIG.PidFile)
+child = this_process()
+
+
+def load():
+    return vxconfig.load(CONFIG.path)
+
+
+if child:       # one of several processes: the master holds the state lock and the pid file
+    settings.receiver = Service(lambda: Gateway(child.config(CONFIG), Router, sockets=child.sockets),
+                                load=lambda: child.config(load()), pid_path=PID_PATH, announce=child.announce)
+elif subnodes.count(CONFIG) > 1:
+    settings.receiver = Service(lambda: ProcessSet(CONFIG, PID_PATH, keep_fds=[settings.receiver.lock_fd]),
+                                lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)
+else:
+    settings.receiver = Service(lambda: Gateway(CONFIG, Router), lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)

@@ -25,7 +25,7 @@ from salmon_app.web.digest import digest_hook
 from salmon_app.receiver import Reply, SmtpServer
 from salmon_app.relay import Relay
 from salmon_app.request import StoredMessage
-from salmon_app.storage import engine, models, nodelock
+from salmon_app.storage import engine, models, nodelock, subnodes
 from salmon_app.storage.durability import StorageGuard, is_storage_error
 from salmon_app.storage.models import Event, Message, Recipient
 from salmon_app.storage.spool import Spool
@@ -56,11 +56,12 @@ def backoff(initial, maximum):
 
 
 class Gateway:
-    def __init__(self, config, router, checks=None):
+    def __init__(self, config, router, checks=None, sockets=None):
         self.config, self.router = config, router
+        self.sockets = sockets or {}      # listening sockets by mode, inherited from the master (Processes)
         self.spool = Spool(config.SpoolDir)
         self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout,
-                                             group_commit=True)
+                                             group_commit=True, several=bool(self.sockets))
         self.node = engine.node_name(config)
         # before anything reads the node's records: a second daemon under this name stops here
         self.node_claim = nodelock.Claim(self.database, self.node)
@@ -116,7 +117,7 @@ class Gateway:
             LOG.error("SmtpHook does not load: %s", exc)
 
     def make_server(self, address, mode):
-        server = SmtpServer(address, Intake(self, mode), hostname=self.hostname, max_connections=0,
+        server = SmtpServer(address, Intake(self, mode), hostname=self.hostname, max_connections=0, sock=self.sockets.get(mode),
                             max_message_size=0, max_recipients=0, max_line=0, idle_timeout=0, name=mode,
                             count_refused=self.metrics.smtp_refused.labels(mode).inc,
                             count_error=self.metrics.smtp_errors.labels(mode).inc,
@@ -143,7 +144,8 @@ class Gateway:
             stage.start()
         self.sweeper = Sweeper(self)
         self.sweeper.hooks.append(expiry_hook(lambda: self.config, metrics=self.metrics))
-        self.sweeper.hooks.append(digest_hook(lambda: self.config, self.inject))     # QuarantineDigest
+        if not subnodes.is_subnode(self.node):       # one digest per recipient, from the first process
+            self.sweeper.hooks.append(digest_hook(lambda: self.config, self.inject))     # QuarantineDigest
         self.checks.start()
         self.sweeper.start()
         for server in self.servers:

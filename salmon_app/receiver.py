@@ -62,8 +62,9 @@ class SmtpServer:
 
     def __init__(self, address, intake, *, hostname, max_connections, max_message_size,
                  max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None,
-                 count_refused=lambda: None, count_error=lambda: None, session_ended=None):
+                 count_refused=lambda: None, count_error=lambda: None, session_ended=None, sock=None):
         self.address, self.intake, self.name = address, intake, name
+        self.inherited = sock       # already listening (one of several processes on one socket)
         self.session_ended = session_ended      # called in the session's thread as it ends
         self.count_refused, self.count_error = count_refused, count_error     # for /metrics
         self.hostname = hostname
@@ -77,7 +78,11 @@ class SmtpServer:
         self.thread = None
 
     def start(self):
-        self.sock = _listen(self.address)
+        self.sock = self.inherited or listen(self.address)
+        if self.inherited:
+            # other processes accept on it too: a blocked accept() would not end when this one
+            # stops (closing our descriptor leaves theirs), so wait in slices and look again
+            self.sock.settimeout(0.5)
         self.thread = threading.Thread(target=self._accept_loop, name="%s-accept" % self.name, daemon=True)
         self.thread.start()
         LOG.info("%s: listening on %s", self.name, self.address)
@@ -90,11 +95,16 @@ class SmtpServer:
         while not self.stopping.is_set():
             try:
                 conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 if self.stopping.is_set():
                     return
                 LOG.exception("%s: accept failed", self.name)
                 continue
+            if self.stopping.is_set():     # taken off a socket other processes go on serving
+                _refuse(conn, b"421 4.3.2 %s Shutting down, try again later\r\n" % self.hostname.encode())
+                return
             with self.lock:
                 busy = len(self.sessions) >= self.max_connections
                 session = None if busy else Session(self, conn, peer)
@@ -121,7 +131,7 @@ class SmtpServer:
                 self.sock.close()
             except OSError:
                 pass
-            if self.address.is_unix:
+            if self.address.is_unix and not self.inherited:     # the master removes a shared one
                 _unlink_quietly(self.address.path)
         with self.lock:
             sessions = list(self.sessions)
@@ -136,7 +146,7 @@ class SmtpServer:
             self.sessions.discard(session)
 
 
-def _listen(address):
+def listen(address):
     if address.is_unix:
         _unlink_quietly(address.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -18,7 +18,7 @@ LOG = logging.getLogger("vxgate")
 
 # Values bound to sockets, threads, files or the process itself: they take a restart.
 RESTART_NEEDED = ("SmtpSocket", "BccSocket", "SmtpWorkers", "SmtpRelayWorkers", "SmtpQueueSize", "VxcubeWorkers",
-                  "VxcubeQueueSize", "UseVxcube", "SpoolDir", "DatabasePath", "DatabaseUrl", "NodeName", "DatabaseBusyTimeout", "MetricsSocket",
+                  "VxcubeQueueSize", "UseVxcube", "SpoolDir", "DatabasePath", "DatabaseUrl", "NodeName", "DatabaseBusyTimeout", "MetricsSocket", "Processes",
                   "LogTarget", "LogFormat", "LogLevel", "LogFile", "LogSyslogAddress", "PidFile", "User")
 
 
@@ -57,7 +57,7 @@ def reload_daemon(gateway, load):
         LOG.error("reload refused, the running configuration stays: %s", exc)
         return {"time": time.time(), "ok": False, "applied": [], "restart_needed": [], "error": str(exc)}
     try:
-        return apply(gateway, new)
+        return gateway.reconfigure(new)      # reload.apply, or every process's (processes.py)
     except Exception as exc:       # a half-applied reload is worse than none: say so loudly
         LOG.exception("reload failed while applying: %s", exc)
         return {"time": time.time(), "ok": False, "applied": [], "restart_needed": [],

@@ -81,8 +81,9 @@ def _written_pid(fd):
 
 
 class Service:
-    def __init__(self, build, lock=None, load=None, pid_path=None):
-        self.build = build          # returns the gateway; called at start so errors surface there
+    def __init__(self, build, lock=None, load=None, pid_path=None, announce=None):
+        self.build = build          # returns the gateway (or processes.ProcessSet); called at start so errors surface there
+        self.announce = announce    # called with the started gateway before READY=1 (a process of several)
         self.lock = lock            # path of the state lock (config/boot.py: DatabasePath + ".lock")
         self.load = load            # re-reads the configuration file (reload)
         self.pid_path = pid_path    # the reload outcome is written beside it
@@ -102,6 +103,8 @@ class Service:
                 self.lock_fd = lock_state(self.lock)
             self.gateway = self.build()
             self.gateway.start()
+            if self.announce:
+                self.announce(self.gateway)
         except BaseException as exc:
             sdnotify.notify("STATUS=start-up failed: %s" % exc)
             self._release_pidfile()

@@ -92,7 +92,7 @@ def _json(text, default):
 def _file_info(store, row):
     path = store.file_path(row.id)
     local = store.local(row)
-    present = local and store.spool.exists(row.id)
+    present = local and os.path.exists(path)
     modified = store.modified_path(row.id)
     return {"path": path if local else None, "present": present, "recorded": bool(row.has_file),
             "node": row.node, "in_database": models.has_kept_body(row.id),

@@ -17,7 +17,7 @@ import re
 
 import peewee
 
-from salmon_app.storage import engine, migrations
+from salmon_app.storage import engine, migrations, subnodes
 
 from salmon_app.storage import models
 from salmon_app.storage.models import Message, Release
@@ -103,7 +103,16 @@ class Store:
         return row
 
     def file_path(self, queue_id):
-        return self.spool.path(queue_id)
+        """The message file: in this node's spool, or in the spool of one of its processes
+        (``Processes``: ``SpoolDir/proc-N``); the path it would have here when it is in neither."""
+        path = self.spool.path(queue_id)
+        if os.path.exists(path):
+            return path
+        for folder in subnodes.process_dirs(self.spool.directory, 1).values():
+            there = os.path.join(folder, os.path.relpath(path, self.spool.directory))
+            if os.path.exists(there):
+                return there
+        return path
 
     def open_message(self, row):
         """A binary file of ``row``'s bytes: this node's spool file, else the copy in the database."""
@@ -121,11 +130,11 @@ class Store:
 
     def modified_path(self, queue_id):
         """The modified copy a policy may have written beside the original (``<id>.out``)."""
-        return self.spool.path(queue_id)[:-4] + ".out"
+        return self.file_path(queue_id)[:-4] + ".out"
 
     def local(self, row):
-        """True when this node's spool holds ``row``'s file."""
-        return row.node in (self.node, "")
+        """True when this node's spool (or one of its processes') holds ``row``'s file."""
+        return row.node in (self.node, "") or row.node.startswith(self.node + "/")
 
     def file_problem(self, row, verb):
         """Why ``row`` has no file to ``verb`` (a sentence), or None when its file is there."""
@@ -138,7 +147,7 @@ class Store:
                 return None
             return ("%s: its file is in the spool of node %s and not in the database (only quarantined "
                     "and held messages are); run the command on %s" % (row.id, row.node, row.node))
-        if not self.spool.exists(row.id):
+        if not os.path.exists(self.file_path(row.id)):
             if models.has_kept_body(row.id):
                 return None
             return ("%s: its file %s is missing from the spool; nothing to %s "

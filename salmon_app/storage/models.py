@@ -10,6 +10,7 @@ rows several nodes may create at once are inserted with ``ON CONFLICT DO NOTHING
 Every message record names the node (``NodeName``) whose spool holds its file.
 """
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from salmon_app.storage import engine, groupsync
 db = peewee.DatabaseProxy()
 _WRITE_LOCK = threading.RLock()
 _GROUP = None       # the WAL's group fsync when the daemon opened SQLite (open_database)
+_PROCESS_LOCK = None   # flock'd file serialising SQLite writers of several processes (``Processes``)
 
 # Life of a message. Final states never change again except by an administrator's command.
 STORED, CHECKING, ANALYSING, RELAYING, DEFERRED = "stored", "checking", "analysing", "relaying", "deferred"
@@ -198,7 +200,7 @@ class Probe(BaseModel):
 MODELS = [Message, Recipient, Event, Sample, FileCheck, Release, ReleaseRequest, Body, Node, Probe]
 
 
-def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None, group_commit=False):
+def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None, group_commit=False, several=False):
     """Open and bind the database at ``where`` (a SQLite path or a URL); returns the peewee database.
 
     The schema must be the one this vxgate knows (``migrations.check``): a new or older SQLite
@@ -210,15 +212,25 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     started after that COMMIT, shared by every thread that committed meanwhile. A transaction
     is thus as durable when ``writing()`` returns as with ``synchronous=FULL``, and a process
     crash (the WAL's pages are the kernel's) never loses one even before. On PostgreSQL the
-    server already flushes the WAL of concurrent commits together: nothing changes there."""
-    global _GROUP
+    server already flushes the WAL of concurrent commits together: nothing changes there.
+
+    ``several``: the processes of one daemon (``Processes`` > 1) share this database as nodes of
+    their own (``storage/subnodes.py``). On SQLite their write transactions then also queue on a
+    ``flock`` beside the file: SQLite's own busy handler sleeps 1, 2, 5... ms per collision."""
+    global _GROUP, _PROCESS_LOCK
     from salmon_app.storage import migrations
     sqlite = engine.parse(where)[0] == "sqlite"
     if group_commit and sqlite:
         synchronous = "NORMAL"
     database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout, pooled=group_commit)
+    database.vx_several = several
     db.initialize(database)
     _GROUP = None
+    if _PROCESS_LOCK is not None:
+        os.close(_PROCESS_LOCK)
+        _PROCESS_LOCK = None
+    if several and sqlite:
+        _PROCESS_LOCK = os.open(database.database + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     if group_commit and sqlite:
         target = database.database
         _GROUP = groupsync.GroupSync(lambda: groupsync.fsync_path(target + "-wal", fallback=target,
@@ -231,7 +243,13 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
 
 
 def shared():
-    """True when several nodes may share this database (PostgreSQL)."""
+    """True when several nodes may share this database: PostgreSQL, or the processes of one
+    daemon on SQLite (``Processes``)."""
+    return postgres() or getattr(db.obj, "vx_several", False)
+
+
+def postgres():
+    """True when the database is PostgreSQL (its SQL dialect and advisory locks)."""
     return getattr(db.obj, "vx_engine", "sqlite") != "sqlite"
 
 
@@ -273,12 +291,14 @@ def writing(defer=False):
         finally:
             _DEPTH.n = depth
         return
-    local = not shared()
+    local = not postgres()
     group = _GROUP if local else None
     ticket = None
     commit = Commit()
     if local:
         _WRITE_LOCK.acquire()
+        if _PROCESS_LOCK is not None:
+            fcntl.flock(_PROCESS_LOCK, fcntl.LOCK_EX)
     _DEPTH.n = 1
     try:
         connection = db.connection()
@@ -296,6 +316,8 @@ def writing(defer=False):
     finally:
         _DEPTH.n = 0
         if local:
+            if _PROCESS_LOCK is not None:
+                fcntl.flock(_PROCESS_LOCK, fcntl.LOCK_UN)
             _WRITE_LOCK.release()
     if ticket is not None:
         commit.group, commit.ticket = group, ticket
@@ -334,7 +356,7 @@ def _executemany(sql, rows):
 
 def _native(sql):
     """``sql`` written with SQLite's ``?`` placeholders in the driver's own style (cached)."""
-    if shared():
+    if postgres():
         key = ("pg", sql)
         if key not in _SQL:
             _SQL[key] = sql.replace("?", "%s")
@@ -446,7 +468,7 @@ def lock_samples(sha256s):
     them out until this one does (PostgreSQL; SQLite has one writer). Taken in one order by
     all, so two messages carrying the same files in opposite orders cannot deadlock; and a
     check written under it cannot miss the verdict of a sample finished meanwhile."""
-    if shared():
+    if postgres():
         for key in sorted({advisory_key(digest) for digest in sha256s}):
             _execute("SELECT pg_advisory_xact_lock(?, ?)", (_SAMPLE_LOCKS, key))
 
@@ -454,9 +476,22 @@ def lock_samples(sha256s):
 @contextlib.contextmanager
 def exclusive(name):
     """Yields True in the one process of all nodes that holds ``name`` now, False elsewhere
-    (a PostgreSQL advisory lock; on SQLite, one node, always True)."""
-    if not shared():
-        yield True
+    (a PostgreSQL advisory lock; on SQLite a ``flock`` beside the file, which one daemon's
+    processes share)."""
+    if not postgres():
+        if _PROCESS_LOCK is None:
+            yield True      # one process owns the file
+            return
+        fd = os.open("%s.%08x" % (db.obj.database, zlib.crc32(name.encode())), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
         return
     key = zlib.crc32(name.encode())
     got = _execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]

@@ -16,7 +16,7 @@ import time
 from peewee import fn
 
 from salmon_app.log import qlog
-from salmon_app.storage import models
+from salmon_app.storage import models, subnodes
 from salmon_app.storage.models import FileCheck, Message
 
 LOG = logging.getLogger("vxgate.recovery")
@@ -24,8 +24,10 @@ LOG = logging.getLogger("vxgate.recovery")
 
 def recover(gateway):
     spool, limit, node = gateway.spool, gateway.config.SmtpRecoveryLimit, gateway.node
+    if not gateway.sockets:     # one process now (Processes = 1): it takes over the others' mail
+        subnodes.adopt(gateway.config, 1)
     removed = spool.clean_tmp()
-    if not models.shared():     # records from before NodeName are this single node's
+    if not models.postgres():     # records from before NodeName are this single machine's
         with models.writing():
             Message.update(node=node).where(Message.node == "").execute()
     models.heartbeat(node, started=True)
@@ -58,8 +60,9 @@ def recover(gateway):
 
 
 def unrecorded(spool, node):
-    """Queue ids of ``spool``'s message files that have no record of ``node``."""
-    known = {row.id for row in Message.select(Message.id).where(Message.node == node)}
+    """Queue ids of ``spool``'s message files that have no record of ``node`` (or of one of its
+    processes' nodes: ``subnodes.adopt`` moves files before their records)."""
+    known = {row.id for row in Message.select(Message.id).where(subnodes.family(Message.node, node))}
     return [qid for qid in spool.queue_ids() if qid not in known and not qid.endswith(".out")]
 
 

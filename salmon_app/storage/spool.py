@@ -114,7 +114,7 @@ class Spool:
     def queue_ids(self):
         for sub in os.listdir(self.directory):
             folder = os.path.join(self.directory, sub)
-            if sub in ("tmp", "samples") or not os.path.isdir(folder):
+            if len(sub) != 2 or not os.path.isdir(folder):     # not tmp, samples, proc-N
                 continue
             for name in os.listdir(folder):
                 if name.endswith(".eml"):

@@ -1,0 +1,290 @@
+"""The master of several processes (``Processes`` > 1): one daemon that uses every core.
+
+One Python process reaches about one core (the GIL), so with ``Processes = N`` the process
+``salmon start`` runs becomes a master that does no mail work itself. It holds the state lock,
+gives the mail of processes no longer started to process 0 (``storage/subnodes.adopt``),
+listens on ``SmtpSocket`` (and ``BccSocket``) and starts N processes
+(``salmon_app/worker_process.py``) that accept on those same sockets, each a full gateway
+with its own stages, Lua runtimes, node name and spool (``storage/subnodes.py``). It waits
+until every one has finished its recovery and listens (their systemd-style ``READY=1``,
+sent to a socket of the master's), starts again a process that dies (with a growing pause),
+forwards SIGHUP and gathers the outcome of each process's reload, serves ``/metrics`` as the
+sum of the processes' own, and on SIGTERM stops them all and waits for them.
+"""
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from salmon_app import reload as reloading
+from salmon_app.receiver import listen
+from salmon_app.storage import subnodes
+
+LOG = logging.getLogger("vxgate")
+START_TIMEOUT = 300.0     # recovery of a large spool takes a while; progress is logged meanwhile
+RELOAD_TIMEOUT = 30.0
+# gauges a sum would misstate: the largest value of any process is the answer
+_MAX = {"vxgate_oldest_owned_message_age_seconds", "vxgate_storage_failing"}
+
+
+class Listening:
+    def __init__(self, address, sock):
+        self.address, self.sock = address, sock
+
+
+class Child:
+    """One process of the set: its slot, its Popen, what it told the master."""
+
+    def __init__(self, slot):
+        self.slot = slot
+        self.popen = None
+        self.ready = threading.Event()
+        self.status = ""
+        self.metrics_port = 0
+        self.started = 0.0
+        self.failures = 0
+        self.due = 0.0          # when to start it again after it died
+
+    @property
+    def pid(self):
+        return self.popen.pid if self.popen else None
+
+
+class ProcessSet:
+    """What ``Service`` runs instead of a Gateway when ``Processes`` > 1 (same verbs)."""
+
+    def __init__(self, config, pid_path, keep_fds=()):
+        self.config, self.pid_path, self.keep_fds = config, pid_path, [fd for fd in keep_fds if fd is not None]
+        self.count = subnodes.count(config)
+        self.children = [Child(slot) for slot in range(self.count)]
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.servers = []
+        self.notify = None
+        self.watcher = None
+        self.metrics_server = None
+
+    # ------------------------------------------------------------ life cycle
+    def start(self):
+        self._adopt()
+        modes = [("smtp", self.config.SmtpSocket)] + ([("bcc", self.config.BccSocket)] if self.config.BccSocket else [])
+        self.servers = [Listening(address, listen(address)) for _, address in modes]
+        self.modes = [mode for mode, _ in modes]
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.notify.bind("\0vxgate-%d-%s" % (os.getpid(), os.urandom(4).hex()))
+        self.notify.settimeout(0.5)
+        for child in self.children:
+            self._spawn(child)
+        self.watcher = threading.Thread(target=self._watch, name="processes", daemon=True)
+        self.watcher.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        for child in self.children:
+            while not child.ready.wait(0.5):
+                if child.popen.poll() is not None or time.monotonic() > deadline:
+                    why = child.status or ("exit status %s" % child.popen.returncode if child.popen.returncode
+                                           is not None else "not ready after %ds" % START_TIMEOUT)
+                    self.shut_down()
+                    raise RuntimeError("process %d of %d did not start: %s (its log lines say more)"
+                                       % (child.slot, self.count, why))
+        LOG.info("processes: %d running (pids %s)", self.count, ", ".join(str(c.pid) for c in self.children))
+        if self.config.MetricsSocket:
+            self._serve_metrics(self.config.MetricsSocket)
+
+    def _adopt(self):
+        from salmon_app.storage import engine, models
+        database = models.open_database(engine.location(self.config), busy_timeout=self.config.DatabaseBusyTimeout,
+                                        several=True)
+        try:
+            subnodes.adopt(self.config, self.count)
+        finally:
+            database.close()
+
+    def _spawn(self, child):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("VXGATE_PIDFILE", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        fds = {mode: server.sock.fileno() for mode, server in zip(self.modes, self.servers)}
+        env.update(VXGATE_SLOT=str(child.slot), VXGATE_PROCESSES=str(self.count), VXGATE_LISTEN_FDS=json.dumps(fds),
+                   VXGATE_PID_PATH="%s.%d" % (self.pid_path, child.slot), VXGATE_MASTER_PID=str(os.getpid()),
+                   NOTIFY_SOCKET="@" + self.notify.getsockname()[1:].decode())
+        if self.config.path:
+            env["VXGATE_CONFIG"] = os.path.abspath(self.config.path)
+        child.ready.clear()
+        child.status, child.metrics_port = "", 0
+        child.started = time.monotonic()
+        child.popen = subprocess.Popen([sys.executable, "-m", "salmon_app.worker_process"], env=env,
+                                       pass_fds=list(fds.values()) + self.keep_fds, stdin=subprocess.DEVNULL)
+
+    def _watch(self):
+        """Read the processes' notifications; start again one that ended while not stopping."""
+        while not self.stopping.is_set():
+            self._read_notifications()
+            now = time.monotonic()
+            for child in self.children:
+                if self.stopping.is_set() or child.popen.poll() is None:
+                    continue
+                if not child.due:
+                    child.failures = 0 if now - child.started > 60 else child.failures + 1
+                    pause = min(30.0, 2.0 ** child.failures - 1)
+                    child.due = now + pause
+                    LOG.error("process %d (pid %d, node %s) ended with %s; starting it again in %.0fs",
+                              child.slot, child.pid, subnodes.name(self.node_base(), child.slot),
+                              _exit_text(child.popen.returncode), pause)
+                elif now >= child.due:
+                    child.due = 0.0
+                    with self.lock:
+                        if not self.stopping.is_set():
+                            self._spawn(child)
+
+    def _read_notifications(self):
+        try:
+            data, ancillary, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+        except (TimeoutError, OSError):
+            return
+        pid = next((struct.unpack("3i", cdata[:12])[0] for level, kind, cdata in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
+        child = next((c for c in self.children if c.pid == pid), None)
+        if child is None:
+            return
+        for field in data.decode("utf-8", "replace").split("\n"):
+            key, _, value = field.partition("=")
+            if key == "STATUS":
+                child.status = value
+            elif key == "VXGATE_METRICS" and value.isdigit():
+                child.metrics_port = int(value)
+            elif key == "READY":
+                child.ready.set()
+
+    def node_base(self):
+        from salmon_app.storage import engine
+        return engine.node_name(self.config)
+
+    def shut_down(self, timeout=30.0):
+        with self.lock:
+            self.stopping.set()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+        running = [c for c in self.children if c.popen and c.popen.poll() is None]
+        for child in running:
+            child.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout + 15
+        for child in running:
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                LOG.error("process %d (pid %d) did not stop in time; killing it (its mail resumes at the next "
+                          "start)", child.slot, child.pid)
+                child.popen.kill()
+                child.popen.wait()
+        if self.watcher:
+            self.watcher.join(5)
+        for server in self.servers:
+            server.sock.close()
+            if server.address.is_unix:
+                try:
+                    os.unlink(server.address.path)
+                except OSError:
+                    pass
+        if self.notify:
+            self.notify.close()
+
+    # ------------------------------------------------------------ reload
+    def reconfigure(self, new):
+        """SIGHUP to every process; their outcomes in one (``vxgate reload`` reads it)."""
+        asked = time.time()
+        for child in self.children:
+            if child.popen and child.popen.poll() is None:
+                child.popen.send_signal(signal.SIGHUP)
+        outcomes, missing = [], []
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        for child in self.children:
+            path = "%s.%d" % (self.pid_path, child.slot)
+            while True:
+                outcome = reloading.read_result(path)
+                if outcome and outcome.get("time", 0) >= asked:
+                    outcomes.append(outcome)
+                    break
+                if time.monotonic() > deadline:
+                    missing.append(str(child.slot))
+                    break
+                time.sleep(0.05)
+        failed = [o for o in outcomes if not o.get("ok")]
+        first = outcomes[0] if outcomes else {"applied": [], "restart_needed": []}
+        error = "; ".join([o.get("error", "") for o in failed] +
+                          (["process %s did not answer in %ds" % (", ".join(missing), RELOAD_TIMEOUT)] if missing else []))
+        return {"time": time.time(), "ok": not error, "applied": first.get("applied", []),
+                "restart_needed": first.get("restart_needed", []), "error": error}
+
+    # ------------------------------------------------------------ metrics
+    def _serve_metrics(self, address):
+        from prometheus_client import CollectorRegistry, start_http_server
+        registry = CollectorRegistry()
+        registry.register(_Sum(self))
+        try:
+            self.metrics_server, _ = start_http_server(address.port, address.host, registry=registry)
+        except OSError as exc:
+            LOG.error("metrics: cannot listen on %s (%s); /metrics is off until the next start", address, exc)
+            return
+        LOG.info("metrics: listening on %s (/metrics, the sum of %d processes)", address, self.count)
+
+    def scrape(self):
+        """Each ready process's /metrics text (a process starting again is left out)."""
+        texts = []
+        for child in self.children:
+            if child.ready.is_set() and child.metrics_port:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % child.metrics_port, timeout=5) as reply:
+                        texts.append(reply.read().decode("utf-8"))
+                except OSError as exc:
+                    LOG.warning("metrics: process %d did not answer: %s", child.slot, exc)
+        return texts
+
+
+class _Sum:
+    """The processes' metrics added up: counters, histograms and gauges summed, a few gauges
+    (age of the oldest message, storage failing) the largest, info the same in all."""
+
+    def __init__(self, processes):
+        self.processes = processes
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.parser import text_string_to_metric_families
+        families, values = {}, {}
+        for text in self.processes.scrape():
+            for family in text_string_to_metric_families(text):
+                families.setdefault(family.name, family)
+                for sample in family.samples:
+                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                    if key not in values:
+                        values[key] = sample.value
+                    elif family.name in _MAX or family.type == "info":
+                        values[key] = max(values[key], sample.value)
+                    else:
+                        values[key] += sample.value
+        for name, family in families.items():
+            merged = Metric(name, family.documentation, family.type)
+            for (owner, sample_name, labels), value in values.items():
+                if owner == name:
+                    merged.add_sample(sample_name, dict(labels), value)
+            yield merged
+
+
+def _exit_text(code):
+    if code is not None and code < 0:
+        try:
+            return "signal %s" % signal.Signals(-code).name
+        except ValueError:
+            return "signal %d" % -code
+    return "exit status %s" % code
