@@ -387,11 +387,13 @@ class Vxgate:
 
     def mail_pids(self):
         """The processes that take mail: salmon's, or with Processes > 1 the ones it started."""
+        children = []
         try:
-            with open("/proc/%d/task/%d/children" % (self.pid, self.pid)) as handle:
-                children = [int(p) for p in handle.read().split()]
+            for task in os.listdir("/proc/%d/task" % self.pid):
+                with open("/proc/%d/task/%s/children" % (self.pid, task)) as handle:
+                    children += [int(p) for p in handle.read().split()]
         except OSError:
-            children = []
+            pass
         workers = []
         for child in children:
             try:

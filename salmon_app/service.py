@@ -98,6 +98,13 @@ class Service:
         if block and os.environ.get("VXGATE_PIDFILE"):
             self.pidfile = os.environ["VXGATE_PIDFILE"]
             pidfile.claim(self.pidfile)
+        if threading.current_thread() is threading.main_thread():
+            # before the (long) start: SIGHUP's default action would end the process, and with
+            # Processes > 1 the master's start lasts until every process has recovered
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._signal)
+            for signum in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(signum, self._reload)
         try:
             if self.lock:
                 self.lock_fd = lock_state(self.lock)
@@ -111,11 +118,6 @@ class Service:
             raise
         listening = ", ".join(str(s.address) for s in self.gateway.servers)
         LOG.info("vxgate started: %s", listening)
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self._signal)
-            for signum in (signal.SIGHUP, signal.SIGUSR1):
-                signal.signal(signum, self._reload)
         sdnotify.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=listening on %s" % listening)
         if block:
             ping, last = sdnotify.watchdog_interval(), time.monotonic()

@@ -19,6 +19,7 @@ os.environ.setdefault("VXGATE_ALLOW_ROOT", "1")
 from support.mail import VXCUBE_KEY  # noqa: E402
 from support.sink import SinkServer  # noqa: E402
 
+from support import daemon  # noqa: E402
 from support.gateway import Running, make_config  # noqa: E402
 
 
@@ -148,3 +149,14 @@ def vxsim():
     sim.stop()
 
 
+@pytest.fixture
+def nodes():
+    started = []
+
+    def make(*args, **params):
+        node = daemon.Node(*args, **params)
+        started.append(node)
+        return node
+    yield make
+    for node in started:
+        node.stop()

@@ -1,0 +1,229 @@
+"""``Processes = N``: one daemon, N processes on one socket, SQLite file and spool folder.
+
+Each test runs the real daemon (``salmon start --no-daemon``) relaying to a real next hop and
+checks what an administrator would: what the next hop received (each message once), the
+records and their nodes, the processes that run (``/proc``), ``/metrics`` on the master, the
+``vxgate`` commands' output, and the log.
+"""
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from support.gateway import send_at_once
+from support.mail import mail_with
+from support.waiting import wait_until
+
+from salmon_app.config import SocketAddr
+from salmon_app.storage import models, subnodes
+from salmon_app.storage.models import Message
+
+pytestmark = pytest.mark.slow
+
+
+def numbered(n):
+    return (b"From: load@x.test\r\nTo: r@x.test\r\nSubject: load %d\r\nMessage-ID: <%d@load.test>\r\n\r\nbody %d\r\n"
+            % (n, n, n))
+
+
+def counts(sink):
+    found = {}
+    for message in list(sink.messages):
+        n = int(message.data.split(b"Subject: load ", 1)[1].split(b"\r\n", 1)[0])
+        found[n] = found.get(n, 0) + 1
+    return found
+
+
+def workers(master_pid):
+    """{slot: pid} of the processes the master runs now."""
+    found = {}
+    for pid in children_of(master_pid):
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as handle:
+                env = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if b"VXGATE_SLOT" in env:
+            found[int(env[b"VXGATE_SLOT"])] = pid
+    return found
+
+
+def children_of(pid):
+    """Every thread's children: the master starts a process again from its watcher thread."""
+    found = []
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, task)) as handle:
+                found += [int(p) for p in handle.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def records(tmp_path):
+    """Read the daemon's SQLite file from the test: ``records(node)`` binds it and returns Message."""
+    opened = []
+    previous = models.db.obj
+
+    def bind(node):
+        if not opened:
+            opened.append(models.open_database(str(node.home / "quarantine.db"), upgrade=False))
+        return Message
+    yield bind
+    for database in opened:
+        database.close()
+    models.db.initialize(previous)
+
+
+def start_two(nodes, tmp_path, sink, **params):
+    values = dict(Processes=2)
+    values.update(params)
+    node = nodes(tmp_path / "a", "alpha", None, sink.port, **values).start()
+    wait_until(lambda: "processes: 2 running" in node.log.read_text(), 60, "both processes ready")
+    assert len(workers(node.proc.pid)) == 2
+    return node
+
+
+def scrape(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as reply:
+        return reply.read().decode()
+
+
+def metric(text, line_start):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+# ---------------------------------------------------------------- one socket, two processes
+def test_two_processes_take_mail_on_one_socket_and_deliver_each_message_once(tmp_path, nodes, sink, records):
+    from support.pgcluster import free_port
+    metrics_port = free_port()
+    node = start_two(nodes, tmp_path, sink, MetricsSocket=SocketAddr("127.0.0.1", metrics_port))
+    errors = send_at_once(lambda n: node.send(numbered(n)), 120)
+    assert not errors
+    sink.wait_for(120, 60)
+    Message_ = records(node)
+    wait_until(lambda: Message_.select().where(Message_.state == "delivered").count() == 120, 30, "120 delivered")
+    assert sorted(counts(sink).items()) == [(n, 1) for n in range(120)]
+    by_node = {n: Message_.select().where(Message_.node == n).count() for n in ("alpha", "alpha/1")}
+    assert sum(by_node.values()) == 120 and min(by_node.values()) > 0, by_node    # both processes took mail
+    assert os.path.isdir(tmp_path / "a" / "spool" / "proc-1")
+    text = scrape(metrics_port)                      # the master's /metrics: the sum of both
+    assert metric(text, 'vxgate_messages_received_total{mode="smtp"}') == 120
+    assert metric(text, 'vxgate_messages_finished_total{mode="smtp",outcome="delivered"}') == 120
+    assert metric(text, 'vxgate_stage_workers{stage="check"}') == 8       # SmtpWorkers 4 in each
+    status = node.vxgate("db", "status")
+    assert "alpha/1" in status and status.count("yes (pid %d)" % node.proc.pid) == 2
+
+
+# ---------------------------------------------------------------- a process dies
+def test_a_killed_process_is_started_again_and_its_acknowledged_mail_delivered_once(tmp_path, nodes, sink, records):
+    sink.data_reply = (451, "4.3.0 next hop busy")        # acknowledged mail waits in the spools
+    node = start_two(nodes, tmp_path, sink)
+    errors = send_at_once(lambda n: node.send(numbered(n)), 40)
+    assert not errors
+    Message_ = records(node)
+    wait_until(lambda: Message_.select().where(Message_.node == "alpha/1", Message_.state == "deferred").count() > 0,
+               30, "mail deferred in process 1")
+    first = workers(node.proc.pid)
+    os.kill(first[1], signal.SIGKILL)
+    wait_until(lambda: workers(node.proc.pid).get(1) not in (None, first[1]), 30, "process 1 started again")
+    assert workers(node.proc.pid)[0] == first[0]        # the other one went on
+    wait_until(lambda: "ended with signal SIGKILL" in node.log.read_text(), 10, "the log line")
+    sink.data_reply = None
+    sink.wait_for(40, 60)
+    wait_until(lambda: Message_.select().where(Message_.state == "delivered").count() == 40, 30, "40 delivered")
+    time.sleep(1)       # a second delivery would come with the next retry round
+    assert sorted(counts(sink).items()) == [(n, 1) for n in range(40)]
+
+
+# ---------------------------------------------------------------- stop, reload
+def test_stop_ends_every_process_and_reload_reaches_each(tmp_path, nodes, sink):
+    hook = tmp_path / "hook.lua"
+    hook.write_text('function smtp_hook(ctx) return {action = "accept"} end\n')
+    node = start_two(nodes, tmp_path, sink, SmtpHook=str(hook))
+    hook.write_text('function smtp_hook(ctx) return {action = "reject", message = "reloaded policy"} end\n')
+    out = node.vxgate("reload")
+    assert "reloaded" in out, out
+    replies = []
+
+    def send(n):
+        try:
+            node.send(numbered(n))
+        except Exception as exc:     # smtplib raises on the 5xx
+            replies.append(str(exc))
+    send_at_once(send, 20)
+    assert len(replies) == 20 and all("reloaded policy" in r for r in replies), replies
+    pids = list(workers(node.proc.pid).values()) + [node.proc.pid]
+    node.stop()
+    assert node.proc.returncode == 0
+    assert not any(alive(pid) for pid in pids)
+    assert not node.pid.exists()
+
+
+# ---------------------------------------------------------------- Processes lowered
+def test_lowering_processes_hands_the_retired_process_mail_to_process_0(tmp_path, nodes, sink, records):
+    sink.data_reply = (451, "4.3.0 next hop busy")
+    node = start_two(nodes, tmp_path, sink)
+    errors = send_at_once(lambda n: node.send(numbered(n)), 30)
+    assert not errors
+    Message_ = records(node)
+    wait_until(lambda: Message_.select().where(Message_.state == "deferred").count() == 30, 30, "30 deferred")
+    on_1 = Message_.select().where(Message_.node == "alpha/1").count()
+    assert on_1 > 0
+    node.stop()
+    node.ini.write_text(node.ini.read_text().replace("Processes = 2", "Processes = 1"))
+    sink.data_reply = None
+    node.start()
+    sink.wait_for(30, 60)
+    wait_until(lambda: Message_.select().where(Message_.state == "delivered").count() == 30, 30, "30 delivered")
+    assert sorted(counts(sink).items()) == [(n, 1) for n in range(30)]
+    assert Message_.select().where(Message_.node == "alpha/1").count() == 0
+    assert not os.path.exists(tmp_path / "a" / "spool" / "proc-1")
+    assert "the mail of alpha/1 (%d records, %d files) now belongs to alpha" % (on_1, on_1) in node.log.read_text()
+
+
+# ---------------------------------------------------------------- the quarantine commands
+def test_quarantine_commands_find_a_message_kept_by_any_process(tmp_path, nodes, sink, records):
+    hook = tmp_path / "hook.lua"
+    hook.write_text('function smtp_hook(ctx) return {action = "quarantine", message = "kept"} end\n')
+    node = start_two(nodes, tmp_path, sink, SmtpHook=str(hook))
+    sent = {n: mail_with([("a.txt", b"attachment %d" % n)], subject="load %d" % n) for n in range(20)}
+    errors = send_at_once(lambda n: node.send(sent[n]), 20)
+    assert not errors
+    Message_ = records(node)
+    wait_until(lambda: Message_.select().where(Message_.state == "quarantined").count() == 20, 30, "20 quarantined")
+    row = Message_.select().where(Message_.node == "alpha/1").first()
+    assert row is not None
+    listed = node.vxgate("quarantine", "list")
+    assert any(row.id in line and "alpha/1" in line for line in listed.splitlines())
+    exported = tmp_path / "out.eml"
+    node.vxgate("quarantine", "export", row.id, "-o", str(exported))
+    number = int(row.subject.rsplit(" ", 1)[1])
+    assert exported.read_bytes() == sent[number]
+    node.vxgate("quarantine", "release", row.id)
+    wait_until(lambda: len(sink.messages) == 1, 30, "the release at the next hop")
+    assert sink.messages[0].data == sent[number]
+
+
+# ---------------------------------------------------------------- each process's configuration
+def test_each_process_has_its_node_spool_and_share_of_the_upload_budget(tmp_path):
+    from support.gateway import make_config
+    config = make_config(tmp_path, 25, NodeName="mx1", Processes=3, VxcubeUploadBudget=100,
+                         MetricsSocket=SocketAddr("127.0.0.1", 9425))
+    first, third = subnodes.slot_config(config, 0, 3), subnodes.slot_config(config, 2, 3)
+    assert (first.NodeName, first.SpoolDir) == ("mx1", config.SpoolDir)
+    assert (third.NodeName, third.SpoolDir) == ("mx1/2", os.path.join(config.SpoolDir, "proc-2"))
+    assert third.VxcubeUploadBudget == 33 and third.MetricsSocket.port == 0
+    assert subnodes.slot_config(config.replace(VxcubeUploadBudget=0), 1, 3).VxcubeUploadBudget == 0   # no limit stays
+    assert subnodes.count(config.replace(Processes=0)) == len(os.sched_getaffinity(0))
