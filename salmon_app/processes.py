@@ -195,6 +195,11 @@ class ProcessSet:
                     pass
         if self.notify:
             self.notify.close()
+        for child in self.children:
+            try:
+                os.unlink(reloading.result_path("%s.%d" % (self.pid_path, child.slot)))
+            except OSError:
+                pass
 
     # ------------------------------------------------------------ reload
     def reconfigure(self, new):

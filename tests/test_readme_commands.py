@@ -95,6 +95,7 @@ HELP = [
     "vxgate db copy --from URL --to URL [--spool DIR] [--node NAME] [--batch N] [--upgrade]",
 ]
 ELSEWHERE = {
+    "vxgate db status": "tests/test_processes.py::test_two_processes_take_mail_on_one_socket_and_deliver_each_message_once",
     "make demo": "tests/test_readme_commands.py::test_make_demo",
     "scripts/install-vm.sh --postfix --start --no-systemd": "tests/test_install.py::test_install_on_a_vm_then_turn_off",
     "bash .ci/install-postfix.sh": ".ci/run (CI installs Postfix with it before `make test`)",
