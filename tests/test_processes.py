@@ -227,3 +227,23 @@ def test_each_process_has_its_node_spool_and_share_of_the_upload_budget(tmp_path
     assert third.VxcubeUploadBudget == 33 and third.MetricsSocket.port == 0
     assert subnodes.slot_config(config.replace(VxcubeUploadBudget=0), 1, 3).VxcubeUploadBudget == 0   # no limit stays
     assert subnodes.count(config.replace(Processes=0)) == len(os.sched_getaffinity(0))
+
+
+# ---------------------------------------------------------------- the master is killed
+def test_killed_master_takes_its_processes_along_and_a_new_start_resumes_the_mail_once(tmp_path, nodes, sink, records):
+    sink.data_reply = (451, "4.3.0 next hop busy")
+    node = start_two(nodes, tmp_path, sink)
+    errors = send_at_once(lambda n: node.send(numbered(n)), 30)
+    assert not errors
+    Message_ = records(node)
+    wait_until(lambda: Message_.select().where(Message_.state == "deferred").count() == 30, 30, "30 deferred")
+    pids = list(workers(node.proc.pid).values())
+    node.kill()
+    # the kernel tells them (PR_SET_PDEATHSIG): they finish their work in hand and end
+    wait_until(lambda: not any(alive(pid) for pid in pids), 60, "the processes to end with their master")
+    sink.data_reply = None
+    node.start()
+    sink.wait_for(30, 60)
+    wait_until(lambda: Message_.select().where(Message_.state == "delivered").count() == 30, 30, "30 delivered")
+    time.sleep(1)
+    assert sorted(counts(sink).items()) == [(n, 1) for n in range(30)]

@@ -36,7 +36,9 @@ def recover(gateway):
         spool.remove(queue_id)
     dropped = resumed = held = 0
     # another node's messages are its own: it resumes them when it starts again
-    for row in Message.select().where(Message.state.in_(models.IN_FLIGHT), Message.node == node):
+    # read in full first: a write on this connection while its SELECT is open fails at once on
+    # SQLite when another process committed meanwhile (a stale read cannot become a write)
+    for row in list(Message.select().where(Message.state.in_(models.IN_FLIGHT), Message.node == node)):
         log = qlog(row.id, LOG)
         if not row.answered:
             gateway.conclude(row.id, models.DROPPED, None,

@@ -33,8 +33,8 @@ def adopt(analyser, now=None):
             FileCheck.verdict == "", FileCheck.message.in_(mine)):
         waiting.setdefault(check.sha256, check.message)
     adopted = []
-    for sample in Sample.select().where(Sample.sha256.in_(list(waiting)), Sample.state != "done",
-                                        Sample.node.in_(gone)):
+    for sample in list(Sample.select().where(Sample.sha256.in_(list(waiting)), Sample.state != "done",
+                                             Sample.node.in_(gone))):       # read in full: see recovery.recover
         if sample.state == "queued" and not _take_content(analyser, sample, waiting[sample.sha256]):
             continue
         with models.writing():
