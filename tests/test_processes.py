@@ -95,6 +95,18 @@ def start_two(nodes, tmp_path, sink, **params):
     return node
 
 
+def deferred_on_two(nodes, tmp_path, sink, records, count):
+    """Two processes holding ``count`` acknowledged messages that the next hop defers."""
+    sink.data_reply = (451, "4.3.0 next hop busy")
+    node = start_two(nodes, tmp_path, sink)
+    errors = send_at_once(lambda n: node.send(numbered(n)), count)
+    assert not errors
+    Message_ = records(node)
+    wait_until(lambda: Message_.select().where(Message_.state == "deferred").count() == count, 30,
+               "%d deferred" % count)
+    return node, Message_
+
+
 def scrape(port):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as reply:
         return reply.read().decode()
@@ -173,12 +185,7 @@ def test_stop_ends_every_process_and_reload_reaches_each(tmp_path, nodes, sink):
 
 # ---------------------------------------------------------------- Processes lowered
 def test_lowering_processes_hands_the_retired_process_mail_to_process_0(tmp_path, nodes, sink, records):
-    sink.data_reply = (451, "4.3.0 next hop busy")
-    node = start_two(nodes, tmp_path, sink)
-    errors = send_at_once(lambda n: node.send(numbered(n)), 30)
-    assert not errors
-    Message_ = records(node)
-    wait_until(lambda: Message_.select().where(Message_.state == "deferred").count() == 30, 30, "30 deferred")
+    node, Message_ = deferred_on_two(nodes, tmp_path, sink, records, 30)
     on_1 = Message_.select().where(Message_.node == "alpha/1").count()
     assert on_1 > 0
     node.stop()
@@ -231,12 +238,7 @@ def test_each_process_has_its_node_spool_and_share_of_the_upload_budget(tmp_path
 
 # ---------------------------------------------------------------- the master is killed
 def test_killed_master_takes_its_processes_along_and_a_new_start_resumes_the_mail_once(tmp_path, nodes, sink, records):
-    sink.data_reply = (451, "4.3.0 next hop busy")
-    node = start_two(nodes, tmp_path, sink)
-    errors = send_at_once(lambda n: node.send(numbered(n)), 30)
-    assert not errors
-    Message_ = records(node)
-    wait_until(lambda: Message_.select().where(Message_.state == "deferred").count() == 30, 30, "30 deferred")
+    node, Message_ = deferred_on_two(nodes, tmp_path, sink, records, 30)
     pids = list(workers(node.proc.pid).values())
     node.kill()
     # the kernel tells them (PR_SET_PDEATHSIG): they finish their work in hand and end
