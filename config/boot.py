@@ -40,7 +40,8 @@ if child:       # one of several processes: the master holds the state lock and 
     settings.receiver = Service(lambda: Gateway(child.config(CONFIG), Router, sockets=child.sockets),
                                 load=lambda: child.config(load()), pid_path=PID_PATH, announce=child.announce)
 elif subnodes.count(CONFIG) > 1:
-    settings.receiver = Service(lambda: ProcessSet(CONFIG, PID_PATH, keep_fds=[settings.receiver.lock_fd]),
+    settings.receiver = Service(lambda: ProcessSet(CONFIG, PID_PATH, keep_fds=[settings.receiver.lock_fd],
+                                                   interrupted=settings.receiver.stopped.is_set),
                                 lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)
 else:
     settings.receiver = Service(lambda: Gateway(CONFIG, Router), lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)

@@ -248,7 +248,9 @@ class Gateway:
             with models.writing():
                 models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
                                  **dict(fields, has_file=False) if remove_file else fields)
-                if state in models.KEPT and not remove_file and models.shared():
+                # PostgreSQL: the nodes' spools are on other machines (one machine's processes
+                # find each other's files: quarantine/store.py)
+                if state in models.KEPT and not remove_file and models.postgres():
                     models.keep_body(queue_id, self.spool.read(queue_id))   # any node can release it
             if remove_file:
                 self.spool.remove(queue_id)

@@ -31,7 +31,7 @@ LOG = logging.getLogger("vxgate")
 START_TIMEOUT = 300.0     # recovery of a large spool takes a while; progress is logged meanwhile
 RELOAD_TIMEOUT = 30.0
 # gauges a sum would misstate: the largest value of any process is the answer
-_MAX = {"vxgate_oldest_owned_message_age_seconds", "vxgate_storage_failing"}
+_MAX = {"vxgate_oldest_owned_message_age_seconds", "vxgate_storage_failing", "vxgate_build_info"}
 
 
 class Listening:
@@ -60,8 +60,9 @@ class Child:
 class ProcessSet:
     """What ``Service`` runs instead of a Gateway when ``Processes`` > 1 (same verbs)."""
 
-    def __init__(self, config, pid_path, keep_fds=()):
+    def __init__(self, config, pid_path, keep_fds=(), interrupted=lambda: False):
         self.config, self.pid_path, self.keep_fds = config, pid_path, [fd for fd in keep_fds if fd is not None]
+        self.interrupted = interrupted      # SIGTERM came while the processes start
         self.count = subnodes.count(config)
         self.children = [Child(slot) for slot in range(self.count)]
         self.stopping = threading.Event()
@@ -70,28 +71,41 @@ class ProcessSet:
         self.notify = None
         self.watcher = None
         self.metrics_server = None
+        self.modes = []
+        self.closed = False
 
     # ------------------------------------------------------------ life cycle
     def start(self):
         self._adopt()
+        try:
+            self._start()
+        except BaseException:
+            self.shut_down()
+            raise
+
+    def _start(self):
         modes = [("smtp", self.config.SmtpSocket)] + ([("bcc", self.config.BccSocket)] if self.config.BccSocket else [])
-        self.servers = [Listening(address, listen(address)) for _, address in modes]
-        self.modes = [mode for mode, _ in modes]
+        for mode, address in modes:
+            self.servers.append(Listening(address, listen(address)))
+            self.modes.append(mode)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.notify.bind("\0vxgate-%d-%s" % (os.getpid(), os.urandom(4).hex()))
         self.notify.settimeout(0.5)
         for child in self.children:
             self._spawn(child)
+        # the processes started later come from this thread; PR_SET_PDEATHSIG follows the
+        # thread that started a process, and this one ends only when the master stops them
         self.watcher = threading.Thread(target=self._watch, name="processes", daemon=True)
         self.watcher.start()
         deadline = time.monotonic() + START_TIMEOUT
         for child in self.children:
             while not child.ready.wait(0.5):
+                if self.interrupted():
+                    return      # the service's loop sees the signal and stops everything
                 if child.popen.poll() is not None or time.monotonic() > deadline:
                     why = child.status or ("exit status %s" % child.popen.returncode if child.popen.returncode
                                            is not None else "not ready after %ds" % START_TIMEOUT)
-                    self.shut_down()
                     raise RuntimeError("process %d of %d did not start: %s (its log lines say more)"
                                        % (child.slot, self.count, why))
         LOG.info("processes: %d running (pids %s)", self.count, ", ".join(str(c.pid) for c in self.children))
@@ -112,6 +126,7 @@ class ProcessSet:
                if k not in ("VXGATE_PIDFILE", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         fds = {mode: server.sock.fileno() for mode, server in zip(self.modes, self.servers)}
         env.update(VXGATE_SLOT=str(child.slot), VXGATE_PROCESSES=str(self.count), VXGATE_LISTEN_FDS=json.dumps(fds),
+                   VXGATE_PINNED=json.dumps(pinned(self.config)),
                    VXGATE_PID_PATH="%s.%d" % (self.pid_path, child.slot), VXGATE_MASTER_PID=str(os.getpid()),
                    NOTIFY_SOCKET="@" + self.notify.getsockname()[1:].decode())
         if self.config.path:
@@ -125,23 +140,34 @@ class ProcessSet:
     def _watch(self):
         """Read the processes' notifications; start again one that ended while not stopping."""
         while not self.stopping.is_set():
-            self._read_notifications()
-            now = time.monotonic()
-            for child in self.children:
-                if self.stopping.is_set() or child.popen.poll() is None:
-                    continue
-                if not child.due:
-                    child.failures = 0 if now - child.started > 60 else child.failures + 1
-                    pause = min(30.0, 2.0 ** child.failures - 1)
-                    child.due = now + pause
-                    LOG.error("process %d (pid %d, node %s) ended with %s; starting it again in %.0fs",
-                              child.slot, child.pid, subnodes.name(self.node_base(), child.slot),
-                              _exit_text(child.popen.returncode), pause)
-                elif now >= child.due:
-                    child.due = 0.0
-                    with self.lock:
-                        if not self.stopping.is_set():
+            try:
+                self._read_notifications()
+                self._restart_ended()
+            except Exception:       # this thread must go on: it is the only one that restarts
+                LOG.exception("processes: watching failed; trying again")
+                time.sleep(1)
+
+    def _restart_ended(self):
+        now = time.monotonic()
+        for child in self.children:
+            if self.stopping.is_set() or (child.popen is not None and child.popen.poll() is None):
+                continue
+            if not child.due:
+                child.failures = 0 if now - child.started > 60 else child.failures + 1
+                pause = min(30.0, 2.0 ** child.failures - 1)
+                child.due = now + pause
+                LOG.error("process %d (pid %s, node %s) ended with %s; starting it again in %.0fs",
+                          child.slot, child.pid, subnodes.name(self.node_base(), child.slot),
+                          _exit_text(child.popen.returncode) if child.popen else "no start", pause)
+            elif now >= child.due:
+                child.due = 0.0
+                with self.lock:
+                    if not self.stopping.is_set():
+                        try:
                             self._spawn(child)
+                        except OSError as exc:      # no memory, no process slot: later
+                            child.popen, child.started = None, now
+                            LOG.error("process %d: cannot start it: %s", child.slot, exc)
 
     def _read_notifications(self):
         try:
@@ -168,11 +194,15 @@ class ProcessSet:
 
     def shut_down(self, timeout=30.0):
         with self.lock:
+            if self.closed:
+                return
+            self.closed = True
             self.stopping.set()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         running = [c for c in self.children if c.popen and c.popen.poll() is None]
+        # a process killed by SIGTERM before its handler is installed ends at once: fine here
         for child in running:
             child.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout + 15
@@ -203,14 +233,20 @@ class ProcessSet:
 
     # ------------------------------------------------------------ reload
     def reconfigure(self, new):
-        """SIGHUP to every process; their outcomes in one (``vxgate reload`` reads it)."""
+        """SIGHUP to every process; their outcomes in one (``vxgate reload`` reads it).
+
+        A process started again later reads the file then; what needs a restart it takes from
+        the master (``pinned``), as the running ones keep it."""
         asked = time.time()
-        for child in self.children:
-            if child.popen and child.popen.poll() is None:
-                child.popen.send_signal(signal.SIGHUP)
+        _, restart = reloading.changes(self.config, new)
+        self.config = new.replace(**{name: getattr(self.config, name) for name in restart})
+        # a process still starting has no SIGHUP handler yet (it would end): it reads the file anyway
+        ready = [c for c in self.children if c.ready.is_set() and c.popen and c.popen.poll() is None]
+        for child in ready:
+            child.popen.send_signal(signal.SIGHUP)
         outcomes, missing = [], []
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        for child in self.children:
+        for child in ready:
             path = "%s.%d" % (self.pid_path, child.slot)
             while True:
                 outcome = reloading.read_result(path)
@@ -226,7 +262,7 @@ class ProcessSet:
         error = "; ".join([o.get("error", "") for o in failed] +
                           (["process %s did not answer in %ds" % (", ".join(missing), RELOAD_TIMEOUT)] if missing else []))
         return {"time": time.time(), "ok": not error, "applied": first.get("applied", []),
-                "restart_needed": first.get("restart_needed", []), "error": error}
+                "restart_needed": restart, "error": error}
 
     # ------------------------------------------------------------ metrics
     def _serve_metrics(self, address):
@@ -274,6 +310,8 @@ class _Sum:
                     key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
                     if key not in values:
                         values[key] = sample.value
+                    elif sample.name.endswith("_created"):      # when the first process began counting
+                        values[key] = min(values[key], sample.value)
                     elif family.name in _MAX or family.type == "info":
                         values[key] = max(values[key], sample.value)
                     else:
@@ -284,6 +322,22 @@ class _Sum:
                 if owner == name:
                     merged.add_sample(sample_name, dict(labels), value)
             yield merged
+
+
+def pinned(config):
+    """{name: text} of the values a restart takes (reload.RESTART_NEEDED): a process started
+    again runs with the master's, whatever the file says now."""
+    from salmon_app.config import SCHEMA, format_value
+    params = {p.name: p for p in SCHEMA}
+    return {name: None if getattr(config, name) is None else format_value(params[name], getattr(config, name))
+            for name in reloading.RESTART_NEEDED}
+
+
+def unpinned(texts):
+    """The values ``pinned`` wrote, read back."""
+    from salmon_app.config import SCHEMA
+    params = {p.name: p for p in SCHEMA}
+    return {name: None if text is None else params[name].convert(text) for name, text in texts.items()}
 
 
 def _exit_text(code):

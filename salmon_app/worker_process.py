@@ -6,6 +6,7 @@ so a killed master never leaves processes behind that a new daemon would meet on
 names; it then finishes the work in hand and stops as on ``salmon stop``.
 """
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -21,10 +22,15 @@ class ThisProcess:
         self.slot, self.count = slot, count
         self.sockets = {mode: socket.socket(fileno=fd) for mode, fd in fds.items()}
         self.pid_path = os.environ.get("VXGATE_PID_PATH")     # its reload outcome goes beside it
+        self.pinned = json.loads(os.environ.get("VXGATE_PINNED") or "{}")
 
     def config(self, config):
+        """This process's configuration: the file's, with the master's values for what takes a
+        restart (a process started again must not move to another spool or database), then
+        its own node, spool and share (``subnodes.slot_config``)."""
+        from salmon_app.processes import unpinned
         from salmon_app.storage import subnodes
-        return subnodes.slot_config(config, self.slot, self.count)
+        return subnodes.slot_config(config.replace(**unpinned(self.pinned)), self.slot, self.count)
 
     @staticmethod
     def announce(gateway):
@@ -34,7 +40,6 @@ class ThisProcess:
 
 def this_process():
     """A ThisProcess when the master started this process, else None."""
-    import json
     if "VXGATE_SLOT" not in os.environ:
         return None
     return ThisProcess(int(os.environ["VXGATE_SLOT"]), int(os.environ["VXGATE_PROCESSES"]),
@@ -57,7 +62,7 @@ def main():
     os.umask(0o077)
     sys.path.insert(0, os.getcwd())
     from config import settings      # noqa: F401  (the configuration, as salmon start loads it)
-    import config.boot               # noqa: F401  (wires this process's gateway: processes.this_process)
+    import config.boot               # noqa: F401 pylint: disable=unused-import  (wires this process: this_process)
     try:
         settings.receiver.start()
     except SystemExit:

@@ -249,3 +249,51 @@ def test_killed_master_takes_its_processes_along_and_a_new_start_resumes_the_mai
     wait_until(lambda: Message_.select().where(Message_.state == "delivered").count() == 30, 30, "30 delivered")
     time.sleep(1)
     assert sorted(counts(sink).items()) == [(n, 1) for n in range(30)]
+
+
+def test_an_adoption_cut_short_is_finished_at_the_next_start_even_with_processes_raised_again(
+        tmp_path, nodes, sink, records):
+    node, Message_ = deferred_on_two(nodes, tmp_path, sink, records, 20)
+    on_1 = [r.id for r in Message_.select(Message_.id).where(Message_.node == "alpha/1")]
+    assert on_1
+    node.stop()
+    # as if a start with Processes = 1 had moved process 1's files and died before the records
+    spool = tmp_path / "a" / "spool"
+    (spool / subnodes.JOURNAL).write_text("1\n")
+    for queue_id in on_1:
+        (spool / queue_id[:2]).mkdir(exist_ok=True)
+        os.rename(spool / "proc-1" / queue_id[:2] / (queue_id + ".eml"), spool / queue_id[:2] / (queue_id + ".eml"))
+    sink.data_reply = None
+    node.start()             # Processes = 2 still
+    sink.wait_for(20, 60)
+    wait_until(lambda: Message_.select().where(Message_.state == "delivered").count() == 20, 30, "20 delivered")
+    time.sleep(1)
+    assert sorted(counts(sink).items()) == [(n, 1) for n in range(20)]
+    assert {r.node for r in Message_.select().where(Message_.id.in_(on_1))} == {"alpha"}
+    assert not (spool / subnodes.JOURNAL).exists()
+
+
+def test_a_process_stuck_holding_the_write_lock_means_451_not_a_hang(tmp_path, nodes, sink, records):
+    import fcntl
+    import smtplib
+    node = start_two(nodes, tmp_path, sink, DatabaseBusyTimeout=1.0)
+    lock = os.open(str(tmp_path / "a" / "quarantine.db.writer"), os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)         # as a stopped process inside a write transaction would
+    try:
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPResponseException) as refused:
+            node.send(numbered(0))
+        assert refused.value.smtp_code == 451 and time.monotonic() - started < 20
+    finally:
+        os.close(lock)
+
+    def accepted():
+        try:
+            node.send(numbered(1))
+            return True
+        except smtplib.SMTPResponseException as exc:
+            assert exc.smtp_code == 451
+            return False
+    wait_until(accepted, 60, "mail accepted again once the lock is free", interval=0.5)
+    sink.wait_for(1, 30)
+    assert counts(sink) == {1: 1}

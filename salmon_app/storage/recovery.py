@@ -27,7 +27,7 @@ def recover(gateway):
     if not gateway.sockets:     # one process now (Processes = 1): it takes over the others' mail
         subnodes.adopt(gateway.config, 1)
     removed = spool.clean_tmp()
-    if not models.postgres():     # records from before NodeName are this single machine's
+    if not models.postgres() and not subnodes.is_subnode(node):   # records from before NodeName: process 0's
         with models.writing():
             Message.update(node=node).where(Message.node == "").execute()
     models.heartbeat(node, started=True)

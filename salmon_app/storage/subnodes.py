@@ -67,25 +67,44 @@ def process_dirs(spool, processes):
     return found
 
 
+JOURNAL = "adopting"       # in SpoolDir: the processes whose mail is being given to process 0
+
+
 def adopt(config, processes):
     """Give process 0 the mail of every process numbered ``processes`` or higher; returns how
-    many messages moved. Run by the master while no process runs (it holds the state lock).
+    many messages moved. Run while no process of this daemon runs (the master, or the single
+    process before its recovery; the state lock is held).
 
-    Files move first, records after: a crash in between is finished by the next start. Recovery
-    counts a file with a record of any of this daemon's nodes as recorded
-    (``recovery.unrecorded``), so it never removes a moved file whose record still names its
-    old node."""
+    The processes to adopt are written to a journal first, so an adoption cut short by a crash
+    is finished at the next start even if ``Processes`` was raised again meanwhile. Files move
+    before records (a modified copy before its original: a message is only relayed from where
+    its original is); recovery counts a file with a record of any of this daemon's nodes as
+    recorded (``recovery.unrecorded``), so it never removes a moved file whose record still
+    names its old process."""
     from salmon_app.storage import models
     from salmon_app.storage.models import Message, Node, Sample
     from salmon_app.storage.spool import Spool
     base = engine.node_name(config)
+    journal = os.path.join(config.SpoolDir, JOURNAL)
+    slots = set(_journal_slots(journal))
+    slots |= set(process_dirs(config.SpoolDir, processes))
+    named = {n for (n,) in Node.select(Node.name).where(family(Node.name, base)).tuples()}
+    named |= {n for (n,) in Message.select(Message.node).where(family(Message.node, base)).distinct().tuples()}
+    named |= {n for (n,) in Sample.select(Sample.node).where(family(Sample.node, base)).distinct().tuples()}
+    slots |= {_slot_of(n, base) for n in named if _slot_of(n, base) >= processes}
+    if not slots:
+        return 0
+    _write_journal(journal, sorted(slots))
     target = Spool(config.SpoolDir)
     moved_files = 0
-    for slot, folder in sorted(process_dirs(config.SpoolDir, processes).items()):
+    for slot in sorted(slots):
+        folder = spool_dir(config.SpoolDir, slot)
+        if not os.path.isdir(folder):
+            continue
         old = Spool(folder)
         old.clean_tmp()         # never acknowledged
         for queue_id in list(old.queue_ids()):
-            for suffix in (".eml", ".out"):
+            for suffix in (".out", ".eml"):
                 source = old.path(queue_id)[:-4] + suffix
                 if os.path.exists(source):
                     destination = target.path(queue_id)[:-4] + suffix
@@ -99,30 +118,58 @@ def adopt(config, processes):
                 if data is not None:
                     target.store_sample(digest, data)
                 old.remove_sample(digest)
-        _fsync_tree(target.directory)
-    retired = [n.name for n in Node.select(Node.name).where(family(Node.name, base))
-               if n.name != base and int(n.name.rsplit("/", 1)[1]) >= processes]
+    _fsync_tree(target.directory)
+    retired = [name(base, slot) for slot in sorted(slots)]
     messages = 0
-    for node in retired:
-        with models.writing():
+    with models.writing():
+        for node in retired:
             messages += Message.update(node=base).where(Message.node == node).execute()
             Sample.update(node=base).where(Sample.node == node).execute()
             Node.delete().where(Node.name == node).execute()
-    for slot, folder in process_dirs(config.SpoolDir, processes).items():
-        _remove_empty(folder)
+    for slot in slots:
+        _remove_empty(spool_dir(config.SpoolDir, slot))
+    os.unlink(journal)
     if messages or moved_files:
         LOG.warning("Processes lowered: the mail of %s (%d records, %d files) now belongs to %s",
-                    ", ".join(retired) or "earlier processes", messages, moved_files, base)
+                    ", ".join(retired), messages, moved_files, base)
     return messages
+
+
+def _slot_of(node, base):
+    """k for ``base/k``, 0 for ``base`` or anything else."""
+    head, _, tail = node.rpartition("/")
+    return int(tail) if head == base and tail.isdigit() else 0
+
+
+def _journal_slots(path):
+    try:
+        with open(path) as handle:
+            return [int(word) for word in handle.read().split() if word.isdigit()]
+    except FileNotFoundError:
+        return []
+
+
+def _write_journal(path, slots):
+    tmp = path + ".tmp"
+    with open(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "w") as handle:
+        handle.write(" ".join(str(slot) for slot in slots) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+    _fsync_tree_dir(os.path.dirname(path))
 
 
 def _fsync_tree(directory):
     for folder, _, _ in os.walk(directory):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_tree_dir(folder)
+
+
+def _fsync_tree_dir(folder):
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_empty(folder):
