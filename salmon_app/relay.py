@@ -294,21 +294,24 @@ def _rcpt_options(client, params):
 
 
 def _send_stuffed(sock, source, batch=256 * 1024):
-    """Stream ``source`` dot-stuffed, in batches, so a 30 MB message is never copied whole."""
-    out, pending, last = [], 0, b"\r\n"
-    for line in source:
-        if line[:1] == b".":
-            out.append(b".")
-        out.append(line)
-        pending += len(line)
-        last = line
-        if pending >= batch:
-            sock.sendall(b"".join(out))
-            out, pending = [], 0
-    if not last.endswith(b"\r\n"):
-        out.append(b"\r\n")   # stored messages always end in CRLF; this guards hand-made ones
-    out.append(b".\r\n")
-    sock.sendall(b"".join(out))
+    """Stream ``source`` dot-stuffed, in batches, so a 30 MB message is never copied whole.
+
+    A line is what ends in LF (as a file's lines are); a dot that starts one is doubled, with
+    one ``replace`` per batch instead of a Python step per line (a third of a 100 KB message's
+    relay time went to that loop)."""
+    line_start, tail = True, b"\r\n"
+    while True:
+        chunk = source.read(batch)
+        if not chunk:
+            break
+        stuffed = chunk.replace(b"\n.", b"\n..")
+        if line_start and chunk[:1] == b".":
+            stuffed = b"." + stuffed
+        sock.sendall(stuffed)
+        line_start = chunk[-1:] == b"\n"
+        tail = (tail + chunk)[-2:]
+    # stored messages always end in CRLF; this guards hand-made ones
+    sock.sendall((b"" if tail == b"\r\n" else b"\r\n") + b".\r\n")
 
 
 def _text(text):
