@@ -21,11 +21,12 @@ import zlib
 import peewee
 
 from salmon_app.storage import engine, groupsync
+from salmon_app.storage.processlock import ProcessLock
 
 db = peewee.DatabaseProxy()
 _WRITE_LOCK = threading.RLock()
 _GROUP = None       # the WAL's group fsync when the daemon opened SQLite (open_database)
-_PROCESS_LOCK = None   # flock'd file serialising SQLite writers of several processes (``Processes``)
+_PROCESS_LOCK = None   # a ProcessLock serialising SQLite writers of several processes (``Processes``)
 
 # Life of a message. Final states never change again except by an administrator's command.
 STORED, CHECKING, ANALYSING, RELAYING, DEFERRED = "stored", "checking", "analysing", "relaying", "deferred"
@@ -227,10 +228,10 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     db.initialize(database)
     _GROUP = None
     if _PROCESS_LOCK is not None:
-        os.close(_PROCESS_LOCK)
+        _PROCESS_LOCK.close()
         _PROCESS_LOCK = None
     if several and sqlite:
-        _PROCESS_LOCK = os.open(database.database + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _PROCESS_LOCK = ProcessLock(database.database + ".writer")
     if group_commit and sqlite:
         target = database.database
         _GROUP = groupsync.GroupSync(lambda: groupsync.fsync_path(target + "-wal", fallback=target,
@@ -300,7 +301,7 @@ def writing(defer=False):
         _WRITE_LOCK.acquire()
         if processes is not None:
             try:
-                _take_process_lock(processes, db.obj.vx_busy_timeout)
+                processes.acquire(db.obj.vx_busy_timeout)
             except BaseException:
                 _WRITE_LOCK.release()
                 raise
@@ -322,32 +323,12 @@ def writing(defer=False):
         _DEPTH.n = 0
         if local:
             if processes is not None:
-                fcntl.flock(processes, fcntl.LOCK_UN)
+                processes.release()
             _WRITE_LOCK.release()
     if ticket is not None:
         commit.group, commit.ticket = group, ticket
         if not defer:
             group.wait(ticket)      # durable on return; the fsync runs outside the write lock
-
-
-def _take_process_lock(fd, timeout):
-    """The SQLite writers' lock of a daemon's processes, waited for up to ``timeout`` (then the
-    same error as SQLite's busy time-out, so the mail gets a 4xx): a blocking ``flock`` would
-    wait forever on a stopped process. The waiter looks again after 0.1 ms, doubling to 2 ms:
-    a write transaction holds it for a fraction of a millisecond."""
-    pause, deadline = 0.0001, None
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            now = time.monotonic()
-            deadline = deadline or now + timeout
-            if now >= deadline:
-                raise sqlite3.OperationalError("database is locked: another process of this vxgate held the write "
-                                               "lock for %gs (DatabaseBusyTimeout)" % timeout) from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.002)
 
 
 def _rollback(connection):
