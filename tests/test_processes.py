@@ -214,6 +214,8 @@ def test_quarantine_commands_find_a_message_kept_by_any_process(tmp_path, nodes,
     assert row is not None
     listed = node.vxgate("quarantine", "list")
     assert any(row.id in line and "alpha/1" in line for line in listed.splitlines())
+    checked = node.vxgate("quarantine", "check")        # exit 0: every record's file found
+    assert "check: OK (20 records, 20 files)" in checked, checked     # both processes' spools
     exported = tmp_path / "out.eml"
     node.vxgate("quarantine", "export", row.id, "-o", str(exported))
     number = int(row.subject.rsplit(" ", 1)[1])

@@ -9,13 +9,14 @@ before it is reported, so a message being received right now is never taken for 
 opposite case, deletes rows without a message, and removes orphan files older than a minute
 (``MIN_AGE``; younger ones may be a reception between its fsync and its commit). Messages in
 flight are only reported: they belong to the daemon. With a shared database a node checks
-its own records against its own spool.
+its own records against its own spool, and those of its processes (``Processes``: their
+nodes ``NodeName/k`` against ``SpoolDir/proc-k``).
 """
 import dataclasses
 import os
 import time
 
-from salmon_app.storage import models
+from salmon_app.storage import models, subnodes
 from salmon_app.analysis import FileCheck
 from salmon_app.storage.models import Body, Event, Message, Recipient, Release, ReleaseRequest
 from salmon_app.quarantine import render
@@ -34,15 +35,22 @@ class Finding:
 
 
 def spool_files(spool):
-    """{queue id: [paths]} of every .eml and .out file in the spool (tmp/ and samples/ excluded)."""
+    """{queue id: [paths]} of every .eml and .out file in the spool and its processes' spools
+    (tmp/ and samples/ excluded)."""
     found = {}
+    for directory in [spool.directory] + list(subnodes.process_dirs(spool.directory, 1).values()):
+        _folder_files(directory, found)
+    return found
+
+
+def _folder_files(directory, found):
     try:
-        folders = os.listdir(spool.directory)
+        folders = os.listdir(directory)
     except FileNotFoundError:
         return found
     for sub in folders:
-        folder = os.path.join(spool.directory, sub)
-        if sub in ("tmp", "samples") or not os.path.isdir(folder):
+        folder = os.path.join(directory, sub)
+        if len(sub) != 2 or not os.path.isdir(folder):      # tmp, samples, proc-N
             continue
         for name in os.listdir(folder):
             stem, dot, ext = name.rpartition(".")
@@ -56,7 +64,8 @@ def check(store, repair=False, now=None, min_age=MIN_AGE):
     spool = store.spool
     files = spool_files(spool)                       # first the files, then the records
     # only this node's records: another node's files are in its own spool
-    records = dict(Message.select(Message.id, Message.has_file).where(Message.node.in_((store.node, ""))).tuples())
+    records = dict(Message.select(Message.id, Message.has_file)
+                   .where(subnodes.family(Message.node, store.node) | (Message.node == "")).tuples())
     findings = []
     user = who()
 
@@ -85,7 +94,7 @@ def check(store, repair=False, now=None, min_age=MIN_AGE):
 
 def _missing(store, queue_id, repair, user):
     fresh = Message.get_or_none(Message.id == queue_id)
-    if fresh is None or not fresh.has_file or store.spool.exists(queue_id):
+    if fresh is None or not fresh.has_file or os.path.exists(store.file_path(queue_id)):
         return None                                   # changed meanwhile: not a problem
     finding = Finding("missing-file", fresh.id, "%s: record says its file is kept, but %s is missing"
                       % (fresh.state, store.file_path(fresh.id)))
@@ -105,7 +114,7 @@ def _missing(store, queue_id, repair, user):
 
 def _unrecorded(store, queue_id, repair, user):
     fresh = Message.get_or_none(Message.id == queue_id)
-    if fresh is None or fresh.has_file or not store.spool.exists(queue_id):
+    if fresh is None or fresh.has_file or not os.path.exists(store.file_path(queue_id)):
         return None
     finding = Finding("unrecorded-file", fresh.id, "%s: record says its file was removed, but %s is there"
                       % (fresh.state, store.file_path(fresh.id)))

@@ -44,7 +44,7 @@ def purge(store, before, states=None, dry_run=False):
         for row in purge_candidates(before, states):
             summary["messages"] += 1
             summary["by_state"][row.state] = summary["by_state"].get(row.state, 0) + 1
-            if row.has_file and store.spool.exists(row.id):
+            if row.has_file and os.path.exists(store.file_path(row.id)):
                 summary["files"] += 1
                 summary["bytes"] += row.size
         return summary
