@@ -19,9 +19,13 @@ from salmon_app.worker_process import this_process
 
 HANDLERS = ["handlers.smtp_filter", "handlers.bcc_monitor", "handlers.notices"]
 
+child = this_process()
+# a process the master started again logs where the master does, whatever the file says now
+LOGGING = child.pin(settings.CONFIG) if child else settings.CONFIG
+
 os.makedirs("logs", mode=0o700, exist_ok=True)
-logsetup.configure(settings.CONFIG)     # LogTarget / LogFormat, or $VXGATE_LOGGING's file
-install_redaction(config_secrets(settings.CONFIG))
+logsetup.configure(LOGGING)     # LogTarget / LogFormat, or $VXGATE_LOGGING's file
+install_redaction(config_secrets(LOGGING))
 
 Router.LOG_EXCEPTIONS = False   # a handler error must reach the gateway (-> 4xx), not become a 250
 Router.RELOAD = False
@@ -29,7 +33,6 @@ Router.load(HANDLERS)
 
 CONFIG = settings.CONFIG
 PID_PATH = os.environ.get("VXGATE_PID_PATH") or os.path.abspath(CONFIG.PidFile)
-child = this_process()
 
 
 def load():

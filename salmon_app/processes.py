@@ -51,6 +51,7 @@ class Child:
         self.started = 0.0
         self.failures = 0
         self.due = 0.0          # when to start it again after it died
+        self.reload_due = False  # SIGHUP it once ready
 
     @property
     def pid(self):
@@ -102,10 +103,12 @@ class ProcessSet:
         for child in self.children:
             while not child.ready.wait(0.5):
                 if self.interrupted():
-                    return      # the service's loop sees the signal and stops everything
-                if child.popen.poll() is not None or time.monotonic() > deadline:
-                    why = child.status or ("exit status %s" % child.popen.returncode if child.popen.returncode
-                                           is not None else "not ready after %ds" % START_TIMEOUT)
+                    raise RuntimeError("a signal asked to stop while the processes started")
+                ended = child.popen is None or child.popen.poll() is not None
+                if ended or time.monotonic() > deadline:
+                    why = child.status or ("not started" if child.popen is None else
+                                           "exit status %s" % child.popen.returncode if ended else
+                                           "not ready after %ds" % START_TIMEOUT)
                     raise RuntimeError("process %d of %d did not start: %s (its log lines say more)"
                                        % (child.slot, self.count, why))
         LOG.info("processes: %d running (pids %s)", self.count, ", ".join(str(c.pid) for c in self.children))
@@ -113,20 +116,32 @@ class ProcessSet:
             self._serve_metrics(self.config.MetricsSocket)
 
     def _adopt(self):
-        from salmon_app.storage import engine, models
+        """Hand the mail of processes no longer started to process 0, under the node's claim:
+        on PostgreSQL a twin daemon of the same name (a copied VM) stops here, before it
+        touches a record (``nodelock``)."""
+        from salmon_app.storage import engine, models, nodelock
         database = models.open_database(engine.location(self.config), busy_timeout=self.config.DatabaseBusyTimeout,
                                         several=True)
+        claim = None
         try:
+            claim = nodelock.Claim(database, engine.node_name(self.config))
             subnodes.adopt(self.config, self.count)
         finally:
+            if claim is not None:
+                claim.release()
             database.close()
 
     def _spawn(self, child):
         env = {k: v for k, v in os.environ.items()
                if k not in ("VXGATE_PIDFILE", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         fds = {mode: server.sock.fileno() for mode, server in zip(self.modes, self.servers)}
+        # through a pipe, not the environment: DatabaseUrl may hold a password, and the
+        # environment goes on to every process started from there
+        values, pipe_in = os.pipe()
+        os.write(pipe_in, json.dumps(pinned(self.config)).encode())
+        os.close(pipe_in)
         env.update(VXGATE_SLOT=str(child.slot), VXGATE_PROCESSES=str(self.count), VXGATE_LISTEN_FDS=json.dumps(fds),
-                   VXGATE_PINNED=json.dumps(pinned(self.config)),
+                   VXGATE_PINNED_FD=str(values),
                    VXGATE_PID_PATH="%s.%d" % (self.pid_path, child.slot), VXGATE_MASTER_PID=str(os.getpid()),
                    NOTIFY_SOCKET="@" + self.notify.getsockname()[1:].decode())
         if self.config.path:
@@ -134,8 +149,12 @@ class ProcessSet:
         child.ready.clear()
         child.status, child.metrics_port = "", 0
         child.started = time.monotonic()
-        child.popen = subprocess.Popen([sys.executable, "-m", "salmon_app.worker_process"], env=env,
-                                       pass_fds=list(fds.values()) + self.keep_fds, stdin=subprocess.DEVNULL)
+        try:
+            child.popen = subprocess.Popen([sys.executable, "-m", "salmon_app.worker_process"], env=env,
+                                           pass_fds=list(fds.values()) + self.keep_fds + [values],
+                                           stdin=subprocess.DEVNULL)
+        finally:
+            os.close(values)
 
     def _watch(self):
         """Read the processes' notifications; start again one that ended while not stopping."""
@@ -187,6 +206,9 @@ class ProcessSet:
                 child.metrics_port = int(value)
             elif key == "READY":
                 child.ready.set()
+                if child.reload_due:        # a reload came while it started
+                    child.reload_due = False
+                    child.popen.send_signal(signal.SIGHUP)
 
     def node_base(self):
         from salmon_app.storage import engine
@@ -240,8 +262,11 @@ class ProcessSet:
         asked = time.time()
         _, restart = reloading.changes(self.config, new)
         self.config = new.replace(**{name: getattr(self.config, name) for name in restart})
-        # a process still starting has no SIGHUP handler yet (it would end): it reads the file anyway
+        # a process still starting may have no SIGHUP handler yet (the signal would end it):
+        # it gets the signal once it is ready
         ready = [c for c in self.children if c.ready.is_set() and c.popen and c.popen.poll() is None]
+        for child in self.children:
+            child.reload_due = child not in ready
         for child in ready:
             child.popen.send_signal(signal.SIGHUP)
         outcomes, missing = [], []
@@ -325,19 +350,21 @@ class _Sum:
 
 
 def pinned(config):
-    """{name: text} of the values a restart takes (reload.RESTART_NEEDED): a process started
-    again runs with the master's, whatever the file says now."""
-    from salmon_app.config import SCHEMA, format_value
-    params = {p.name: p for p in SCHEMA}
-    return {name: None if getattr(config, name) is None else format_value(params[name], getattr(config, name))
-            for name in reloading.RESTART_NEEDED}
+    """{name: value} (JSON) of the values a restart takes (reload.RESTART_NEEDED): a process
+    started again runs with the master's, whatever the file says now. The node's name as the
+    master worked it out: a host renamed meanwhile must not move a process's spool to
+    another node's records."""
+    from salmon_app.config import SocketAddr
+    from salmon_app.storage import engine
+    values = {name: getattr(config, name) for name in reloading.RESTART_NEEDED}
+    values["NodeName"] = engine.node_name(config)
+    return {name: ["socket", str(value)] if isinstance(value, SocketAddr) else value for name, value in values.items()}
 
 
-def unpinned(texts):
+def unpinned(values):
     """The values ``pinned`` wrote, read back."""
-    from salmon_app.config import SCHEMA
-    params = {p.name: p for p in SCHEMA}
-    return {name: None if text is None else params[name].convert(text) for name, text in texts.items()}
+    from salmon_app.config import parse_socket
+    return {name: parse_socket(value[1]) if isinstance(value, list) else value for name, value in values.items()}
 
 
 def _exit_text(code):

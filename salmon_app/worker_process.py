@@ -22,20 +22,29 @@ class ThisProcess:
         self.slot, self.count = slot, count
         self.sockets = {mode: socket.socket(fileno=fd) for mode, fd in fds.items()}
         self.pid_path = os.environ.get("VXGATE_PID_PATH")     # its reload outcome goes beside it
-        self.pinned = json.loads(os.environ.get("VXGATE_PINNED") or "{}")
+        self.pinned = _read_all(int(os.environ["VXGATE_PINNED_FD"])) if os.environ.get("VXGATE_PINNED_FD") else {}
+
+    def pin(self, config):
+        """The file's configuration with the master's values for what takes a restart (a
+        process started again must not move to another spool, database or log)."""
+        from salmon_app.processes import unpinned
+        return config.replace(**unpinned(self.pinned))
 
     def config(self, config):
-        """This process's configuration: the file's, with the master's values for what takes a
-        restart (a process started again must not move to another spool or database), then
-        its own node, spool and share (``subnodes.slot_config``)."""
-        from salmon_app.processes import unpinned
+        """This process's configuration: ``pin``, then its own node, spool and share
+        (``subnodes.slot_config``)."""
         from salmon_app.storage import subnodes
-        return subnodes.slot_config(config.replace(**unpinned(self.pinned)), self.slot, self.count)
+        return subnodes.slot_config(self.pin(config), self.slot, self.count)
 
     @staticmethod
     def announce(gateway):
         from salmon_app import sdnotify
         sdnotify.notify("VXGATE_METRICS=%d" % gateway.metrics.port)
+
+
+def _read_all(fd):
+    with os.fdopen(fd, "rb") as pipe:
+        return json.loads(pipe.read().decode() or "{}")
 
 
 def this_process():

@@ -20,7 +20,8 @@ def lock(tmp_path):
     ours = ProcessLock(path)
     other = os.open(path, os.O_RDWR)
     yield ours, other
-    ours.close()
+    if not ours.closed:
+        ours.close()
     os.close(other)
 
 
@@ -67,3 +68,23 @@ def test_a_lock_held_too_long_raises_sqlites_busy_error_and_a_late_grant_is_hand
     ours.acquire(5.0)                      # the next writer waits through the helper, and gets it
     assert not held_by(other)
     ours.release()
+
+
+def test_closing_while_the_helper_waits_leaves_the_next_lock_alone(tmp_path, lock):
+    ours, other = lock
+    fcntl.flock(other, fcntl.LOCK_EX)
+    with pytest.raises(sqlite3.OperationalError):
+        ours.acquire(0.2)             # the helper now blocks in flock on our descriptor
+    ours.close()
+    reopened = ProcessLock(str(tmp_path / "q.db.writer2"))       # may get the same fd number
+    reopened.acquire(1.0)
+    fcntl.flock(other, fcntl.LOCK_UN)      # the old helper's flock returns now
+    wait_until(lambda: ours.thread is None, 5, "the old helper to end")
+    probe = os.open(str(tmp_path / "q.db.writer2"), os.O_RDWR)
+    try:
+        assert not held_by(probe)          # the new lock is still ours
+    finally:
+        os.close(probe)
+        reopened.release()
+        reopened.close()
+    assert held_by(other)                 # and the old one was freed with its descriptor

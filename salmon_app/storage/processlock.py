@@ -20,11 +20,13 @@ class ProcessLock:
     def __init__(self, path):
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.cond = threading.Condition()
-        self.wanted = self.granted = self.blocking = False
+        self.wanted = self.granted = self.blocking = self.closed = False
         self.thread = None
 
     def acquire(self, timeout):
         with self.cond:
+            if self.closed:
+                raise sqlite3.OperationalError("database is closed")
             # never while the helper blocks in flock: the same descriptor would then hold the
             # lock twice over, and the helper's hand-back would free it under our feet
             if not self.blocking:
@@ -34,12 +36,14 @@ class ProcessLock:
                 except BlockingIOError:
                     pass
             self.wanted = True
-            self._helper()
-            self.cond.notify_all()
-            if self.cond.wait_for(lambda: self.granted, timeout):
-                self.granted = False
-                return
-            self.wanted = False
+            try:
+                self._helper()
+                self.cond.notify_all()
+                if self.cond.wait_for(lambda: self.granted, timeout):
+                    self.granted = False
+                    return
+            finally:
+                self.wanted = False      # a grant after this is handed back by the helper
         raise sqlite3.OperationalError("database is locked: another process of this vxgate held the write lock "
                                        "for %gs (DatabaseBusyTimeout)" % timeout)
 
@@ -47,26 +51,43 @@ class ProcessLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def close(self):
-        os.close(self.fd)       # the helper, if any, sees EBADF and ends
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+            if self.blocking:
+                return      # the helper closes the descriptor when its flock returns: closed
+                            # now, its number could be reused and the helper's unlock hit that
+        os.close(self.fd)
 
     def _helper(self):
         if self.thread is None:
-            self.thread = threading.Thread(target=self._block, name="writer-lock", daemon=True)
-            self.thread.start()
+            thread = threading.Thread(target=self._block, name="writer-lock", daemon=True)
+            thread.start()
+            self.thread = thread
 
     def _block(self):
         while True:
             with self.cond:
-                self.cond.wait_for(lambda: self.wanted)
+                self.cond.wait_for(lambda: self.wanted or self.closed)
+                if self.closed:
+                    self.thread = None
+                    return
                 self.blocking = True
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
-            except OSError:
-                return      # closed
+            except OSError:         # ENOLCK and the like: waiters time out, the next one starts a helper
+                with self.cond:
+                    self.blocking, self.thread = False, None
+                    self.cond.notify_all()
+                return
             with self.cond:
                 self.blocking = False
+                if self.closed:
+                    os.close(self.fd)       # also frees the lock just taken
+                    self.thread = None
+                    return
                 if self.wanted:     # granted and no longer wanted, in one step under the lock
                     self.granted, self.wanted = True, False
                     self.cond.notify_all()
-                else:           # the waiter gave up meanwhile
+                else:               # the waiter gave up meanwhile
                     fcntl.flock(self.fd, fcntl.LOCK_UN)

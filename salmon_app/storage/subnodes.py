@@ -38,8 +38,11 @@ def is_subnode(node):
 
 
 def family(column, base):
-    """A peewee condition on a node ``column``: ``base`` or one of its processes' nodes."""
-    return (column == base) | column.startswith(base + "/")
+    """A peewee condition on a node ``column``: ``base`` or one of its processes' nodes (exact
+    and case-sensitive: peewee's startswith is ILIKE, and ``mx`` is not ``MX/1``'s node)."""
+    from peewee import fn
+    prefix = base + "/"
+    return (column == base) | (fn.substr(column, 1, len(prefix)) == prefix)
 
 
 def slot_config(config, slot, processes):
