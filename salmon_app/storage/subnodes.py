@@ -121,7 +121,7 @@ def adopt(config, processes):
                 if data is not None:
                     target.store_sample(digest, data)
                 old.remove_sample(digest)
-    _fsync_tree(target.directory)
+    _fsync_tree(target.directory)       # the process folders are below it: both ends of every rename
     retired = [name(base, slot) for slot in sorted(slots)]
     messages = 0
     with models.writing():
