@@ -35,8 +35,8 @@ _MAX = {"vxgate_oldest_owned_message_age_seconds", "vxgate_storage_failing", "vx
 
 
 class Listening:
-    def __init__(self, address, sock):
-        self.address, self.sock = address, sock
+    def __init__(self, mode, address, sock):
+        self.mode, self.address, self.sock = mode, address, sock
 
 
 class Child:
@@ -72,7 +72,6 @@ class ProcessSet:
         self.notify = None
         self.watcher = None
         self.metrics_server = None
-        self.modes = []
         self.closed = False
 
     # ------------------------------------------------------------ life cycle
@@ -87,8 +86,7 @@ class ProcessSet:
     def _start(self):
         modes = [("smtp", self.config.SmtpSocket)] + ([("bcc", self.config.BccSocket)] if self.config.BccSocket else [])
         for mode, address in modes:
-            self.servers.append(Listening(address, listen(address)))
-            self.modes.append(mode)
+            self.servers.append(Listening(mode, address, listen(address)))
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.notify.bind("\0vxgate-%d-%s" % (os.getpid(), os.urandom(4).hex()))
@@ -134,7 +132,7 @@ class ProcessSet:
     def _spawn(self, child):
         env = {k: v for k, v in os.environ.items()
                if k not in ("VXGATE_PIDFILE", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        fds = {mode: server.sock.fileno() for mode, server in zip(self.modes, self.servers)}
+        fds = {server.mode: server.sock.fileno() for server in self.servers}
         # through a pipe, not the environment: DatabaseUrl may hold a password, and the
         # environment goes on to every process started from there
         values, pipe_in = os.pipe()

@@ -14,6 +14,7 @@ import os
 import re
 
 from salmon_app.storage import engine
+from salmon_app.storage.groupsync import fsync_path
 
 LOG = logging.getLogger("vxgate")
 _DIR = re.compile(r"proc-([1-9][0-9]{0,3})")
@@ -159,20 +160,12 @@ def _write_journal(path, slots):
         handle.flush()
         os.fsync(handle.fileno())
     os.rename(tmp, path)
-    _fsync_tree_dir(os.path.dirname(path))
+    fsync_path(os.path.dirname(path))
 
 
 def _fsync_tree(directory):
     for folder, _, _ in os.walk(directory):
-        _fsync_tree_dir(folder)
-
-
-def _fsync_tree_dir(folder):
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(folder)
 
 
 def _remove_empty(folder):
