@@ -173,6 +173,7 @@ class Gateway:
         # every pooled connection, not only this thread's and the idle ones: the workers'
         # (threads that ended holding one) would stay open on the server
         getattr(self.database, "close_all", self.database.close)()
+        models.close_writer()
         self.node_claim.release()
 
     # ------------------------------------------------------------ moving messages
@@ -257,6 +258,9 @@ class Gateway:
 
         def guarded():
             self.storage.write(queue_id, record, settled=settled)
+            # counted before the session can send the reply: a client that reads /metrics
+            # after the reply finds the message counted
+            self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
         waiter = self.registry.waiter(queue_id)
         told = bool(waiter and reply and waiter.offer(reply, before=guarded))
         if not told:
@@ -266,8 +270,6 @@ class Gateway:
         if state != models.DELIVERED:     # a delivery has its summary line instead
             qlog(queue_id).info("%s: %s", state, event, extra={"event": state, "fields": {
                 "reason": event, "verdict": fields.get("verdict"), "action": fields.get("action")}})
-        if told or not require_session:
-            self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
         return told
 
     def mark_answered(self, queue_id):

@@ -137,3 +137,121 @@ def test_a_deferred_commit_waits_for_no_fsync_of_its_own(tmp_path):
         assert syncs == [1]                    # the outcome's fsync covered the record
     finally:
         database.close()
+
+
+# ---------------------------------------------------------------- batched write transactions
+# The daemon's writers on SQLite share one connection: a writer that ends while others queue
+# for the write lock leaves the transaction open, and the last one commits for all of them.
+
+@pytest.fixture
+def batched(tmp_path):
+    from salmon_app.storage import models
+    database = models.open_database(str(tmp_path / "q.db"), group_commit=True)
+    commits = []
+    models._WRITER.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    yield models, commits
+    models.close_writer()
+    database.close()
+
+
+def _stored(models, kind="test"):
+    cursor = models.db.obj.execute_sql('SELECT "message" FROM "event" WHERE "kind" = ?', (kind,))
+    return sorted(row[0] for row in cursor.fetchall())
+
+
+def _two_in_one_batch(models, first_body, second_body):
+    """Run two writers so that the second queues while the first is inside its transaction;
+    returns {name: the exception each raised, or None}."""
+    inside, go, outcome = threading.Event(), threading.Event(), {}
+
+    def first():
+        try:
+            with models.writing():
+                inside.set()
+                go.wait(10)
+                first_body()
+            outcome["first"] = None
+        except Exception as exc:
+            outcome["first"] = exc
+
+    def second():
+        try:
+            with models.writing():
+                second_body()
+            outcome["second"] = None
+        except Exception as exc:
+            outcome["second"] = exc
+    one = threading.Thread(target=first)
+    one.start()
+    assert inside.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    for _ in range(1000):           # the second writer queues for the write lock
+        if models._QUEUED:
+            break
+        threading.Event().wait(0.01)
+    assert models._QUEUED
+    go.set()
+    one.join(10)
+    two.join(10)
+    return outcome
+
+
+def test_writers_that_queue_meanwhile_share_one_commit(batched):
+    models, commits = batched
+    outcome = _two_in_one_batch(models, lambda: models.log_event("BATCH1", "test"),
+                                lambda: models.log_event("BATCH2", "test"))
+    assert outcome == {"first": None, "second": None}
+    assert commits == ["COMMIT"]
+    assert _stored(models) == ["BATCH1", "BATCH2"]
+
+
+def test_a_writer_that_fails_takes_back_only_its_own_writes(batched):
+    models, commits = batched
+
+    def failing():
+        models.log_event("BATCH2", "test")
+        raise ValueError("the hook's record is wrong")
+    outcome = _two_in_one_batch(models, lambda: models.log_event("BATCH1", "test"), failing)
+    assert outcome["first"] is None and isinstance(outcome["second"], ValueError)
+    assert _stored(models) == ["BATCH1"]
+
+
+def test_a_commit_that_fails_reaches_every_writer_of_the_batch(batched):
+    models, commits = batched
+    real = models._WRITER
+
+    class DiskFull:         # the shared connection, whose COMMIT meets a full disk
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *args)
+    models._WRITER = DiskFull()
+    try:
+        outcome = _two_in_one_batch(models, lambda: models.log_event("BATCH1", "test"),
+                                    lambda: models.log_event("BATCH2", "test"))
+    finally:
+        models._WRITER = real
+    assert all(isinstance(exc, sqlite3.OperationalError) for exc in outcome.values()), outcome
+    assert len(outcome) == 2
+    assert _stored(models) == []
+    with models.writing():          # the next transaction starts cleanly
+        models.log_event("BATCH3", "test")
+    assert _stored(models) == ["BATCH3"]
+
+
+def test_a_batch_nobody_commits_is_committed_by_its_writer(batched):
+    """A writer counted as queued that never comes (it cannot happen, but a hang would be the
+    price): the waiting writer commits the batch itself after a second."""
+    models, commits = batched
+    models._QUEUED.append(None)
+    try:
+        with models.writing():
+            models.log_event("BATCH1", "test")
+    finally:
+        models._QUEUED.pop()
+    assert commits == ["COMMIT"]
+    assert _stored(models) == ["BATCH1"]

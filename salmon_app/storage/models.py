@@ -9,6 +9,7 @@ PostgreSQL each thread has its own connection and transaction, and the server or
 rows several nodes may create at once are inserted with ``ON CONFLICT DO NOTHING``.
 Every message record names the node (``NodeName``) whose spool holds its file.
 """
+import collections
 import contextlib
 import fcntl
 import json
@@ -218,7 +219,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     ``several``: the processes of one daemon (``Processes`` > 1) share this database as nodes of
     their own (``storage/subnodes.py``). On SQLite their write transactions then also queue on a
     ``flock`` beside the file: SQLite's own busy handler sleeps 1, 2, 5... ms per collision."""
-    global _GROUP, _PROCESS_LOCK
+    global _GROUP, _PROCESS_LOCK, _WRITER, _BATCH
     from salmon_app.storage import migrations
     sqlite = engine.parse(where)[0] == "sqlite"
     if group_commit and sqlite:
@@ -227,6 +228,9 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     database.vx_several, database.vx_busy_timeout = several, busy_timeout
     db.initialize(database)
     _GROUP = None
+    if _WRITER is not None:
+        _WRITER.close()
+        _WRITER, _BATCH = None, None
     if _PROCESS_LOCK is not None:
         _PROCESS_LOCK.close()
         _PROCESS_LOCK = None
@@ -236,6 +240,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
         target = database.database
         _GROUP = groupsync.GroupSync(lambda: groupsync.fsync_path(target + "-wal", fallback=target,
                                                                        sync=os.fdatasync))
+        _WRITER = peewee.SqliteDatabase._connect(database)
     _SQL.clear()
     if upgrade is None:
         upgrade = database.vx_engine == "sqlite"
@@ -292,6 +297,10 @@ def writing(defer=False):
         finally:
             _DEPTH.n = depth
         return
+    if _WRITER is not None:
+        with _batched(defer) as commit:
+            yield commit
+        return
     local = not postgres()
     group = _GROUP if local else None
     ticket = None
@@ -329,6 +338,128 @@ def writing(defer=False):
         commit.group, commit.ticket = group, ticket
         if not defer:
             group.wait(ticket)      # durable on return; the fsync runs outside the write lock
+
+
+_WRITER = None      # the daemon's one SQLite connection for every write transaction (batched)
+_BATCH = None       # the transaction open on it, shared by the writers queued meanwhile
+_QUEUED = collections.deque()   # one item per thread waiting for _WRITE_LOCK (deque ops are atomic)
+BATCH_WRITES, BATCH_SECONDS = 64, 0.010
+
+
+class _Batch:
+    def __init__(self):
+        self.members, self.opened = 0, time.monotonic()
+        self.done = threading.Event()
+        self.error = self.ticket = None
+
+
+@contextlib.contextmanager
+def _batched(defer):
+    """One writer's part of a batch: its statements run in a SAVEPOINT of the transaction
+    open on the shared connection; the last writer queued commits for all of them."""
+    global _BATCH
+    _QUEUED.append(None)
+    try:
+        _WRITE_LOCK.acquire()
+    finally:
+        _QUEUED.pop()
+    state = db.obj._state
+    saved = state.conn, state.closed
+    commit = Commit()
+    failure = None
+    try:
+        if _BATCH is None:
+            if _PROCESS_LOCK is not None:
+                _PROCESS_LOCK.acquire(db.obj.vx_busy_timeout)
+            try:
+                _WRITER.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                if _PROCESS_LOCK is not None:
+                    _PROCESS_LOCK.release()
+                raise
+            _BATCH = _Batch()
+        batch = _BATCH
+        batch.members += 1
+        state.conn, state.closed = _WRITER, False
+        _DEPTH.n = 1
+        _WRITER.execute("SAVEPOINT w")
+        try:
+            yield commit
+            _WRITER.execute("RELEASE w")
+        except BaseException as exc:
+            failure = exc
+            try:
+                _WRITER.execute("ROLLBACK TO w")
+                _WRITER.execute("RELEASE w")
+            except Exception:
+                pass
+            if not _WRITER.in_transaction:      # SQLite gave up the whole transaction (I/O error)
+                _end_batch(batch, exc)
+            raise
+        finally:
+            _DEPTH.n = 0
+            state.conn, state.closed = saved
+            if _BATCH is batch and (not _QUEUED or batch.members >= BATCH_WRITES
+                                    or time.monotonic() - batch.opened > BATCH_SECONDS):
+                _commit_batch(batch, failure)
+    finally:
+        _WRITE_LOCK.release()
+    while not batch.done.wait(1.0):
+        _take_over(batch)
+    if batch.error is not None:
+        raise batch.error
+    commit.group, commit.ticket = _GROUP, batch.ticket
+    if not defer:
+        commit.wait()
+
+
+def _commit_batch(batch, failure=None):
+    # under _WRITE_LOCK
+    try:
+        _WRITER.execute("COMMIT")
+        batch.ticket = _GROUP.ticket()
+        _end_batch(batch, None)
+    except BaseException as exc:
+        try:        # a COMMIT that failed (disk full) may leave the transaction open
+            if _WRITER.in_transaction:
+                _WRITER.execute("ROLLBACK")
+        except Exception:
+            pass
+        _end_batch(batch, exc)
+        if failure is None:
+            raise
+
+
+def _end_batch(batch, error):
+    global _BATCH
+    if _BATCH is batch:
+        _BATCH = None
+        if _PROCESS_LOCK is not None:
+            _PROCESS_LOCK.release()
+    if batch.error is None:
+        batch.error = error
+    batch.done.set()
+
+
+def close_writer():
+    """Close the daemon's write connection (shut-down): nothing is committed after this."""
+    global _WRITER
+    with _WRITE_LOCK:
+        if _WRITER is not None:
+            if _BATCH is not None:
+                _commit_batch(_BATCH)
+            _WRITER.close()
+            _WRITER = None
+
+
+def _take_over(batch):
+    """A batch nobody committed (a writer counted as queued never came): commit it here."""
+    with _WRITE_LOCK:
+        if _BATCH is batch:
+            try:
+                _commit_batch(batch)
+            except Exception:
+                pass
 
 
 def _rollback(connection):
