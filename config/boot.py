@@ -40,7 +40,7 @@ def load():
 
 
 if child:       # one of several processes: the master holds the state lock and the pid file
-    settings.receiver = Service(lambda: Gateway(child.config(CONFIG), Router, sockets=child.sockets),
+    settings.receiver = Service(lambda: Gateway(child.config(CONFIG), Router, sockets=child.sockets, shares=child.shares),
                                 load=lambda: child.config(load()), pid_path=PID_PATH, announce=child.announce)
 elif subnodes.count(CONFIG) > 1:
     settings.receiver = Service(lambda: ProcessSet(CONFIG, PID_PATH, keep_fds=[settings.receiver.lock_fd],

@@ -56,9 +56,10 @@ def backoff(initial, maximum):
 
 
 class Gateway:
-    def __init__(self, config, router, checks=None, sockets=None):
+    def __init__(self, config, router, checks=None, sockets=None, shares=None):
         self.config, self.router = config, router
         self.sockets = sockets or {}      # listening sockets by mode, inherited from the master (Processes)
+        self.shares = shares              # and the sessions each process holds on them
         self.spool = Spool(config.SpoolDir)
         self.database = models.open_database(engine.location(config), busy_timeout=config.DatabaseBusyTimeout,
                                              group_commit=True, several=bool(self.sockets))
@@ -121,7 +122,7 @@ class Gateway:
                             max_message_size=0, max_recipients=0, max_line=0, idle_timeout=0, name=mode,
                             count_refused=self.metrics.smtp_refused.labels(mode).inc,
                             count_error=self.metrics.smtp_errors.labels(mode).inc,
-                            session_ended=engine.release)
+                            session_ended=engine.release, shares=self.shares)
         self.limit_server(server)
         return server
 

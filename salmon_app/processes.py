@@ -9,7 +9,8 @@ with its own stages, Lua runtimes, node name and spool (``storage/subnodes.py``)
 until every one has finished its recovery and listens (their systemd-style ``READY=1``,
 sent to a socket of the master's), starts again a process that dies (with a growing pause),
 forwards SIGHUP and gathers the outcome of each process's reload, serves ``/metrics`` as the
-sum of the processes' own, and on SIGTERM stops them all and waits for them.
+sum of the processes' own, and on SIGTERM stops them all and waits for them. The processes
+share the connections evenly through a table the master creates (``salmon_app/shares.py``).
 """
 import json
 import logging
@@ -24,6 +25,7 @@ import time
 import urllib.request
 
 from salmon_app import reload as reloading
+from salmon_app import shares
 from salmon_app.receiver import listen
 from salmon_app.storage import subnodes
 
@@ -70,6 +72,7 @@ class ProcessSet:
         self.lock = threading.Lock()
         self.servers = []
         self.notify = None
+        self.shares_fd = self.shares = None     # the sessions each process holds (salmon_app/shares.py)
         self.watcher = None
         self.metrics_server = None
         self.closed = False
@@ -91,6 +94,8 @@ class ProcessSet:
         self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.notify.bind("\0vxgate-%d-%s" % (os.getpid(), os.urandom(4).hex()))
         self.notify.settimeout(0.5)
+        self.shares_fd = shares.create(self.count)
+        self.shares = shares.Shares(self.shares_fd, None, self.count)
         for child in self.children:
             self._spawn(child)
         # the processes started later come from this thread; PR_SET_PDEATHSIG follows the
@@ -139,7 +144,7 @@ class ProcessSet:
         os.write(pipe_in, json.dumps(pinned(self.config)).encode())
         os.close(pipe_in)
         env.update(VXGATE_SLOT=str(child.slot), VXGATE_PROCESSES=str(self.count), VXGATE_LISTEN_FDS=json.dumps(fds),
-                   VXGATE_PINNED_FD=str(values),
+                   VXGATE_PINNED_FD=str(values), VXGATE_SHARES_FD=str(self.shares_fd),
                    VXGATE_PID_PATH="%s.%d" % (self.pid_path, child.slot), VXGATE_MASTER_PID=str(os.getpid()),
                    NOTIFY_SOCKET="@" + self.notify.getsockname()[1:].decode())
         if self.config.path:
@@ -149,7 +154,7 @@ class ProcessSet:
         child.started = time.monotonic()
         try:
             child.popen = subprocess.Popen([sys.executable, "-m", "salmon_app.worker_process"], env=env,
-                                           pass_fds=list(fds.values()) + self.keep_fds + [values],
+                                           pass_fds=list(fds.values()) + self.keep_fds + [values, self.shares_fd],
                                            stdin=subprocess.DEVNULL)
         finally:
             os.close(values)
@@ -170,6 +175,7 @@ class ProcessSet:
             if self.stopping.is_set() or (child.popen is not None and child.popen.poll() is None):
                 continue
             if not child.due:
+                self.shares.mark_gone(child.slot)
                 child.failures = 0 if now - child.started > 60 else child.failures + 1
                 pause = min(30.0, 2.0 ** child.failures - 1)
                 child.due = now + pause
@@ -245,6 +251,10 @@ class ProcessSet:
                     pass
         if self.notify:
             self.notify.close()
+        if self.shares is not None:
+            self.shares.close()
+            os.close(self.shares_fd)
+            self.shares = None
         for child in self.children:
             try:
                 os.unlink(reloading.result_path("%s.%d" % (self.pid_path, child.slot)))

@@ -9,6 +9,7 @@ after the file is fsynced and its record committed, and 451 on any internal erro
 """
 import dataclasses
 import logging
+import select
 import socket
 import threading
 import time
@@ -62,9 +63,11 @@ class SmtpServer:
 
     def __init__(self, address, intake, *, hostname, max_connections, max_message_size,
                  max_recipients, max_line, idle_timeout, name="smtp", rcpt_check=None,
-                 count_refused=lambda: None, count_error=lambda: None, session_ended=None, sock=None):
+                 count_refused=lambda: None, count_error=lambda: None, session_ended=None, sock=None,
+                 shares=None):
         self.address, self.intake, self.name = address, intake, name
         self.inherited = sock       # already listening (one of several processes on one socket)
+        self.shares = shares        # the sessions of every process on it (salmon_app/shares.py)
         self.session_ended = session_ended      # called in the session's thread as it ends
         self.count_refused, self.count_error = count_refused, count_error     # for /metrics
         self.hostname = hostname
@@ -91,10 +94,29 @@ class SmtpServer:
     def port(self):
         return self.sock.getsockname()[1] if not self.address.is_unix else 0
 
+    def _accept(self):
+        if self.shares is None:
+            return self.sock.accept()
+        # woken with the other processes: the least busy one accepts first (salmon_app/shares.py)
+        if not self.poller.poll(500):
+            raise TimeoutError
+        pause = self.shares.head_start()
+        if pause > 0:
+            time.sleep(pause)
+        try:
+            return self.sock.accept()
+        except BlockingIOError:
+            raise TimeoutError from None     # another process took it
+
     def _accept_loop(self):
+        if self.shares is not None:
+            self.sock.settimeout(0.0)
+            self.poller = select.poll()
+            self.poller.register(self.sock, select.POLLIN)
+            self.shares.open()
         while not self.stopping.is_set():
             try:
-                conn, peer = self.sock.accept()
+                conn, peer = self._accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -110,6 +132,8 @@ class SmtpServer:
                 session = None if busy else Session(self, conn, peer)
                 if session:
                     self.sessions.add(session)
+                    if self.shares is not None:
+                        self.shares.change(+1)
             if busy:
                 self.count_refused()
                 _refuse(conn, b"421 4.7.0 %s Too many connections, try again later\r\n" % self.hostname.encode())
@@ -126,6 +150,8 @@ class SmtpServer:
     def stop(self, timeout=10.0):
         """Stop accepting, cut idle sessions, let sessions that wait for an outcome finish."""
         self.stopping.set()
+        if self.shares is not None:
+            self.shares.leave()
         if self.sock:
             try:
                 self.sock.close()
@@ -143,7 +169,10 @@ class SmtpServer:
 
     def forget(self, session):
         with self.lock:
-            self.sessions.discard(session)
+            if session in self.sessions:
+                self.sessions.discard(session)
+                if self.shares is not None:
+                    self.shares.change(-1)
 
 
 def listen(address):

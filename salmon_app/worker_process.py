@@ -23,6 +23,10 @@ class ThisProcess:
         self.sockets = {mode: socket.socket(fileno=fd) for mode, fd in fds.items()}
         self.pid_path = os.environ.get("VXGATE_PID_PATH")     # its reload outcome goes beside it
         self.pinned = _read_all(int(os.environ["VXGATE_PINNED_FD"])) if os.environ.get("VXGATE_PINNED_FD") else {}
+        self.shares = None
+        if os.environ.get("VXGATE_SHARES_FD"):
+            from salmon_app.shares import Shares
+            self.shares = Shares(int(os.environ["VXGATE_SHARES_FD"]), slot, count)
 
     def pin(self, config):
         """The file's configuration with the master's values for what takes a restart (a

@@ -138,6 +138,34 @@ def test_two_processes_take_mail_on_one_socket_and_deliver_each_message_once(tmp
     assert "alpha/1" in status and status.count("yes (pid %d)" % node.proc.pid) == 2
 
 
+def test_kept_connections_are_shared_evenly_by_the_processes(tmp_path, nodes, sink, records):
+    """Postfix keeps its connections to a content filter: the process that takes one keeps its
+    whole stream, so the connections must be spread, not left to whichever process wins the
+    race for each (seen: 2 and 8 of 10, one process saturated while the other idled)."""
+    import smtplib
+    node = start_two(nodes, tmp_path, sink)
+    clients = []
+
+    def connect(_):
+        client = smtplib.SMTP("127.0.0.1", node.port, timeout=30)
+        clients.append(client)
+        client.ehlo()
+    try:
+        assert not send_at_once(connect, 30)      # a burst, as Postfix opens them under load
+        for n, client in enumerate(clients):      # then one message over each
+            client.sendmail("alice@x.test", ["bob@x.test"], numbered(n))
+    finally:
+        for client in clients:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+    sink.wait_for(30, 60)
+    Message_ = records(node)
+    by_node = {n: Message_.select().where(Message_.node == n).count() for n in ("alpha", "alpha/1")}
+    assert sum(by_node.values()) == 30 and abs(by_node["alpha"] - by_node["alpha/1"]) <= 2, by_node
+
+
 # ---------------------------------------------------------------- a process dies
 def test_a_killed_process_is_started_again_and_its_acknowledged_mail_delivered_once(tmp_path, nodes, sink, records):
     sink.data_reply = (451, "4.3.0 next hop busy")        # acknowledged mail waits in the spools
