@@ -347,7 +347,7 @@ class Gateway:
         relay = self.relays[RELAY_OF[row.mode]]
         started = time.monotonic()
         output = message.output_path()
-        with open(output, "rb") as source:
+        with open(output, "rb", buffering=0) as source:     # unbuffered: no isatty and seek
             result = relay.send(row.mail_from, addresses, source, os.fstat(source.fileno()).st_size,
                                 mail_params=params.get("mail", {}),
                                 rcpt_params=[rcpt_params.get(a, {}) for a in addresses],

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 
+from salmon_app import sockio
 from salmon_app.smtp_syntax import XFORWARD_ATTRS, BadSyntax, printable, split_path, xforward_value
 
 LOG = logging.getLogger("vxgate.smtpd")
@@ -239,8 +240,8 @@ class Session:
         try:
             if self.conn.family != socket.AF_UNIX:
                 self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.conn.settimeout(server.idle_timeout)
-            self.rfile = self.conn.makefile("rb", buffering=65536)
+            sockio.kernel_timeouts(self.conn, server.idle_timeout)
+            self.rfile = sockio.reader(self.conn)
             self.send(220, "%s ESMTP vxgate" % server.hostname)
             while not server.stopping.is_set():
                 line = self.rfile.readline(max(server.max_line + 2, 4096))
@@ -259,7 +260,7 @@ class Session:
                     self.conn.sendall(reply.line())
             else:
                 self.send(421, "4.3.2 %s Service shutting down" % server.hostname)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):      # reading, or sending (SO_SNDTIMEO)
             self._try_send(421, "4.4.2 %s Idle timeout, closing connection" % server.hostname)
         except (OSError, ValueError):
             pass   # the client went away; nothing was acknowledged that is not durable

@@ -14,6 +14,15 @@ def body(n=1):
     return b"From: a@x.test\r\nTo: b@x.test\r\nSubject: relay %d\r\nMessage-ID: <%d@x.test>\r\n\r\nhello\r\n" % (n, n)
 
 
+def data_reply(gw, data, sender="a@x.test", rcpt="b@x.test"):
+    """(code, text) of the reply to DATA: what Postfix hears for one message."""
+    with gw.client() as client:
+        client.ehlo()
+        client.mail(sender)
+        client.rcpt(rcpt)
+        return client.data(data)
+
+
 def wait_state(queue_filter, state, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -26,11 +35,7 @@ def wait_state(queue_filter, state, timeout=10):
 
 def test_reply_carries_next_hop_id(vxgate, sink):
     gw = vxgate()
-    with gw.client() as client:
-        client.ehlo()
-        client.mail("a@x.test")
-        client.rcpt("b@x.test")
-        code, text = client.data(body())
+    code, text = data_reply(gw, body())
     assert code == 250 and b"next hop: SINK" in text
     row = Message.get()
     assert row.next_hop_id.startswith("SINK") and not gw.gateway.spool.exists(row.id)
@@ -40,12 +45,8 @@ def test_next_hop_down_then_up_nothing_lost(vxgate, sink):
     gw = vxgate()            # first: a stopped sink's port could be handed to vxgate's own listener
     sink.stop()
     for n in range(5):
-        with gw.client() as client:
-            client.ehlo()
-            client.mail("a@x.test")
-            client.rcpt("b@x.test")
-            code, text = client.data(body(n))
-            assert code == 250 and b"deferred" in text     # owned durably, retried by vxgate
+        code, text = data_reply(gw, body(n))
+        assert code == 250 and b"deferred" in text     # owned durably, retried by vxgate
     rows = wait_state(Message.mode == "smtp", "deferred")
     assert all(r.answered for r in rows)
     sink.start()
@@ -81,12 +82,8 @@ def test_every_recipient_refused_while_waiting_gives_5xx_to_the_client(vxgate, s
     sink.rcpt_reply = {"gone@x.test": (550, "5.1.1 no such user")}
     gw = vxgate()
     with pytest.raises(smtplib.SMTPDataError) as info:
-        with gw.client() as client:
-            client.ehlo()
-            client.mail("a@x.test")
-            client.rcpt("gone@x.test")
-            code, text = client.data(body())
-            raise smtplib.SMTPDataError(code, text)
+        code, text = data_reply(gw, body(), rcpt="gone@x.test")
+        raise smtplib.SMTPDataError(code, text)
     assert info.value.smtp_code == 550 and b"no such user" in info.value.smtp_error
     assert Message.get().state == "rejected"
     assert Message.select().where(Message.mode == "notice").count() == 0   # the MTA bounces, not us
@@ -101,11 +98,7 @@ def test_refusals_of_a_pipelined_transaction_keep_the_kept_connection_in_step(vx
     gw = vxgate(SmtpRelayWorkers=1)
     for sender, rcpt, expected in (("bad@x.test", "b@x.test", b"sender refused"),
                                    ("a@x.test", "gone@x.test", b"no such user")):
-        with gw.client() as client:
-            client.ehlo()
-            client.mail(sender)
-            client.rcpt(rcpt)
-            code, text = client.data(body())
+        code, text = data_reply(gw, body(), sender=sender, rcpt=rcpt)
         assert code == 550 and expected in text
     gw.send("a@x.test", ["b@x.test"], body(2))
     got = sink.wait_for(1, 10)
@@ -141,11 +134,7 @@ def test_slow_outcome_answers_250_and_finishes_in_background(vxgate, sink):
     sink.data_reply = lambda msg: (gate.wait(10), None)[1]
     gw = vxgate(SmtpReplyTimeout=0.3)
     start = time.time()
-    with gw.client() as client:
-        client.ehlo()
-        client.mail("a@x.test")
-        client.rcpt("b@x.test")
-        code, text = client.data(body())
+    code, text = data_reply(gw, body())
     assert code == 250 and time.time() - start < 3
     row = Message.get()
     assert row.answered    # recorded before the 250 was sent: vxgate owns the message now
@@ -154,17 +143,36 @@ def test_slow_outcome_answers_250_and_finishes_in_background(vxgate, sink):
     assert sink.wait_for(1, 5)[0].data == body()
 
 
+def test_a_next_hop_that_stops_answering_times_out_and_the_message_goes_later(vxgate, sink):
+    """The relay's time-out is the kernel's (salmon_app/sockio.py): a next hop that accepts
+    the connection and then says nothing holds a worker SmtpRelayTimeout, not for ever."""
+    import threading
+    stalled, gate = threading.Event(), threading.Event()
+
+    def mail_reply(sender):
+        if not stalled.is_set():
+            stalled.set()
+            gate.wait(10)           # silent past the time-out, once
+        return None
+    sink.mail_reply = mail_reply
+    gw = vxgate(SmtpRelayTimeout=0.5, SmtpRelayRetryMin=0.2)
+    started = time.time()
+    code, text = data_reply(gw, body())
+    assert code == 250 and b"deferred" in text and time.time() - started < 5
+    row = Message.get()
+    assert "timed out" in row.last_reply, row.last_reply
+    gate.set()
+    wait_state(Message.mode == "smtp", "delivered", timeout=15)
+    assert [m.data for m in sink.wait_for(1, 5)] == [body()]
+
+
 def test_handler_error_becomes_451_never_250(vxgate, sink, monkeypatch):
     gw = vxgate()
 
     def broken(message, analysis):
         raise RuntimeError("policy exploded")
     monkeypatch.setattr(gw.gateway.checks, "decide", broken)
-    with gw.client() as client:
-        client.ehlo()
-        client.mail("a@x.test")
-        client.rcpt("b@x.test")
-        code, text = client.data(body())
+    code, text = data_reply(gw, body())
     assert code == 451
     row = Message.get()
     assert row.state == "tempfailed" and not gw.gateway.spool.exists(row.id)

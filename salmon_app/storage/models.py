@@ -384,8 +384,7 @@ def _batched(defer):
         _DEPTH.n = 1
         _WRITER.execute("SAVEPOINT w")
         try:
-            yield commit
-            _WRITER.execute("RELEASE w")
+            yield commit        # no RELEASE: the savepoints of a batch nest until its COMMIT
         except BaseException as exc:
             failure = exc
             try:
