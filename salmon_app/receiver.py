@@ -176,6 +176,34 @@ class SmtpServer:
                     self.shares.change(-1)
 
 
+def _clean_lines(buffered, limit):
+    """The whole lines at the start of ``buffered`` (DATA, at a line start after CRLF) when
+    every one is well formed: (bytes to consume, their data un-dot-stuffed, True if the end of
+    DATA was among them); None when a line breaks a rule or none is complete (the caller
+    then reads one line the slow way, which also refuses it as the rules say)."""
+    if buffered[:3] == b".\r\n":
+        return 3, b"", True
+    end = buffered.rfind(b"\n")
+    if end < 0:
+        return None
+    region = buffered if end + 1 == len(buffered) else buffered[:end + 1]
+    taken, ended = end + 1, False
+    dot = region.find(b"\n.")                # a line that starts with a dot: rare, and the end is one
+    if dot >= 0:
+        stop = region.find(b"\r\n.\r\n", max(dot - 1, 0))    # CRLF.CRLF, only ever after a CRLF
+        if stop >= 0:
+            region, taken, ended = region[:stop + 2], stop + 5, True
+    lines = region.split(b"\r\n")            # one pass serves both checks below
+    if region.count(b"\n") != len(lines) - 1:
+        return None                           # a bare LF
+    if len(region) >= limit - 1 and max(map(len, lines)) >= limit - 1:
+        return None                           # an overlong line (limit counts the CRLF)
+    data = region.replace(b"\n.", b"\n") if dot >= 0 else region     # RFC 5321 4.5.2
+    if region[:1] == b".":
+        data = data[1:]
+    return taken, data, ended
+
+
 def listen(address):
     if address.is_unix:
         _unlink_quietly(address.path)
@@ -408,13 +436,28 @@ class Session:
         self.conn.sendall(reply.line() * (len(envelope.rcpt_to) if self.lmtp else 1))
 
     def _receive(self, writer, envelope):
-        """Stream DATA into the spool; return a Reply refusing the message, or None."""
+        """Stream DATA into the spool; return a Reply refusing the message, or None.
+
+        Line by line through the headers, and wherever a line breaks a rule; the body's
+        well-formed lines (every LF after a CR, none longer than the limit) go a buffer at a
+        time (``_clean_lines``): the same bytes, without a Python step per line, which cost a
+        third of a 100 KB message's CPU."""
         rfile, limit, max_size = self.rfile, self.server.max_line + 2, self.server.max_message_size
         problem = None
         after_crlf = True     # the end is CRLF.CRLF only: after a line that ended in CRLF
         in_headers, headers, kept = True, [], 0   # kept: a running count (a sum per line is quadratic)
         write = writer.write
         while True:
+            if after_crlf and not in_headers and problem is None:      # at a line start after CRLF
+                clean = _clean_lines(rfile.peek(1), limit)
+                if clean is not None:
+                    taken, data, ended = clean
+                    if writer.size + len(data) <= max_size:
+                        rfile.read(taken)
+                        write(data)
+                        if ended:
+                            break
+                        continue
             line = rfile.readline(limit)
             if not line:
                 raise ConnectionError("connection closed during DATA")

@@ -142,3 +142,58 @@ def test_intake_refusal_answers_mail_with_its_4xx(raw):
         assert client.cmd(b"MAIL FROM:<a@x.test>")[0] == 250
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- DATA a buffer at a time
+def _receive(stream, buffer_size, slow=False, max_size=10000, monkeypatch=None):
+    """What Session._receive makes of ``stream``: (refusal code or the error, the bytes
+    written, the header block, what is left for the next command)."""
+    import io
+    import types
+    from salmon_app import receiver
+    session = receiver.Session.__new__(receiver.Session)
+    session.server = types.SimpleNamespace(max_line=998, max_message_size=max_size)
+    session.rfile = io.BufferedReader(io.BytesIO(stream), buffer_size)
+    written = []
+    writer = types.SimpleNamespace(size=0)
+
+    def write(data):
+        written.append(data)
+        writer.size += len(data)
+    writer.write = write
+    envelope = types.SimpleNamespace(headers=None)
+    if slow:
+        monkeypatch.setattr(receiver, "_clean_lines", lambda buffered, limit: None)
+    try:
+        problem = session._receive(writer, envelope)
+        outcome = problem.code if problem else None
+    except ConnectionError as exc:
+        outcome = type(exc).__name__
+    finally:
+        if slow:
+            monkeypatch.undo()
+    return outcome, b"".join(written), envelope.headers, session.rfile.read()
+
+
+def _random_streams(count, seed=14):
+    import random
+    rng = random.Random(seed)
+    pieces = [b"a", b"x" * 70, b".", b"..", b"\r\n", b"\n", b"\r", b".\r\n", b"\r\n.\r\n", b"\n.\n",
+              b"y" * 990, b"z" * 1200, b"Subject: r\r\n", b"\r\n\r\n"]
+    for _ in range(count):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+        yield b"Subject: r\r\n\r\n" + body + rng.choice([b"\r\n.\r\n", b"\r\n.\r\nQUIT\r\n", b""])
+
+
+def test_data_read_a_buffer_at_a_time_is_the_same_as_line_by_line(monkeypatch):
+    """Every hostile DATA stream and 2,000 random ones, at buffer sizes that cut lines anywhere:
+    the same refusal, bytes, headers and next command as the line-by-line reading."""
+    streams = list(hostile.DATA_STREAMS) + list(_random_streams(2000))
+    for stream in streams:
+        for size in (16, 100, 1003, 65536):
+            for max_size in (10000, 200):
+                fast = _receive(stream, size, max_size=max_size)
+                assert fast == _receive(stream, size, slow=True, max_size=max_size, monkeypatch=monkeypatch), \
+                    (stream[:200], size, max_size)
+    smuggled = _receive(hostile.DATA_STREAMS[4], 65536)
+    assert smuggled[0] == 550 and smuggled[3] == b""      # LF.LF ended nothing: all of it was DATA

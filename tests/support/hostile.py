@@ -63,6 +63,29 @@ SLOW_HEADER_BLOCKS = [
     b"Subject: Gr\xfc\xdfe \xff\xfe =?utf-8?q?mixed?=\r\n",         # raw 8-bit, not UTF-8
 ]
 
+# ------------------------------------------------------------------ DATA (receiver)
+# What follows a DATA command up to and past its end (salmon_app/receiver.py, Session._receive
+# and its buffer-at-a-time _clean_lines): the end is CRLF.CRLF only (no SMTP smuggling), a
+# line's leading dot goes, bare LF and overlong lines (over 998 + CRLF) are refused.
+DATA_STREAMS = [
+    b"Subject: s\r\n\r\nbody\r\n.\r\n",
+    b"\r\nno headers\r\n.\r\nQUIT\r\n",                       # the next command pipelined
+    b"Subject: s\r\n\r\n.\r\n",                                 # an empty body
+    b".\r\n",                                                   # an empty message
+    b"Subject: s\r\n\r\nsmuggled\n.\nMAIL FROM:<x@evil.test>\r\n.\r\n",     # LF.LF is no end
+    b"Subject: s\r\n\r\nsmuggled\r\n.\nRCPT TO:<x@evil.test>\r\n.\r\n",   # CRLF.LF neither
+    b"Subject: s\r\n\r\nsmuggled\n.\r\nDATA\r\n.\r\n",                   # LF.CRLF neither
+    b"Subject: s\r\n\r\nbare\rCR\r\n\r.\r\n.\r\n",                      # bare CRs stay data
+    b"Subject: s\r\n\r\n..dot\r\n.\r\n...\r\n..\r\n.x\r\n.\r\n",          # leading dots
+    b"Subject: s\r\n\r\n" + b"x" * 998 + b"\r\n.\r\n",                    # the longest line
+    b"Subject: s\r\n\r\n" + b"x" * 999 + b"\r\n.\r\n",                    # one byte too long
+    b"Subject: s\r\n\r\n" + b"." + b"x" * 998 + b"\r\n.\r\n",             # long only if stuffed
+    b"Subject: s\r\n\r\n" + b"y" * 5000 + b"\n.\r\n.\r\n",               # long and bare LF
+    b"Subject: s\r\n\r\n" + b"line\r\n" * 3000 + b".\r\n",                # 18 KB of lines
+    b"Subject: s\r\n\r\nbody\r\n",                                 # no end: the client left
+    b"Subject: s\r\n\r\nbody\r\n.",                                # an end cut short
+]
+
 # ------------------------------------------------------------------ header values
 # Text that ends up in headers vxgate writes (reports, notices, bounces, repack notes, hook
 # edits): every writer must keep each on one header line, never add or forge a field.
