@@ -260,8 +260,11 @@ class Gateway:
         def guarded():
             self.storage.write(queue_id, record, settled=settled)
             # counted before the session can send the reply: a client that reads /metrics
-            # after the reply finds the message counted
-            self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
+            # after the reply finds the message counted; a count never stops the reply
+            try:
+                self.metrics.finished.labels(mode or models.mode_of(queue_id), state).inc()
+            except Exception as exc:
+                qlog(queue_id).warning("not counted in /metrics: %s", exc)
         waiter = self.registry.waiter(queue_id)
         told = bool(waiter and reply and waiter.offer(reply, before=guarded))
         if not told:
@@ -374,7 +377,7 @@ class Gateway:
         elif perm and not ok and not self._delivered_before(row.id) and self.conclude(
                 row.id, models.REJECTED, Reply(*_permanent(result.replies[perm[0]])),
                 "next hop refused every recipient: " + summary, require_session=True,
-                recipients=recipients, settled=True, **fields):
+                recipients=recipients, settled=True, mode=row.mode, **fields):
             pass    # Postfix got the 5xx and bounces
         else:
             if perm:

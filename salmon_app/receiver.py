@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 
+from salmon_app import shares as shares_module
 from salmon_app import sockio
 from salmon_app.smtp_syntax import XFORWARD_ATTRS, BadSyntax, printable, split_path, xforward_value
 
@@ -101,7 +102,8 @@ class SmtpServer:
         # woken with the other processes: the least busy one accepts first (salmon_app/shares.py)
         if not self.poller.poll(500):
             raise TimeoutError
-        pause = self.shares.head_start()
+        # a process with no room left lets one with room take it (else it would answer 421)
+        pause = shares_module.MOST if len(self.sessions) >= self.max_connections else self.shares.head_start()
         if pause > 0:
             time.sleep(pause)
         try:
@@ -447,9 +449,11 @@ class Session:
         after_crlf = True     # the end is CRLF.CRLF only: after a line that ended in CRLF
         in_headers, headers, kept = True, [], 0   # kept: a running count (a sum per line is quadratic)
         write = writer.write
+        slow = 0        # bytes of a buffer the fast path refused: read line by line (once, not per line)
         while True:
-            if after_crlf and not in_headers and problem is None:      # at a line start after CRLF
-                clean = _clean_lines(rfile.peek(1), limit)
+            if slow <= 0 and after_crlf and not in_headers and problem is None:      # a line start after CRLF
+                buffered = rfile.peek(1)
+                clean = _clean_lines(buffered, limit)
                 if clean is not None:
                     taken, data, ended = clean
                     if writer.size + len(data) <= max_size:
@@ -458,7 +462,9 @@ class Session:
                         if ended:
                             break
                         continue
+                slow = len(buffered)
             line = rfile.readline(limit)
+            slow -= len(line)
             if not line:
                 raise ConnectionError("connection closed during DATA")
             if after_crlf and line == b".\r\n":

@@ -37,6 +37,7 @@ class Shares:
         self._counts = memoryview(self._map).cast("q")
         self._lock = threading.Lock()
         self._mine = 0
+        self._left = False
 
     def open(self):
         """This process accepts from now on (its accept loop started)."""
@@ -45,13 +46,16 @@ class Shares:
 
     def leave(self):
         """This process accepts no more (stopping)."""
-        self.mark_gone(self.slot)
+        with self._lock:
+            self._left = True
+            self.mark_gone(self.slot)
 
     def change(self, delta):
         """This process opened (+1) or ended (-1) a session."""
         with self._lock:
             self._mine += delta
-            self._counts[self.slot] = self._mine
+            if not self._left:      # a stopping process's sessions end after it left
+                self._counts[self.slot] = self._mine
 
     def head_start(self):
         """How long this process leaves a new connection to the least busy one (seconds)."""

@@ -159,6 +159,31 @@ def _stored(models, kind="test"):
     return sorted(row[0] for row in cursor.fetchall())
 
 
+class _Failing:
+    """The shared connection, with ``fail(sql)`` asked before each statement (it may raise)."""
+
+    def __init__(self, real, fail):
+        self.real, self.fail = real, fail
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def execute(self, sql, *args):
+        self.fail(sql)
+        return self.real.execute(sql, *args)
+
+
+def _two_failing(models, fail):
+    """Two writers in one batch (BATCH1, BATCH2) on a shared connection that ``fail`` breaks."""
+    real = models._WRITER
+    models._WRITER = _Failing(real, fail)
+    try:
+        return _two_in_one_batch(models, lambda: models.log_event("BATCH1", "test"),
+                                 lambda: models.log_event("BATCH2", "test"))
+    finally:
+        models._WRITER = real
+
+
 def _two_in_one_batch(models, first_body, second_body):
     """Run two writers so that the second queues while the first is inside its transaction;
     returns {name: the exception each raised, or None}."""
@@ -219,22 +244,10 @@ def test_a_writer_that_fails_takes_back_only_its_own_writes(batched):
 
 def test_a_commit_that_fails_reaches_every_writer_of_the_batch(batched):
     models, commits = batched
-    real = models._WRITER
-
-    class DiskFull:         # the shared connection, whose COMMIT meets a full disk
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def execute(self, sql, *args):
-            if sql == "COMMIT":
-                raise sqlite3.OperationalError("database or disk is full")
-            return real.execute(sql, *args)
-    models._WRITER = DiskFull()
-    try:
-        outcome = _two_in_one_batch(models, lambda: models.log_event("BATCH1", "test"),
-                                    lambda: models.log_event("BATCH2", "test"))
-    finally:
-        models._WRITER = real
+    def disk_full(sql):     # the shared connection, whose COMMIT meets a full disk
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+    outcome = _two_failing(models, disk_full)
     assert all(isinstance(exc, sqlite3.OperationalError) for exc in outcome.values()), outcome
     assert len(outcome) == 2
     assert _stored(models) == []
@@ -255,3 +268,22 @@ def test_a_batch_nobody_commits_is_committed_by_its_writer(batched):
         models._QUEUED.pop()
     assert commits == ["COMMIT"]
     assert _stored(models) == ["BATCH1"]
+
+
+def test_a_savepoint_that_fails_undoes_nobody_elses_writes(batched):
+    """The second writer's SAVEPOINT fails: a ROLLBACK TO w would then have undone the first
+    writer's part (savepoints of one name nest); only the second writer is told it failed."""
+    models, commits = batched
+    seen = []
+
+    def second_savepoint(sql):
+        if sql == "SAVEPOINT w":
+            seen.append(sql)
+            if len(seen) == 2:
+                raise sqlite3.OperationalError("out of memory")
+    outcome = _two_failing(models, second_savepoint)
+    assert outcome["first"] is None and isinstance(outcome["second"], sqlite3.OperationalError)
+    assert _stored(models) == ["BATCH1"]
+    with models.writing():          # and that thread's next write is a transaction of its own
+        models.log_event("BATCH3", "test")
+    assert _stored(models) == ["BATCH1", "BATCH3"]

@@ -197,3 +197,21 @@ def test_data_read_a_buffer_at_a_time_is_the_same_as_line_by_line(monkeypatch):
                     (stream[:200], size, max_size)
     smuggled = _receive(hostile.DATA_STREAMS[4], 65536)
     assert smuggled[0] == 550 and smuggled[3] == b""      # LF.LF ended nothing: all of it was DATA
+
+
+def test_one_bad_line_late_in_a_buffer_costs_one_fallback_not_one_per_line(monkeypatch):
+    from salmon_app import receiver
+    calls = []
+    real = receiver._clean_lines
+
+    def counted(buffered, limit):
+        calls.append(len(buffered))
+        return real(buffered, limit)
+    for stream in hostile.DATA_ONE_BAD_LINE_LATE:
+        del calls[:]
+        monkeypatch.setattr(receiver, "_clean_lines", counted)
+        fast = _receive(stream, 65536, max_size=50000)
+        monkeypatch.undo()
+        assert len(calls) <= 4, len(calls)          # not one per line (32,000)
+        assert fast == _receive(stream, 65536, slow=True, max_size=50000, monkeypatch=monkeypatch)
+        assert fast[0] in (550, 552)

@@ -219,7 +219,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     ``several``: the processes of one daemon (``Processes`` > 1) share this database as nodes of
     their own (``storage/subnodes.py``). On SQLite their write transactions then also queue on a
     ``flock`` beside the file: SQLite's own busy handler sleeps 1, 2, 5... ms per collision."""
-    global _GROUP, _PROCESS_LOCK, _WRITER, _BATCH
+    global _GROUP, _PROCESS_LOCK, _WRITER
     from salmon_app.storage import migrations
     sqlite = engine.parse(where)[0] == "sqlite"
     if group_commit and sqlite:
@@ -229,8 +229,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     db.initialize(database)
     _GROUP = None
     if _WRITER is not None:
-        _WRITER.close()
-        _WRITER, _BATCH = None, None
+        close_writer()
     if _PROCESS_LOCK is not None:
         _PROCESS_LOCK.close()
         _PROCESS_LOCK = None
@@ -380,18 +379,21 @@ def _batched(defer):
             _BATCH = _Batch()
         batch = _BATCH
         batch.members += 1
-        state.conn, state.closed = _WRITER, False
-        _DEPTH.n = 1
-        _WRITER.execute("SAVEPOINT w")
+        marked = False          # our own savepoint exists (a ROLLBACK TO w before it would undo another's)
         try:
+            _WRITER.execute("SAVEPOINT w")
+            marked = True
+            state.conn, state.closed = _WRITER, False
+            _DEPTH.n = 1
             yield commit        # no RELEASE: the savepoints of a batch nest until its COMMIT
         except BaseException as exc:
             failure = exc
-            try:
-                _WRITER.execute("ROLLBACK TO w")
-                _WRITER.execute("RELEASE w")
-            except Exception:
-                pass
+            if marked:
+                try:
+                    _WRITER.execute("ROLLBACK TO w")
+                    _WRITER.execute("RELEASE w")
+                except Exception:
+                    pass
             if not _WRITER.in_transaction:      # SQLite gave up the whole transaction (I/O error)
                 _end_batch(batch, exc)
             raise
@@ -445,8 +447,11 @@ def close_writer():
     global _WRITER
     with _WRITE_LOCK:
         if _WRITER is not None:
-            if _BATCH is not None:
-                _commit_batch(_BATCH)
+            if _BATCH is not None:      # its writers wait for it: committed, or told it failed
+                try:
+                    _commit_batch(_BATCH)
+                except Exception:
+                    pass
             _WRITER.close()
             _WRITER = None
 

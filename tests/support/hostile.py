@@ -86,6 +86,14 @@ DATA_STREAMS = [
     b"Subject: s\r\n\r\nbody\r\n.",                                # an end cut short
 ]
 
+# Short lines, then one that breaks a rule: the buffer-at-a-time path must fall back for the
+# rest of that buffer, not look at the whole buffer again for every short line (seconds of CPU).
+DATA_ONE_BAD_LINE_LATE = [
+    b"Subject: s\r\n\r\n" + b"\r\n" * 32000 + b"bare\n.\r\n.\r\n",
+    b"Subject: s\r\n\r\n" + b"\r\n" * 32000 + b"z" * 1200 + b"\r\n.\r\n",
+    b"Subject: s\r\n\r\n" + b"x\r\n" * 21000 + b".\r\n",        # over a 50,000-byte limit
+]
+
 # ------------------------------------------------------------------ header values
 # Text that ends up in headers vxgate writes (reports, notices, bounces, repack notes, hook
 # edits): every writer must keep each on one header line, never add or forge a field.
