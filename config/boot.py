@@ -3,12 +3,14 @@
 With ``Processes`` > 1 the receiver is the master of that many processes
 (``salmon_app/processes.py``), each of which runs this file again as one of them
 (``salmon_app/worker_process.py``) and wires its own gateway."""
+import logging
 import os
 
 from salmon.routing import Router
 
 from config import settings
 from salmon_app.gateway import Gateway
+from salmon_app import affinity
 from salmon_app import config as vxconfig
 from salmon_app import logsetup
 from salmon_app.log import config_secrets, install_redaction
@@ -39,12 +41,23 @@ def load():
     return vxconfig.load(CONFIG.path)
 
 
+def pin(slot=None):
+    """PinProcesses: this mail process on one CPU core (salmon_app/affinity.py)."""
+    if LOGGING.PinProcesses:
+        core = affinity.pin(slot)
+        if core is not None:
+            logging.getLogger("vxgate").info("%srunning on CPU core %d (PinProcesses)",
+                                             "" if slot is None else "process %d " % slot, core)
+
+
 if child:       # one of several processes: the master holds the state lock and the pid file
     settings.receiver = Service(lambda: Gateway(child.config(CONFIG), Router, sockets=child.sockets, shares=child.shares),
-                                load=lambda: child.config(load()), pid_path=PID_PATH, announce=child.announce)
+                                load=lambda: child.config(load()), pid_path=PID_PATH, announce=child.announce,
+                                pin=lambda: pin(child.slot))
 elif subnodes.count(CONFIG) > 1:
     settings.receiver = Service(lambda: ProcessSet(CONFIG, PID_PATH, keep_fds=[settings.receiver.lock_fd],
                                                    interrupted=settings.receiver.stopped.is_set),
                                 lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)
 else:
-    settings.receiver = Service(lambda: Gateway(CONFIG, Router), lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)
+    settings.receiver = Service(lambda: Gateway(CONFIG, Router), lock=state_lock(CONFIG), load=load, pid_path=PID_PATH,
+                                pin=pin)

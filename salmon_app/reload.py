@@ -19,7 +19,7 @@ LOG = logging.getLogger("vxgate")
 # Values bound to sockets, threads, files or the process itself: they take a restart.
 RESTART_NEEDED = ("SmtpSocket", "BccSocket", "SmtpWorkers", "SmtpRelayWorkers", "SmtpQueueSize", "VxcubeWorkers",
                   "VxcubeQueueSize", "UseVxcube", "SpoolDir", "DatabasePath", "DatabaseUrl", "NodeName", "DatabaseBusyTimeout", "MetricsSocket", "Processes",
-                  "LogTarget", "LogFormat", "LogLevel", "LogFile", "LogSyslogAddress", "PidFile", "User")
+                  "PinProcesses", "LogTarget", "LogFormat", "LogLevel", "LogFile", "LogSyslogAddress", "PidFile", "User")
 
 
 def changes(old, new):

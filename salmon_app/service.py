@@ -81,8 +81,9 @@ def _written_pid(fd):
 
 
 class Service:
-    def __init__(self, build, lock=None, load=None, pid_path=None, announce=None):
+    def __init__(self, build, lock=None, load=None, pid_path=None, announce=None, pin=None):
         self.build = build          # returns the gateway (or processes.ProcessSet); called at start so errors surface there
+        self.pin = pin              # the daemon's CPU core, chosen before its threads start (salmon_app/affinity.py)
         self.announce = announce    # called with the started gateway before READY=1 (a process of several)
         self.lock = lock            # path of the state lock (config/boot.py: DatabasePath + ".lock")
         self.load = load            # re-reads the configuration file (reload)
@@ -105,6 +106,8 @@ class Service:
                 signal.signal(signum, self._signal)
             for signum in (signal.SIGHUP, signal.SIGUSR1):
                 signal.signal(signum, self._reload)
+        if block and self.pin:
+            self.pin()
         try:
             if self.lock:
                 self.lock_fd = lock_state(self.lock)

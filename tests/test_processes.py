@@ -266,6 +266,62 @@ def test_each_process_has_its_node_spool_and_share_of_the_upload_budget(tmp_path
     assert subnodes.count(config.replace(Processes=0)) == len(os.sched_getaffinity(0))
 
 
+# ---------------------------------------------------------------- CPU cores (PinProcesses)
+def cpus_allowed(pid, task=None):
+    """The cores ``pid`` (or one of its threads) may run on, as the kernel says."""
+    path = "/proc/%d/status" % pid if task is None else "/proc/%d/task/%s/status" % (pid, task)
+    with open(path) as handle:
+        text = next(line for line in handle if line.startswith("Cpus_allowed_list:")).split(":", 1)[1]
+    cores = set()
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return cores
+
+
+def hook_processes(pid):
+    found = []
+    for child in children_of(pid):
+        try:
+            with open("/proc/%d/cmdline" % child, "rb") as handle:
+                if b"salmon_app.policy.process" in handle.read():
+                    found.append(child)
+        except OSError:
+            pass
+    return found
+
+
+def test_each_process_keeps_to_a_core_of_its_own_and_its_hook_processes_use_any(tmp_path, nodes, sink):
+    given = os.sched_getaffinity(0)         # what the daemon was started with (it inherits ours)
+    node = start_two(nodes, tmp_path, sink)
+    node.send(numbered(0))
+    sink.wait_for(1, 30)
+    pids = workers(node.proc.pid)
+    cores = {slot: cpus_allowed(pid) for slot, pid in pids.items()}
+    assert all(len(c) == 1 and c <= given for c in cores.values()), cores
+    if len(given) >= 2:
+        assert cores[0] != cores[1], cores        # the processes take the cores in turn
+    for slot, pid in pids.items():              # every thread, those started before the pin too
+        assert all(cpus_allowed(pid, task) == cores[slot] for task in os.listdir("/proc/%d/task" % pid))
+        hooks = hook_processes(pid)
+        assert hooks and all(cpus_allowed(h) == given for h in hooks), hooks
+        core = next(iter(cores[slot]))
+        assert "process %d running on CPU core %d (PinProcesses)" % (slot, core) in node.log.read_text()
+    assert cpus_allowed(node.proc.pid) == given        # the master does no mail work
+
+
+def test_a_single_process_keeps_to_one_core_and_pin_processes_no_to_none(tmp_path, nodes, sink):
+    given = os.sched_getaffinity(0)
+    node = nodes(tmp_path / "one", "one", None, sink.port).start()
+    wait_until(lambda: "running on CPU core" in node.log.read_text(), 30, "the pin logged")
+    core = cpus_allowed(node.proc.pid)
+    assert len(core) == 1 and core <= given
+    node.stop()
+    loose = start_two(nodes, tmp_path, sink, PinProcesses=False)
+    assert all(cpus_allowed(pid) == given for pid in workers(loose.proc.pid).values())
+    assert "PinProcesses" not in loose.log.read_text()
+
+
 # ---------------------------------------------------------------- the master is killed
 def test_killed_master_takes_its_processes_along_and_a_new_start_resumes_the_mail_once(tmp_path, nodes, sink, records):
     node, Message_ = deferred_on_two(nodes, tmp_path, sink, records, 30)

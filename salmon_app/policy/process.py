@@ -20,6 +20,8 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
+from salmon_app import affinity
+
 from . import runtime
 from .result import HookError
 
@@ -74,6 +76,7 @@ def _serve(receive, send):
 
 
 def _child_main():
+    affinity.release()      # the daemon itself keeps to one core; a hook process may use any
     # The channel takes stdout's place; stdout itself goes to stderr, so that nothing
     # printed by a library can corrupt the protocol.
     channel = os.dup(1)
