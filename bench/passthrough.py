@@ -449,13 +449,17 @@ class Vxgate:
 class Barefilter:
     """bench/barefilter.py under this script's interpreter (the one vxgate's venv runs)."""
 
-    def __init__(self, processes, workdir, port, relay_port):
+    def __init__(self, processes, workdir, port, relay_port, core=None):
+        # ``core``: run it on that CPU core alone, as vxgate's PinProcesses keeps each of its
+        # processes (the same cure for the same interpreter lock: a fair "what Python can do")
         self.port = port
         os.makedirs(workdir, exist_ok=True)
         self.spool = os.path.join(workdir, "spool")
         self.output_path = os.path.join(workdir, "barefilter.out")
         self._output = open(self.output_path, "wb")
         argv = [sys.executable, os.path.join(REPO, "bench", "barefilter.py"), str(port), str(relay_port), self.spool]
+        if core is not None:
+            argv = ["taskset", "-c", str(core)] + argv     # util-linux
         self.proc = processes.start("barefilter", argv, stdin=subprocess.DEVNULL, stdout=self._output,
                                     stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
@@ -820,7 +824,7 @@ def print_table(cells, targets, out=sys.stdout):
         print(row, file=out)
     names = {t["name"] for t in targets}
     for vx in [t for t in targets if t["kind"] == "vxgate"]:
-        for other, what in (("amavis", "amavisd-new"), ("bare", "bare filter")):
+        for other, what in (("amavis", "amavisd-new"), ("bare", "bare filter"), ("bare1", "bare, one core")):
             if other in names:
                 print("%-*s" % (first, "%s / %s" % (vx["name"], what))
                       + "".join("%*s" % (width, "%.2f" % ratio(c, vx["name"], other)) for c in cells), file=out)
@@ -853,7 +857,8 @@ def main():
     parser.add_argument("--all-loads", action="store_true",
                         help="the whole matrix (4 KB / 100 KB x 1 / 5 recipients x new / reused) instead of "
                              "the issue's four loads")
-    parser.add_argument("--only", help="comma-separated targets to run: direct,bare,amavis,vxgate (default: all)")
+    parser.add_argument("--only", help="comma-separated targets to run: direct,bare,amavis,vxgate (default: "
+                                       "those), bare1 (the bare filter on one core, with taskset)")
     parser.add_argument("--vxgate", action="append", default=[], metavar="NAME=DIR",
                         help="also measure the vxgate of another checkout DIR (e.g. a `git worktree` of an "
                              "older commit), as row NAME; with this venv's packages")
@@ -938,6 +943,12 @@ def main():
             targets.append({"name": "bare", "kind": "bare", "port": bare.port, "cpu_pid": bare.pid, "filter": bare,
                             "label": "bare threaded Python fsync filter", "process": bare.proc})
             print("bare filter on 127.0.0.1:%d (pid %d)" % (bare.port, bare.pid))
+        if "bare1" in only:
+            bare1 = Barefilter(processes, os.path.join(workdir, "bare1"), port(), sink_port,
+                               core=sorted(os.sched_getaffinity(0))[0])
+            targets.append({"name": "bare1", "kind": "bare", "port": bare1.port, "cpu_pid": bare1.pid,
+                            "filter": bare1, "label": "bare filter on one core (taskset)", "process": bare1.proc})
+            print("bare filter on one core on 127.0.0.1:%d (pid %d)" % (bare1.port, bare1.pid))
         metrics = (lambda: "MetricsSocket =") if args.no_metrics else (lambda: "MetricsSocket = 127.0.0.1:%d" % port())
         for name, source, count in ([("vxgate", REPO, args.processes)] if "vxgate" in only else []) + extra:
             vx = Vxgate(processes, os.path.join(workdir, name), port(), sink_port, max(200, 4 * args.sessions),
