@@ -280,15 +280,13 @@ def cpus_allowed(pid, task=None):
 
 
 def hook_processes(pid):
-    found = []
-    for child in children_of(pid):
+    def command(child):
         try:
             with open("/proc/%d/cmdline" % child, "rb") as handle:
-                if b"salmon_app.policy.process" in handle.read():
-                    found.append(child)
-        except OSError:
-            pass
-    return found
+                return handle.read()
+        except OSError:       # it ended meanwhile
+            return b""
+    return [child for child in children_of(pid) if b"salmon_app.policy.process" in command(child)]
 
 
 def test_each_process_keeps_to_a_core_of_its_own_and_its_hook_processes_use_any(tmp_path, nodes, sink):

@@ -13,7 +13,9 @@ the one of ``HookRuntime``: ``run``, ``reload``, ``source``, plus ``close``.
 """
 import ctypes
 import logging
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -117,6 +119,9 @@ class HookProcess:
         self._conn = Connection(os.dup(self._child.stdout.fileno()), writable=False)
         self._child.stdin.close()
         self._child.stdout.close()
+        # one poll object for the child's life: Connection.poll() builds a selector per call
+        self._answers = select.poll()
+        self._answers.register(self._conn.fileno(), select.POLLIN)
         self._ready = False
         try:
             self._send.send((self._spec, self._options, self._source))
@@ -148,7 +153,7 @@ class HookProcess:
         while True:
             left = deadline - time.monotonic()
             try:
-                if left <= 0 or not self._conn.poll(left):
+                if left <= 0 or not self._answers.poll(max(1, math.ceil(left * 1000))):
                     return None
                 message = self._conn.recv()
             except (EOFError, OSError):
