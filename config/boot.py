@@ -41,23 +41,23 @@ def load():
     return vxconfig.load(CONFIG.path)
 
 
-def pin(slot=None):
+def keep_to_core(slot=0, count=1, first=None):
     """PinProcesses: this mail process on one CPU core (salmon_app/affinity.py)."""
     if LOGGING.PinProcesses:
-        core = affinity.pin(slot)
+        core = affinity.pin(slot, count, first)
         if core is not None:
             logging.getLogger("vxgate").info("%srunning on CPU core %d (PinProcesses)",
-                                             "" if slot is None else "process %d " % slot, core)
+                                             "process %d " % slot if child else "", core)
 
 
 if child:       # one of several processes: the master holds the state lock and the pid file
     settings.receiver = Service(lambda: Gateway(child.config(CONFIG), Router, sockets=child.sockets, shares=child.shares),
                                 load=lambda: child.config(load()), pid_path=PID_PATH, announce=child.announce,
-                                pin=lambda: pin(child.slot))
+                                core=lambda: keep_to_core(child.slot, child.count, child.first_cpu))
 elif subnodes.count(CONFIG) > 1:
     settings.receiver = Service(lambda: ProcessSet(CONFIG, PID_PATH, keep_fds=[settings.receiver.lock_fd],
                                                    interrupted=settings.receiver.stopped.is_set),
                                 lock=state_lock(CONFIG), load=load, pid_path=PID_PATH)
 else:
     settings.receiver = Service(lambda: Gateway(CONFIG, Router), lock=state_lock(CONFIG), load=load, pid_path=PID_PATH,
-                                pin=pin)
+                                core=keep_to_core)

@@ -8,11 +8,13 @@ Kept on one core, the same process did the same work with a third less CPU per m
 (4 KB pass-through: +43% msg/s with one process, +31% with two; bench/README.md). nginx's
 ``worker_cpu_affinity auto`` and HAProxy's ``cpu-map`` pin their workers the same way.
 
-The processes of a set (``Processes``) take the cores they may use in turn; a single process
-stays on the core it starts on, so that two daemons on one machine seldom share one. The
-hook processes (``policy/process.py``) are interpreters of their own, with no lock to share:
-they run on any core the daemon was given (``release``). ``PinProcesses = No`` leaves every
-process to the scheduler.
+The processes of a set (``Processes``) take the cores they may use in turn, from the one the
+master is on; a single process stays on the core it starts on (two daemons on one machine
+then share a core less often than if each began at core 0). With more processes than cores
+none is pinned. The choice is made at start: a core taken offline later is left to the
+kernel, which moves the process. The hook processes (``policy/process.py``) are interpreters
+of their own, with no lock to share: they run on any core the daemon was given (``release``).
+``PinProcesses = No`` leaves every process to the scheduler.
 """
 import logging
 import os
@@ -28,18 +30,21 @@ def _current_cpu():
         return int(handle.read().rsplit(")", 1)[1].split()[36])
 
 
-def pin(slot=None):
+def pin(slot=0, count=1, first=None):
     """Keep every thread of this process (those running now and those it starts) on one
-    core: the ``slot``-th of the cores it may use, or with ``slot`` None the one it is on.
-    Returns that core, or None (logged) when the system does not allow it."""
+    core. Process ``slot`` of ``count`` takes the cores it may use in turn from core
+    ``first`` (the master's choice), a single process the core it is on. Returns the core,
+    or None (logged) when it cannot: more processes than cores (two on one core would carry
+    twice the mail of the others: the scheduler balances better), or a system that refuses."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
+        if count > len(cpus):
+            LOG.warning("PinProcesses: Processes = %d is more than the %d CPU cores vxgate may use; "
+                        "its processes are left to the scheduler (lower Processes to pin them)", count, len(cpus))
+            return None
         os.environ[ENV] = ",".join(str(c) for c in cpus)
-        if slot is not None:
-            cpu = cpus[slot % len(cpus)]
-        else:
-            cpu = _current_cpu()
-            cpu = cpu if cpu in cpus else cpus[0]
+        start = first if first in cpus else _current_cpu()
+        cpu = cpus[(cpus.index(start) + slot) % len(cpus)] if start in cpus else cpus[slot % len(cpus)]
         for task in os.listdir("/proc/self/task"):
             try:
                 os.sched_setaffinity(int(task), {cpu})
@@ -52,13 +57,23 @@ def pin(slot=None):
     return cpu
 
 
-def release():
-    """In a process the daemon started (a hook process): run on every core the daemon was
-    given, not only on the daemon's own."""
+def first_core():
+    """The core a set of processes starts from: the one the master is on, so that two
+    daemons on one machine do not both begin at core 0."""
+    try:
+        return _current_cpu()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release(pid):
+    """Let process ``pid`` (a hook process just started) run on every core the daemon was
+    given, not only on the daemon's own: done by the daemon at once, so that the child's
+    start-up (an interpreter, lupa, RE2) does not run on the mail process's core."""
     cpus = os.environ.get(ENV)
     if not cpus:
         return
     try:
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        os.sched_setaffinity(pid, {int(c) for c in cpus.split(",")})
     except (OSError, ValueError):
-        pass        # it stays where it was started: slower, never wrong
+        pass        # it stays where it was started (or it ended): slower, never wrong

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 
+from salmon_app import affinity
 from salmon_app import reload as reloading
 from salmon_app import shares
 from salmon_app.receiver import listen
@@ -67,6 +68,7 @@ class ProcessSet:
         self.config, self.pid_path, self.keep_fds = config, pid_path, [fd for fd in keep_fds if fd is not None]
         self.interrupted = interrupted      # SIGTERM came while the processes start
         self.count = subnodes.count(config)
+        self.first_cpu = affinity.first_core()   # PinProcesses: the set's cores begin here, also after a restart
         self.children = [Child(slot) for slot in range(self.count)]
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -146,6 +148,7 @@ class ProcessSet:
         env.update(VXGATE_SLOT=str(child.slot), VXGATE_PROCESSES=str(self.count), VXGATE_LISTEN_FDS=json.dumps(fds),
                    VXGATE_PINNED_FD=str(values), VXGATE_SHARES_FD=str(self.shares_fd),
                    VXGATE_PID_PATH="%s.%d" % (self.pid_path, child.slot), VXGATE_MASTER_PID=str(os.getpid()),
+                   VXGATE_FIRST_CPU=str(self.first_cpu if self.first_cpu is not None else ""),
                    NOTIFY_SOCKET="@" + self.notify.getsockname()[1:].decode())
         if self.config.path:
             env["VXGATE_CONFIG"] = os.path.abspath(self.config.path)

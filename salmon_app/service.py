@@ -81,9 +81,9 @@ def _written_pid(fd):
 
 
 class Service:
-    def __init__(self, build, lock=None, load=None, pid_path=None, announce=None, pin=None):
+    def __init__(self, build, lock=None, load=None, pid_path=None, announce=None, core=None):
         self.build = build          # returns the gateway (or processes.ProcessSet); called at start so errors surface there
-        self.pin = pin              # the daemon's CPU core, chosen before its threads start (salmon_app/affinity.py)
+        self.core = core            # keeps the daemon on a CPU core before its threads start (PinProcesses)
         self.announce = announce    # called with the started gateway before READY=1 (a process of several)
         self.lock = lock            # path of the state lock (config/boot.py: DatabasePath + ".lock")
         self.load = load            # re-reads the configuration file (reload)
@@ -106,8 +106,8 @@ class Service:
                 signal.signal(signum, self._signal)
             for signum in (signal.SIGHUP, signal.SIGUSR1):
                 signal.signal(signum, self._reload)
-        if block and self.pin:
-            self.pin()
+        if block and self.core:
+            self.core()
         try:
             if self.lock:
                 self.lock_fd = lock_state(self.lock)

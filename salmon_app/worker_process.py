@@ -20,6 +20,8 @@ class ThisProcess:
     def __init__(self, slot, count, fds):
         import socket
         self.slot, self.count = slot, count
+        first = os.environ.get("VXGATE_FIRST_CPU", "")
+        self.first_cpu = int(first) if first.isdigit() else None     # where the set's cores begin
         self.sockets = {mode: socket.socket(fileno=fd) for mode, fd in fds.items()}
         self.pid_path = os.environ.get("VXGATE_PID_PATH")     # its reload outcome goes beside it
         self.pinned = _read_all(int(os.environ["VXGATE_PINNED_FD"])) if os.environ.get("VXGATE_PINNED_FD") else {}

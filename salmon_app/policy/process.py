@@ -19,6 +19,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 
@@ -78,7 +79,6 @@ def _serve(receive, send):
 
 
 def _child_main():
-    affinity.release()      # the daemon itself keeps to one core; a hook process may use any
     # The channel takes stdout's place; stdout itself goes to stderr, so that nothing
     # printed by a library can corrupt the protocol.
     channel = os.dup(1)
@@ -101,6 +101,8 @@ class HookProcess:
         self._options = dict(memory_limit=memory_limit, time_limit=time_limit,
                              on_error=on_error, list_dir=list_dir)
         self._source, self._child, self._ready, self._closed = source, None, False, False
+        self._send = self._conn = self._answers = None
+        self._lock = threading.Lock()
         self._start()
         self._await_ready(START_TIME + time_limit)
 
@@ -112,50 +114,62 @@ class HookProcess:
     # --- the child ------------------------------------------------------------------------
 
     def _start(self):
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, close_fds=True)
-        self._send = Connection(os.dup(self._child.stdin.fileno()), readable=False)
-        self._conn = Connection(os.dup(self._child.stdout.fileno()), writable=False)
-        self._child.stdin.close()
-        self._child.stdout.close()
-        # one poll object for the child's life: Connection.poll() builds a selector per call
-        self._answers = select.poll()
-        self._answers.register(self._conn.fileno(), select.POLLIN)
-        self._ready = False
+        with self._lock:
+            if self._closed:    # close() came first (shut-down): no child to leave behind
+                return
+            child = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, close_fds=True)
+            affinity.release(child.pid)     # the daemon keeps to one core (PinProcesses); its hook may use any
+            send = Connection(os.dup(child.stdin.fileno()), readable=False)
+            conn = Connection(os.dup(child.stdout.fileno()), writable=False)
+            child.stdin.close()
+            child.stdout.close()
+            # one poll object for the child's life: Connection.poll() builds a selector per call
+            answers = select.poll()
+            answers.register(conn.fileno(), select.POLLIN)
+            self._child, self._send, self._conn, self._answers = child, send, conn, answers
+            self._ready = False
         try:
-            self._send.send((self._spec, self._options, self._source))
-        except OSError:   # it died at once: _await_ready reports that
+            send.send((self._spec, self._options, self._source))
+        except OSError:   # it died at once (or close() came): _await_ready reports that
             pass
 
     def close(self):
         """Stop the child for good (the worker or the daemon is going away)."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._stop()
 
     def _stop(self):
-        if self._child is None:
+        # the daemon's shut-down may close() while the worker stops a child that overran:
+        # one of them takes the child, the other finds nothing left to stop
+        with self._lock:
+            child, send, conn = self._child, self._send, self._conn
+            self._child = self._conn = self._send = self._answers = None
+        if child is None:
             return
-        self._child.kill()
-        self._child.wait()
-        self._send.close()
-        self._conn.close()
-        self._child = self._conn = self._send = None
+        child.kill()
+        child.wait()
+        send.close()
+        conn.close()
 
     def _restart(self):
         self._stop()
-        if not self._closed:
-            self._start()
+        self._start()
 
     def _receive(self, deadline):
         """The child's next answer, logging what it logs meanwhile; None at the deadline or
         when the child is gone."""
+        conn, answers = self._conn, self._answers    # close() may clear them meanwhile (shut-down)
+        if conn is None:
+            return None
         while True:
             left = deadline - time.monotonic()
             try:
-                if left <= 0 or not self._answers.poll(max(1, math.ceil(left * 1000))):
+                if left <= 0 or not answers.poll(math.ceil(left * 1000)):
                     return None
-                message = self._conn.recv()
+                message = conn.recv()
             except (EOFError, OSError):
                 return None
             if message[0] != "log":
@@ -186,15 +200,19 @@ class HookProcess:
         except HookError as exc:
             return None, str(exc)
         deadline = time.monotonic() + self.time_limit + SLACK
+        child, send = self._child, self._send        # close() may clear them meanwhile (shut-down)
         try:
-            self._send.send(request)
+            if send is None:
+                raise OSError("closed")
+            send.send(request)
         except (OSError, ValueError):
             answer = None
         else:
             answer = self._receive(deadline)
         if answer is None:
             why = "time limit exceeded" if time.monotonic() >= deadline else \
-                "the hook process ended (exit code %s)" % self._child.poll()
+                "vxgate is shutting down" if self._closed else \
+                "the hook process ended (exit code %s)" % (child.poll() if child else None)
             self._restart()   # the replacement loads the hook while this worker goes on
             return None, why
         if answer[2] is not None:

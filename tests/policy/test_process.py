@@ -92,6 +92,24 @@ def test_close_stops_the_child(envelope):
     assert hook.run(envelope, PLAIN, {}).reason == "vxgate is shutting down"
 
 
+def test_close_during_a_stuck_call_answers_the_worker_and_leaves_no_child():
+    """The daemon's shut-down closes a worker's hook process while the worker waits for a
+    hook stuck in a C call: the worker gets the configured failure at once, not an error
+    from a connection closed under it, and no replacement is started behind the close."""
+    import threading
+    hook = HookProcess(guarded(HOOK_C_CALLS[0]), time_limit=5.0)
+    child = hook._child
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(decision=hook.run(BAD, PLAIN, {})))
+    worker.start()
+    time.sleep(0.3)                  # the worker waits for the answer now
+    hook.close()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert out["decision"].action == "tempfail" and out["decision"].reason == "vxgate is shutting down"
+    assert child.poll() is not None and hook._child is None
+
+
 def _alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as stat:
