@@ -43,14 +43,14 @@ def pin(slot=0, count=1, first=None):
                         "its processes are left to the scheduler (lower Processes to pin them)", count, len(cpus))
             return None
         os.environ[ENV] = ",".join(str(c) for c in cpus)
-        start = first if first in cpus else _current_cpu()
-        cpu = cpus[(cpus.index(start) + slot) % len(cpus)] if start in cpus else cpus[slot % len(cpus)]
+        start = first if first in cpus else first_core()
+        cpu = cpus[((cpus.index(start) if start in cpus else 0) + slot) % len(cpus)]
         for task in os.listdir("/proc/self/task"):
             try:
                 os.sched_setaffinity(int(task), {cpu})
             except ProcessLookupError:      # a thread that ended meanwhile
                 pass
-    except (OSError, ValueError, IndexError) as exc:
+    except (OSError, ValueError) as exc:
         LOG.warning("PinProcesses: cannot keep this process on one CPU core (%s); "
                     "the scheduler places its threads (set PinProcesses = No to skip this)", exc)
         return None
