@@ -60,23 +60,39 @@ def text_of(driver, css):
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
+# Chromedriver's words when an element it just found belongs to a page that a click is replacing;
+# it raises these as a plain WebDriverException rather than a stale element.
+REPLACED = ("does not belong to the document", "No node with given id")
+
+
+def being_replaced(error):
+    """True when ``error`` means the page is being replaced after a click: not yet, look again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    return isinstance(error, (NoSuchElementException, StaleElementReferenceException)) or any(
+        words in (error.msg or "") for words in REPLACED)
+
+
 def shows(driver, css, text):
     """True once the element ``css`` of the current page contains ``text`` (a page being replaced
-    after a click answers "stale" or "no such element": not yet)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    after a click answers "stale", "no such element" or "node does not belong": not yet)."""
+    from selenium.common.exceptions import WebDriverException
     try:
         return text in text_of(driver, css)
-    except (NoSuchElementException, StaleElementReferenceException):
-        return False
+    except WebDriverException as error:
+        if being_replaced(error):
+            return False
+        raise
 
 
 def row_ids(driver):
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     try:
         return [r.get_attribute("data-id") for r in driver.find_elements(By.CSS_SELECTOR, "table.messages tbody tr[data-id]")]
-    except StaleElementReferenceException:
-        return None
+    except WebDriverException as error:
+        if being_replaced(error):
+            return None
+        raise
 
 
 def click(driver, css):
