@@ -299,11 +299,12 @@ class Gateway:
             log.error("internal error: %s", exc, exc_info=exc)
         reason = "internal error: %s: %s" % (type(exc).__name__, exc)
         try:
-            row = Message.get_by_id(queue_id)
+            # told first: a new message's record may not be written yet (models.insert_message)
             told = self.conclude(queue_id, models.TEMPFAILED, Reply(451, "4.3.0 Internal error, try again later"),
                                  reason, remove_file=True, require_session=True, settled=True)
             if told:
                 return
+            row = Message.get_by_id(queue_id)
             errors = Event.select().where(Event.message == queue_id, Event.text.startswith("internal error")).count()
             if not storage and errors + 1 >= self.config.SmtpErrorLimit:
                 self.conclude(queue_id, models.HELD, None, "%s; failed %d times, set aside (vxgate quarantine "
@@ -513,14 +514,18 @@ class Intake:
         log = qlog(queue_id)
         own = self.mode == "bcc"      # a BCC copy is vxgate's at once: nobody waits for its outcome
         waiter = gateway.registry.add_waiter(queue_id) if not own else None
+        commit = models.Commit()
         try:
             writer.commit()
-            # the record's fsync is not waited for here: the outcome's commit (or the early
-            # answer's) makes it durable too, before any 250 (``models.writing(defer)``)
+            # the record is not written here: the outcome's transaction (or the early answer's)
+            # writes it first and makes both durable, before any 250 (``models.insert_message``)
             message, commit = self._record(envelope, writer, answered=own)
             if own:
                 commit.wait()      # a BCC copy is answered at once: its record first
+            if not gateway.submit(message, models.STORED) and not own:
+                commit.wait()      # no room in the check stage: the sweeper finds it in the database
         except Exception as exc:
+            commit.forget()
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
             if is_storage_error(exc):
@@ -540,7 +545,6 @@ class Intake:
                  ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size, client,
                  extra={"event": "received", "fields": {"from": envelope.mail_from, "to": envelope.rcpt_to,
                                                         "size": writer.size, "client": client}})
-        gateway.submit(message, models.STORED)
         if own:
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
         failed = []

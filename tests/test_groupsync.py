@@ -287,3 +287,106 @@ def test_a_savepoint_that_fails_undoes_nobody_elses_writes(batched):
     with models.writing():          # and that thread's next write is a transaction of its own
         models.log_event("BATCH3", "test")
     assert _stored(models) == ["BATCH1", "BATCH3"]
+
+
+# ---------------------------------------------------------------- a new message's record
+# insert_message(defer=True), the session's record of a message it just received, is written
+# by the next write transaction (usually the one that records the message's outcome).
+
+def _record(models, queue_id, defer=True):
+    now = 1e9
+    return models.insert_message(dict(id=queue_id, mode="smtp", state=models.STORED, created=now, updated=now,
+                                      mail_from="a@x.test", rcpt_json='["b@y.test"]', size=10, sha256="0" * 64),
+                                 ["b@y.test"], defer=defer)
+
+
+def _rows(models, table, queue_id):
+    column = "id" if table == "message" else "message"
+    cursor = models.db.obj.execute_sql('SELECT COUNT(*) FROM "%s" WHERE "%s" = ?' % (table, column), (queue_id,))
+    return cursor.fetchone()[0]
+
+
+def test_a_new_message_record_is_written_by_the_next_transaction_before_its_statements(batched):
+    models, commits = batched
+    row, record = _record(models, "LATER0000001")
+    assert row.id == "LATER0000001" and _rows(models, "message", row.id) == 0    # nothing written yet
+    with models.writing():
+        models.set_state(row.id, models.RELAYING, "checked")      # finds the row: written first
+    assert commits == ["COMMIT"]                   # one transaction for both
+    state = models.db.obj.execute_sql('SELECT "state" FROM "message" WHERE "id" = ?', (row.id,)).fetchone()
+    assert state == (models.RELAYING,) and _rows(models, "recipient", row.id) == 1
+    record.wait()                                  # durable with it: no transaction of its own
+    assert commits == ["COMMIT"]
+
+
+def test_a_record_no_transaction_wrote_is_written_by_its_wait(batched):
+    models, commits = batched
+    row, record = _record(models, "LATER0000002")
+    syncs, real = [], models._GROUP._sync
+    models._GROUP._sync = lambda: (syncs.append(1), real())
+    record.wait()
+    assert _rows(models, "message", row.id) == 1 and commits == ["COMMIT"] and syncs == [1]
+
+
+@pytest.mark.parametrize("breaks", ['INSERT INTO "message"', "COMMIT"])
+def test_records_a_failed_transaction_took_along_are_kept_for_the_next(batched, breaks):
+    """A full disk while the records are written, or at the COMMIT that would have made them
+    durable: the transaction fails for its writer, and the records wait for the next one."""
+    models, commits = batched
+    first, first_record = _record(models, "LATER0000003")
+    second, second_record = _record(models, "LATER0000004")
+
+    def disk_full(sql):
+        if sql.startswith(breaks):
+            raise sqlite3.OperationalError("database or disk is full")
+    real = models._WRITER
+    models._WRITER = _Failing(real, disk_full)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            with models.writing():
+                models.log_event("LATER0000005", "test")
+    finally:
+        models._WRITER = real
+    assert [_rows(models, "message", r.id) for r in (first, second)] == [0, 0] and _stored(models) == []
+    assert [r.batch for r in models._RECORDS] == [None, None]
+    assert list(models._RECORDS) == [first_record, second_record]     # in their order
+    with models.writing():
+        models.set_state(second.id, models.RELAYING, "checked")
+    first_record.wait()
+    second_record.wait()
+    assert [_rows(models, "message", r.id) for r in (first, second)] == [1, 1]
+    assert models.db.obj.execute_sql('SELECT "state" FROM "message" WHERE "id" = ?', (second.id,)).fetchone() == (
+        models.RELAYING,)
+
+
+def test_a_record_that_can_never_be_written_holds_up_no_other(batched):
+    models, commits = batched
+    _record(models, "LATER0000006", defer=False)        # already there: the same id cannot be written again
+    _, broken = _record(models, "LATER0000006")
+    fine, record = _record(models, "LATER0000007")
+    with models.writing():
+        models.log_event(fine.id, "test")
+    record.wait()
+    assert _rows(models, "message", fine.id) == 1 and not models._RECORDS
+    with pytest.raises(sqlite3.IntegrityError):
+        broken.wait()
+
+
+def test_closing_the_database_forgets_the_records_of_unanswered_messages(batched):
+    models, commits = batched
+    _, record = _record(models, "LATER0000008")
+    models.close_writer()
+    assert not models._RECORDS
+    with pytest.raises(sqlite3.InterfaceError, match="closed before"):
+        record.wait()
+
+
+def test_a_record_of_a_message_refused_after_all_is_never_written(batched):
+    models, commits = batched
+    _, refused = _record(models, "LATER0000009")
+    kept, record = _record(models, "LATER0000010")
+    refused.forget()                    # e.g. 451: the check stage was full and storage failed
+    record.wait()
+    assert _rows(models, "message", "LATER0000009") == 0 and _rows(models, "message", kept.id) == 1
+    record.forget()                     # written already: nothing to take back, and no error
+    assert _rows(models, "message", kept.id) == 1

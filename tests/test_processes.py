@@ -384,26 +384,41 @@ def test_an_adoption_cut_short_is_finished_at_the_next_start_even_with_processes
 
 
 def test_a_process_stuck_holding_the_write_lock_means_451_not_a_hang(tmp_path, nodes, sink, records):
+    """Mail received while the write lock cannot be had: a message relayed meanwhile is a
+    fact (the next hop has it): its client hears 250 and its records wait in memory; the
+    process then counts storage as failing and refuses new mail with 451 until the lock is
+    free. Every answer comes within the busy time-out, and nothing goes out twice."""
     import fcntl
     import smtplib
     node = start_two(nodes, tmp_path, sink, DatabaseBusyTimeout=1.0)
     lock = os.open(str(tmp_path / "a" / "quarantine.db.writer"), os.O_RDWR)
     fcntl.flock(lock, fcntl.LOCK_EX)         # as a stopped process inside a write transaction would
+    answers = {}
     try:
-        started = time.monotonic()
-        with pytest.raises(smtplib.SMTPResponseException) as refused:
-            node.send(numbered(0))
-        assert refused.value.smtp_code == 451 and time.monotonic() - started < 20
+        for n in range(3):      # the third at the latest reaches a process that knows storage fails
+            started = time.monotonic()
+            try:
+                node.send(numbered(n))
+                answers[n] = 250
+            except smtplib.SMTPResponseException as exc:
+                answers[n] = exc.smtp_code
+            assert time.monotonic() - started < 20
+        assert set(answers.values()) <= {250, 451} and 451 in answers.values(), answers
     finally:
         os.close(lock)
 
     def accepted():
         try:
-            node.send(numbered(1))
+            node.send(numbered(3))
             return True
         except smtplib.SMTPResponseException as exc:
             assert exc.smtp_code == 451
             return False
     wait_until(accepted, 60, "mail accepted again once the lock is free", interval=0.5)
-    sink.wait_for(1, 30)
-    assert counts(sink) == {1: 1}
+    delivered = sorted(n for n, code in answers.items() if code == 250) + [3]
+    sink.wait_for(len(delivered), 30)
+    Message = records(node)
+    wait_until(lambda: Message.select().where(Message.state == models.DELIVERED).count() == len(delivered), 30,
+               "the kept records written once the lock is free")
+    time.sleep(1.5)     # a sweeper round more: nothing goes out twice
+    assert counts(sink) == {n: 1 for n in delivered}

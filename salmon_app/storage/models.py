@@ -271,6 +271,9 @@ class Commit:
         if self.ticket is not None:
             self.group.wait(self.ticket)
 
+    def forget(self):
+        """The message was refused after all: a record not yet written never will be (``_Record``)."""
+
 
 _DURABLE = Commit()
 
@@ -342,6 +345,7 @@ def writing(defer=False):
 _WRITER = None      # the daemon's one SQLite connection for every write transaction (batched)
 _BATCH = None       # the transaction open on it, shared by the writers queued meanwhile
 _QUEUED = collections.deque()   # one item per thread waiting for _WRITE_LOCK (deque ops are atomic)
+_RECORDS = collections.deque()  # new messages' records not yet written (insert_message, defer)
 BATCH_WRITES, BATCH_SECONDS = 64, 0.010
 
 
@@ -350,6 +354,88 @@ class _Batch:
         self.members, self.opened = 0, time.monotonic()
         self.done = threading.Event()
         self.error = self.ticket = None
+        self.records = []       # the queued records its transaction wrote (_flush_records)
+
+
+class _Record(Commit):
+    """A new message's record waiting for the next write transaction, and its durability.
+
+    Writing it in the session's own transaction cost a tenth of vxgate's CPU per message
+    (a transaction, three statements and a wait for the commit, to be followed by the
+    outcome's transaction milliseconds later). Every write transaction begins with the records queued (in
+    order), so any later write about the message finds its row; ``wait()`` writes it now if
+    nothing has, and returns once it is on disk."""
+
+    def __init__(self, insert, values, recipients):
+        super().__init__()
+        self.insert, self.values, self.recipients = insert, values, recipients
+        self.batch = None       # the batch that wrote it; None while queued
+        self.error = None       # why it cannot be written at all
+
+    def wait(self):
+        while True:
+            if self.error is not None:
+                raise self.error
+            batch = self.batch
+            if batch is None:
+                if _WRITER is None:
+                    raise sqlite3.InterfaceError("the database was closed before the message's record was written")
+                if getattr(_DEPTH, "n", 0):     # the open transaction began before it was queued
+                    raise RuntimeError("a record's wait() inside a write transaction")
+                with writing():     # a transaction of its own writes it (raises while storage fails)
+                    pass
+                continue
+            while not batch.done.wait(1.0):
+                _take_over(batch)
+            if batch.error is None:
+                break
+            if self.batch is batch:     # not queued again (cannot happen: _end_batch does)
+                raise batch.error
+        _GROUP.wait(batch.ticket)
+
+    def forget(self):
+        with _WRITE_LOCK:
+            try:
+                _RECORDS.remove(self)
+            except ValueError:      # written already (the message's file goes; recovery drops the row)
+                pass
+
+
+_RECIPIENTS_SQL = ('INSERT INTO "recipient" ("message", "address", "state", "reply") '
+                   "VALUES (?, ?, 'pending', '')")
+
+
+def _flush_records(batch):
+    """Under _WRITE_LOCK, in ``batch``'s transaction before a writer's own statements: the
+    queued records. On failure none of them stays written and all stay queued, in order."""
+    if not _RECORDS:
+        return
+    taken = []
+    _WRITER.execute("SAVEPOINT r")
+    try:
+        while _RECORDS:
+            record = _RECORDS[0]
+            try:
+                _WRITER.execute(record.insert, record.values)
+                _WRITER.executemany(_RECIPIENTS_SQL, record.recipients)
+            except sqlite3.IntegrityError as exc:
+                # this one can never be written (its wait() says why); it must not hold up the others
+                record.error = exc
+            else:
+                taken.append(record)
+            _RECORDS.popleft()
+    except BaseException:
+        _RECORDS.extendleft(reversed(taken))
+        if _WRITER.in_transaction:
+            try:
+                _WRITER.execute("ROLLBACK TO r")
+                _WRITER.execute("RELEASE r")
+            except Exception:
+                pass
+        raise
+    for record in taken:
+        record.batch = batch
+    batch.records += taken
 
 
 @contextlib.contextmanager
@@ -381,6 +467,7 @@ def _batched(defer):
         batch.members += 1
         marked = False          # our own savepoint exists (a ROLLBACK TO w before it would undo another's)
         try:
+            _flush_records(batch)
             _WRITER.execute("SAVEPOINT w")
             marked = True
             state.conn, state.closed = _WRITER, False
@@ -439,6 +526,12 @@ def _end_batch(batch, error):
             _PROCESS_LOCK.release()
     if batch.error is None:
         batch.error = error
+    if batch.error is not None and batch.records:
+        # its transaction is gone, and the records it wrote with it: the next one writes them
+        for record in batch.records:
+            record.batch = None
+        _RECORDS.extendleft(reversed(batch.records))
+        batch.records = []
     batch.done.set()
 
 
@@ -454,6 +547,9 @@ def close_writer():
                     pass
             _WRITER.close()
             _WRITER = None
+            # records of messages still unanswered (any answer writes them first): their
+            # sessions get a 451, and a restart removes their files
+            _RECORDS.clear()
 
 
 def _take_over(batch):
@@ -517,7 +613,9 @@ _MESSAGE_DEFAULTS = None
 
 def insert_message(values, recipients, defer=False):
     """Insert a message record (missing columns take their model defaults) and its recipients;
-    returns (the row, its ``Commit``: see ``writing(defer)``)."""
+    returns (the row, its ``Commit``: see ``writing(defer)``). With ``defer`` in the daemon on
+    SQLite, the record waits for the next write transaction (``_Record``): until then no other
+    reader sees it, and a crash forgets it with the message, which nobody was told of yet."""
     global _MESSAGE_DEFAULTS
     if _MESSAGE_DEFAULTS is None:
         _MESSAGE_DEFAULTS = {f.column_name: f.default for f in Message._meta.sorted_fields
@@ -528,10 +626,14 @@ def insert_message(values, recipients, defer=False):
     if key not in _SQL:
         _SQL[key] = 'INSERT INTO "message" (%s) VALUES (%s)' % (
             ", ".join('"%s"' % c for c in columns), ", ".join("?" * len(columns)))
+    recipient_rows = [(values["id"], a) for a in recipients]
+    if defer and _WRITER is not None and not getattr(_DEPTH, "n", 0):
+        record = _Record(_SQL[key], tuple(row.values()), recipient_rows)
+        _RECORDS.append(record)
+        return Message(**row), record
     with writing(defer) as commit:
         _execute(_SQL[key], tuple(row.values()))
-        _executemany('INSERT INTO "recipient" ("message", "address", "state", "reply") '
-                     "VALUES (?, ?, 'pending', '')", [(values["id"], a) for a in recipients])
+        _executemany(_RECIPIENTS_SQL, recipient_rows)
     return Message(**row), commit
 
 
