@@ -12,12 +12,8 @@ The processes of a set (``Processes``) take the cores they may use in turn, from
 master is on; a single process stays on the core it starts on (two daemons on one machine
 then share a core less often than if each began at core 0). With more processes than cores
 none is pinned. The choice is made at start: a core taken offline later is left to the
-kernel, which moves the process. The hook processes (``policy/process.py``) start on any core
-the daemon was given (``release``). Once one is ready it joins its mail process's core when
-every core carries a mail process (``settle``): the check worker waits for each answer, so
-the two take turns on one core instead of waking each other across cores (2 processes on
-2 cores: 3-5% less CPU per message). Where the set leaves cores free (``Processes = 1`` on
-several cores) the hook processes keep them: there a shared core cost 12% of the mail.
+kernel, which moves the process. The hook processes (``policy/process.py``) are interpreters
+of their own, with no lock to share: they run on any core the daemon was given (``release``).
 ``PinProcesses = No`` leaves every process to the scheduler.
 """
 import logging
@@ -25,7 +21,6 @@ import os
 
 LOG = logging.getLogger("vxgate")
 ENV = "VXGATE_CPUS"     # the cores the daemon was given, for the processes it starts
-_HOOK_CORE = None       # the core this process's hook processes share with it (``settle``)
 
 
 def _current_cpu():
@@ -41,7 +36,6 @@ def pin(slot=0, count=1, first=None):
     ``first`` (the master's choice), a single process the core it is on. Returns the core,
     or None (logged) when it cannot: more processes than cores (two on one core would carry
     twice the mail of the others: the scheduler balances better), or a system that refuses."""
-    global _HOOK_CORE
     try:
         cpus = sorted(os.sched_getaffinity(0))
         if count > len(cpus):
@@ -56,7 +50,6 @@ def pin(slot=0, count=1, first=None):
                 os.sched_setaffinity(int(task), {cpu})
             except ProcessLookupError:      # a thread that ended meanwhile
                 pass
-        _HOOK_CORE = cpu if count == len(cpus) else None     # every core carries a mail process
     except (OSError, ValueError) as exc:
         LOG.warning("PinProcesses: cannot keep this process on one CPU core (%s); "
                     "the scheduler places its threads (set PinProcesses = No to skip this)", exc)
@@ -84,14 +77,3 @@ def release(pid):
         os.sched_setaffinity(pid, {int(c) for c in cpus.split(",")})
     except (OSError, ValueError):
         pass        # it stays where it was started (or it ended): slower, never wrong
-
-
-def settle(pid):
-    """Keep process ``pid`` (a hook process that is ready) on this process's core when every
-    core carries a mail process; else it goes on using any (see the module's docstring)."""
-    if _HOOK_CORE is None:
-        return
-    try:
-        os.sched_setaffinity(pid, {_HOOK_CORE})
-    except OSError:
-        pass        # it ended, or the system refuses: it runs where it is, slower, never wrong

@@ -187,9 +187,6 @@ class HookProcess:
             self._stop()
             raise HookError(reason)
         self._source, self._ready = answer[1], True
-        child = self._child
-        if child is not None:
-            affinity.settle(child.pid)    # on the mail process's core from now on, if it has one of its own
 
     def _call(self, request):
         """("done", value, source) of the child for one request, or (None, why) after
