@@ -525,7 +525,6 @@ class Intake:
             if not gateway.submit(message, models.STORED) and not own:
                 commit.wait()      # no room in the check stage: the sweeper finds it in the database
         except Exception as exc:
-            commit.forget()
             if waiter:
                 gateway.registry.drop_waiter(queue_id)
             if is_storage_error(exc):
@@ -533,10 +532,16 @@ class Intake:
                 log.error("could not store the message: %s", exc)
             else:
                 log.exception("could not store the message: %s", exc)
-            try:
-                gateway.spool.remove(queue_id)
-            except OSError:
-                pass
+            if commit.forget():
+                try:
+                    gateway.spool.remove(queue_id)
+                except OSError:
+                    pass
+            else:
+                # another thread's transaction wrote the record meanwhile: it must not outlive
+                # the 451 (kept in memory, after the record, while storage fails)
+                gateway.conclude(queue_id, models.DROPPED, None, "refused with 451: %s" % exc,
+                                 remove_file=True, settled=True, mode=self.mode)
             return Reply(451, "4.3.0 Could not store the message, try again later")
         self.received.inc()
         client = envelope.xforward.get("ADDR") or envelope.peer[0]

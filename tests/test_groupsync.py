@@ -390,3 +390,43 @@ def test_a_record_of_a_message_refused_after_all_is_never_written(batched):
     assert _rows(models, "message", "LATER0000009") == 0 and _rows(models, "message", kept.id) == 1
     record.forget()                     # written already: nothing to take back, and no error
     assert _rows(models, "message", kept.id) == 1
+
+
+def test_forget_says_when_a_transaction_took_the_record_already(batched):
+    """The session's 451 path: a record another thread's transaction wrote meanwhile cannot be
+    taken back (Intake.accept then records the message as dropped instead)."""
+    models, commits = batched
+    row, record = _record(models, "LATER0000011")
+    with models.writing():
+        models.log_event("OTHER0000001", "test")
+    assert record.forget() is False and _rows(models, "message", row.id) == 1
+
+
+def test_writers_behind_one_that_waited_in_vain_for_the_lock_wait_briefly(tmp_path):
+    """Another process holds the write lock: the first writer waits the whole busy time-out,
+    the ones after it only briefly (each waiting the whole time-out in turn would keep the
+    sessions behind them for minutes); the first success restores the full wait."""
+    import fcntl
+    import time
+    from salmon_app.storage import models
+    database = models.open_database(str(tmp_path / "q.db"), group_commit=True, several=True, busy_timeout=1.0)
+    holder = os.open(str(tmp_path / "q.db.writer"), os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        waits = []
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                with models.writing():
+                    models.log_event("LOCKED000001", "test")
+            waits.append(time.monotonic() - started)
+        assert waits[0] >= 0.9 and max(waits[1:]) < 0.6, waits
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        with models.writing():
+            models.log_event("LOCKED000001", "test")
+        assert models._LOCKED_OUT is False
+        assert models._WRITER.execute("PRAGMA busy_timeout").fetchone() == (1000,)
+    finally:
+        os.close(holder)
+        models.close_writer()
+        database.close()

@@ -219,7 +219,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     ``several``: the processes of one daemon (``Processes`` > 1) share this database as nodes of
     their own (``storage/subnodes.py``). On SQLite their write transactions then also queue on a
     ``flock`` beside the file: SQLite's own busy handler sleeps 1, 2, 5... ms per collision."""
-    global _GROUP, _PROCESS_LOCK, _WRITER
+    global _GROUP, _PROCESS_LOCK, _WRITER, _LOCKED_OUT
     from salmon_app.storage import migrations
     sqlite = engine.parse(where)[0] == "sqlite"
     if group_commit and sqlite:
@@ -227,7 +227,7 @@ def open_database(where, synchronous="FULL", busy_timeout=30.0, *, upgrade=None,
     database = engine.connect(where, synchronous=synchronous, busy_timeout=busy_timeout, pooled=group_commit)
     database.vx_several, database.vx_busy_timeout = several, busy_timeout
     db.initialize(database)
-    _GROUP = None
+    _GROUP, _LOCKED_OUT = None, False
     if _WRITER is not None:
         close_writer()
     if _PROCESS_LOCK is not None:
@@ -272,7 +272,9 @@ class Commit:
             self.group.wait(self.ticket)
 
     def forget(self):
-        """The message was refused after all: a record not yet written never will be (``_Record``)."""
+        """The message was refused after all: True when its record is not written and never
+        will be (``_Record``: False once a transaction took it)."""
+        return True
 
 
 _DURABLE = Commit()
@@ -397,8 +399,9 @@ class _Record(Commit):
         with _WRITE_LOCK:
             try:
                 _RECORDS.remove(self)
-            except ValueError:      # written already (the message's file goes; recovery drops the row)
-                pass
+                return True
+            except ValueError:      # a transaction took it (maybe one that failed: it may come back)
+                return self.error is not None
 
 
 _RECIPIENTS_SQL = ('INSERT INTO "recipient" ("message", "address", "state", "reply") '
@@ -418,7 +421,9 @@ def _flush_records(batch):
             try:
                 _WRITER.execute(record.insert, record.values)
                 _WRITER.executemany(_RECIPIENTS_SQL, record.recipients)
-            except sqlite3.IntegrityError as exc:
+            except sqlite3.OperationalError:
+                raise           # the database's fault (full, locked): every record stays queued
+            except Exception as exc:
                 # this one can never be written (its wait() says why); it must not hold up the others
                 record.error = exc
             else:
@@ -454,14 +459,7 @@ def _batched(defer):
     failure = None
     try:
         if _BATCH is None:
-            if _PROCESS_LOCK is not None:
-                _PROCESS_LOCK.acquire(db.obj.vx_busy_timeout)
-            try:
-                _WRITER.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                if _PROCESS_LOCK is not None:
-                    _PROCESS_LOCK.release()
-                raise
+            _begin()
             _BATCH = _Batch()
         batch = _BATCH
         batch.members += 1
@@ -499,6 +497,41 @@ def _batched(defer):
     commit.group, commit.ticket = _GROUP, batch.ticket
     if not defer:
         commit.wait()
+
+
+_LOCKED_OUT = False      # a writer waited the whole busy time-out for the write lock in vain
+BRIEF_WAIT = 0.2         # how long the writers after it wait, until one gets the lock again
+
+
+def _begin():
+    """Under _WRITE_LOCK: the processes' lock, then BEGIN IMMEDIATE on the shared connection.
+
+    Once one writer has waited the whole busy time-out in vain (another process holds the
+    lock: stopped, or stuck), the next ones wait only briefly until one gets it again. Each
+    waiting the whole time-out in turn would keep the sessions behind them waiting for
+    minutes, and the sending MTA would give up and send again mail already relayed; failing
+    soon, a settled outcome is kept in memory (durability.py) and its reply goes out."""
+    global _LOCKED_OUT
+    patience = BRIEF_WAIT if _LOCKED_OUT else db.obj.vx_busy_timeout
+    if _PROCESS_LOCK is not None:
+        try:
+            _PROCESS_LOCK.acquire(patience)
+        except sqlite3.OperationalError:
+            _LOCKED_OUT = True
+            raise
+    try:
+        if _LOCKED_OUT:
+            _WRITER.execute("PRAGMA busy_timeout = %d" % (patience * 1000))
+        _WRITER.execute("BEGIN IMMEDIATE")
+    except BaseException as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            _LOCKED_OUT = True
+        if _PROCESS_LOCK is not None:
+            _PROCESS_LOCK.release()
+        raise
+    if _LOCKED_OUT:
+        _LOCKED_OUT = False
+        _WRITER.execute("PRAGMA busy_timeout = %d" % (db.obj.vx_busy_timeout * 1000))
 
 
 def _commit_batch(batch, failure=None):
