@@ -531,7 +531,10 @@ def _begin():
         raise
     if _LOCKED_OUT:
         _LOCKED_OUT = False
-        _WRITER.execute("PRAGMA busy_timeout = %d" % (db.obj.vx_busy_timeout * 1000))
+        try:        # the transaction is open: nothing may end this function but a batch
+            _WRITER.execute("PRAGMA busy_timeout = %d" % (db.obj.vx_busy_timeout * 1000))
+        except sqlite3.Error:
+            pass
 
 
 def _commit_batch(batch, failure=None):
