@@ -8,12 +8,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import pytest
 
 from salmon_app.storage.models import Event, Message
+from support.gateway import send_at_once
 
 from test_relay import body, wait_state
 
@@ -287,8 +289,6 @@ def test_mail_the_check_stage_has_no_room_for_is_recorded_at_once_and_goes_out_o
     one the check stage cannot take is recorded at once, for the sweeper finds mail in the
     database. One check worker with room for one more is busy with a slow hook: the third
     message's record (and those before it) must be there long before that hook ends."""
-    from support.gateway import send_at_once
-    import threading
     gw = vxgate(SmtpWorkers=1, SmtpQueueSize=1, SmtpReplyTimeout=60, SmtpHookTimeout=20, SmtpHook=(
         "function smtp_hook(ctx)\nlocal t = os.clock()\nwhile os.clock() - t < 3 do end\n"
         "return {action = \"accept\"}\nend\n"))

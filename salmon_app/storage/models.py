@@ -387,9 +387,7 @@ class _Record(Commit):
                 with writing():     # a transaction of its own writes it (raises while storage fails)
                     pass
                 continue
-            while not batch.done.wait(1.0):
-                _take_over(batch)
-            if batch.error is None:
+            if _finished(batch) is None:
                 break
             if self.batch is batch:     # not queued again (cannot happen: _end_batch does)
                 raise batch.error
@@ -490,9 +488,7 @@ def _batched(defer):
                 _commit_batch(batch, failure)
     finally:
         _WRITE_LOCK.release()
-    while not batch.done.wait(1.0):
-        _take_over(batch)
-    if batch.error is not None:
+    if _finished(batch) is not None:
         raise batch.error
     commit.group, commit.ticket = _GROUP, batch.ticket
     if not defer:
@@ -586,6 +582,13 @@ def close_writer():
             # records of messages still unanswered (any answer writes them first): their
             # sessions get a 451, and a restart removes their files
             _RECORDS.clear()
+
+
+def _finished(batch):
+    """Wait until ``batch`` is committed or failed; its error, or None."""
+    while not batch.done.wait(1.0):
+        _take_over(batch)
+    return batch.error
 
 
 def _take_over(batch):
