@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from salmon_app.config import SocketAddr
 from salmon_app.storage.models import Message
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
+from support.waiting import wait_until
 
 from test_relay import body, wait_state
 
@@ -71,7 +72,9 @@ def test_counters_match_the_mail_sent(vxgate, sink, vxsim):
     assert value(values, "vxgate_messages_owned", state="deferred") == 1
     assert value(values, "vxgate_oldest_owned_message_age_seconds") > 0
     assert value(values, "vxgate_messages_received_total", mode="smtp") == 4
-    assert value(values, "vxgate_smtp_sessions_open", listener="smtp") == 0
+    # the client has its reply and has quit; the session's thread ends a moment later
+    wait_until(lambda: value(scrape(gw), "vxgate_smtp_sessions_open", listener="smtp") == 0,
+               10, "the session's end counted")
 
 
 def test_metrics_socket_in_use_leaves_mail_flowing(vxgate, sink):
