@@ -242,6 +242,22 @@ def test_a_writer_that_fails_takes_back_only_its_own_writes(batched):
     assert _stored(models) == ["BATCH1"]
 
 
+def test_the_first_writer_of_a_batch_that_fails_takes_back_only_its_own_writes(batched):
+    """It writes without a savepoint (nobody else is in the batch yet) and rolls the whole
+    transaction back; the writer that queued meanwhile begins a batch of its own."""
+    models, commits = batched
+    _, record = _record(models, "LATER0000012")
+
+    def failing():
+        models.log_event("BATCH1", "test")
+        raise ValueError("the hook's record is wrong")
+    outcome = _two_in_one_batch(models, failing, lambda: models.log_event("BATCH2", "test"))
+    assert isinstance(outcome["first"], ValueError) and outcome["second"] is None
+    assert _stored(models) == ["BATCH2"] and commits == ["COMMIT"]
+    assert _rows(models, "message", "LATER0000012") == 1       # taken back, then written by the next
+    record.wait()
+
+
 def test_a_commit_that_fails_reaches_every_writer_of_the_batch(batched):
     models, commits = batched
     def disk_full(sql):     # the shared connection, whose COMMIT meets a full disk
@@ -277,10 +293,9 @@ def test_a_savepoint_that_fails_undoes_nobody_elses_writes(batched):
     seen = []
 
     def second_savepoint(sql):
-        if sql == "SAVEPOINT w":
+        if sql == "SAVEPOINT w":        # the first writer of a batch makes none (it has it alone)
             seen.append(sql)
-            if len(seen) == 2:
-                raise sqlite3.OperationalError("out of memory")
+            raise sqlite3.OperationalError("out of memory")
     outcome = _two_failing(models, second_savepoint)
     assert outcome["first"] is None and isinstance(outcome["second"], sqlite3.OperationalError)
     assert _stored(models) == ["BATCH1"]
@@ -430,3 +445,44 @@ def test_writers_behind_one_that_waited_in_vain_for_the_lock_wait_briefly(tmp_pa
         os.close(holder)
         models.close_writer()
         database.close()
+
+
+# ---------------------------------------------------------------- the outcome of a delivery
+
+def _fsync_waits(models):
+    """Names of the threads that wait for an fsync of the WAL from now on."""
+    waits, real = [], models._GROUP.wait
+
+    def wait(ticket):
+        waits.append(threading.current_thread().name)
+        return real(ticket)
+    models._GROUP.wait = wait
+    return waits
+
+
+def test_a_delivery_told_to_its_session_waits_for_no_fsync_one_finished_later_does(vxgate, sink):
+    """The next hop has the message: its record needs no fsync before the 250, since losing it
+    (a power cut) only leaves a record never answered and a file without one, both removed at
+    start-up. A delivery that ends after the session was answered (SmtpReplyTimeout) is
+    different: its record is all that says the message is done, so it is fsynced first."""
+    from salmon_app.storage import models
+    from salmon_app.storage.models import Message
+    from tests.support.waiting import wait_until
+    gw = vxgate(SmtpReplyTimeout=0.5)
+    waits = _fsync_waits(models)
+    gw.send("a@x.test", ["b@y.test"], b"Subject: told\r\n\r\nbody\r\n")
+    assert len(sink.messages) == 1
+    told = Message.get(Message.subject == "told")
+    assert told.state == models.DELIVERED and not told.has_file and not told.answered
+    assert [name for name in waits if name.startswith("relay")] == []
+
+    release = threading.Event()
+    sink.data_reply = lambda message: (release.wait(10), None)[1]
+    gw.send("a@x.test", ["b@y.test"], b"Subject: later\r\n\r\nbody\r\n")   # 250 after 0.5 s
+    later = Message.get(Message.subject == "later")
+    assert later.answered and later.state != models.DELIVERED
+    del waits[:]
+    release.set()
+    wait_until(lambda: Message.get_by_id(later.id).state == models.DELIVERED, what="the later delivery")
+    wait_until(lambda: not os.path.exists(gw.gateway.spool.path(later.id)), what="its file removed")
+    assert [name for name in waits if name.startswith("relay")], waits

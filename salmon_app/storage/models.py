@@ -406,13 +406,15 @@ _RECIPIENTS_SQL = ('INSERT INTO "recipient" ("message", "address", "state", "rep
                    "VALUES (?, ?, 'pending', '')")
 
 
-def _flush_records(batch):
+def _flush_records(batch, savepoint=True):
     """Under _WRITE_LOCK, in ``batch``'s transaction before a writer's own statements: the
-    queued records. On failure none of them stays written and all stay queued, in order."""
+    queued records. On failure none of them stays written (without ``savepoint``, the caller
+    rolls the transaction back) and all stay queued, in order."""
     if not _RECORDS:
         return
     taken = []
-    _WRITER.execute("SAVEPOINT r")
+    if savepoint:
+        _WRITER.execute("SAVEPOINT r")
     try:
         while _RECORDS:
             record = _RECORDS[0]
@@ -429,7 +431,7 @@ def _flush_records(batch):
             _RECORDS.popleft()
     except BaseException:
         _RECORDS.extendleft(reversed(taken))
-        if _WRITER.in_transaction:
+        if savepoint and _WRITER.in_transaction:
             try:
                 _WRITER.execute("ROLLBACK TO r")
                 _WRITER.execute("RELEASE r")
@@ -443,8 +445,11 @@ def _flush_records(batch):
 
 @contextlib.contextmanager
 def _batched(defer):
-    """One writer's part of a batch: its statements run in a SAVEPOINT of the transaction
-    open on the shared connection; the last writer queued commits for all of them."""
+    """One writer's part of a batch; the last writer queued commits for all of them.
+
+    The writer that begins a batch has the transaction to itself while it writes, and undoes
+    all of it if it fails; those that join it write in a SAVEPOINT of their own. A savepoint
+    costs SQLite a copy of each page it changes, and most batches have a single writer."""
     global _BATCH
     _QUEUED.append(None)
     try:
@@ -456,16 +461,18 @@ def _batched(defer):
     commit = Commit()
     failure = None
     try:
-        if _BATCH is None:
+        alone = _BATCH is None
+        if alone:
             _begin()
             _BATCH = _Batch()
         batch = _BATCH
         batch.members += 1
         marked = False          # our own savepoint exists (a ROLLBACK TO w before it would undo another's)
         try:
-            _flush_records(batch)
-            _WRITER.execute("SAVEPOINT w")
-            marked = True
+            _flush_records(batch, savepoint=not alone)
+            if not alone:
+                _WRITER.execute("SAVEPOINT w")
+                marked = True
             state.conn, state.closed = _WRITER, False
             _DEPTH.n = 1
             yield commit        # no RELEASE: the savepoints of a batch nest until its COMMIT
@@ -477,7 +484,12 @@ def _batched(defer):
                     _WRITER.execute("RELEASE w")
                 except Exception:
                     pass
-            if not _WRITER.in_transaction:      # SQLite gave up the whole transaction (I/O error)
+            elif alone and _WRITER.in_transaction:  # nobody else's writes are in it: all goes
+                try:
+                    _WRITER.execute("ROLLBACK")
+                except Exception:
+                    pass
+            if alone or not _WRITER.in_transaction:     # or SQLite gave up the whole transaction (I/O error)
                 _end_batch(batch, exc)
             raise
         finally:
