@@ -135,3 +135,36 @@ def test_a_stuck_child_dies_with_the_daemon():
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_the_channel_frames_messages_whatever_the_reads_return():
+    """The worker and its child exchange length-prefixed pickles over a socketpair: a message
+    cut into pieces, several in one read, one larger than a read, a silent peer (the time-out)
+    and a closed one (EOFError)."""
+    import pickle
+    import socket
+    import threading
+    from salmon_app.policy.process import _HEADER, _Channel
+    ours, theirs = socket.socketpair()
+    channel, peer = _Channel(ours), _Channel(theirs)
+    try:
+        big = b"x" * 300_000
+        stream = b"".join(_HEADER.pack(len(data)) + data for data in (
+            pickle.dumps(message) for message in (("run", 1), ("log", "a"), ("done", big))))
+        pieces = [stream[:3], stream[3:9], stream[9:]]       # header split, then two and a half at once
+        sender = threading.Thread(target=lambda: [theirs.sendall(p) or time.sleep(0.05) for p in pieces])
+        sender.start()
+        assert [channel.recv(5) for _ in range(3)] == [("run", 1), ("log", "a"), ("done", big)]
+        sender.join()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            channel.recv(0.2)
+        assert 0.15 < time.monotonic() - started < 2
+        peer.send(("done", None, None))
+        assert channel.recv(5) == ("done", None, None)
+        theirs.close()
+        with pytest.raises(EOFError):
+            channel.recv(5)
+    finally:
+        ours.close()
+        theirs.close()
