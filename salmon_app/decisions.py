@@ -67,6 +67,7 @@ def accept(gateway, message, decision, fields):
     if decision.modifications:
         data = apply_modifications(message.data(), decision, password=gateway.repack_password, queue_id=queue_id)
         gateway.spool.store_variant(queue_id, "out", data)
+        message.variant = True    # relay() sends this copy, not the original
         message.log.info("modified: %s", ", ".join(_describe(m) for m in decision.modifications))
     message.forward(models.RELAYING, **fields)
     return True

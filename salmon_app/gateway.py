@@ -238,13 +238,14 @@ class Gateway:
         return False
 
     def conclude(self, queue_id, state, reply, event, *, remove_file=False, require_session=False,
-                 recipients=(), settled=False, mode=None, **fields):
+                 recipients=(), settled=False, mode=None, variant=True, **fields):
         """Record an outcome and give ``reply`` to the waiting session; True if the session got it.
 
         With ``require_session`` nothing is recorded unless the session takes the reply: a 4xx
         or 5xx that nobody hears must not end a message vxgate already owns. A ``settled``
         outcome (the next hop decided) that cannot be recorded is kept in memory and recorded
-        later; the reply still goes out, and the message is never relayed again.
+        later; the reply still goes out, and the message is never relayed again. ``variant``
+        False: the message has no modified copy to remove with its file (known in memory).
 
         A delivery told to its waiting session is not fsynced before the reply: the next hop
         has the message, and a record lost with it (a power cut, not a crash: the WAL is the
@@ -263,7 +264,7 @@ class Gateway:
                 if state in models.KEPT and not remove_file and models.postgres():
                     models.keep_body(queue_id, self.spool.read(queue_id))   # any node can release it
             if remove_file:
-                self.spool.remove(queue_id)
+                self.spool.remove(queue_id, variant=variant)
 
         def guarded():
             self.storage.write(queue_id, record, settled=settled)
@@ -397,6 +398,7 @@ class Gateway:
             reply = Reply(250, "2.0.0 Ok: queued as %s%s" % (row.id, " (next hop: %s)" % next_hop if next_hop else ""))
             self.conclude(row.id, final, reply, summary, next_hop_id=next_hop or row.next_hop_id, mode=row.mode,
                           remove_file=final == models.DELIVERED and not self.config.KeepDeliveredMessages,
+                          variant=message.variant is not False,
                           recipients=recipients, settled=True, **fields)
         message.pending.clear()
         self.summary(message, result, started, fields)
@@ -608,6 +610,7 @@ class Intake:
             envelope.rcpt_to, defer=True)
         message = StoredMessage(self.gateway, row)
         message.recipients = list(envelope.rcpt_to)
+        message.variant = False     # a new queue id: no modified copy until the hook makes one
         return message, commit
 
 

@@ -23,6 +23,7 @@ class StoredMessage:
         self.next_state = None     # set by forward(): the stage it goes to when this step ends
         self.pending = {}          # fields to record with the outcome (hook action, verdict)
         self.recipients = None     # recipients to relay to, when known without asking the database
+        self.variant = None        # a modified copy to relay: True, False, or None (look on disk)
 
     @property
     def path(self):
@@ -33,6 +34,8 @@ class StoredMessage:
 
     def output_path(self):
         """The file to relay: the modified copy when the hook changed the message, else the original."""
+        if self.variant is False:
+            return self.path
         modified = self.gateway.spool.variant_path(self.queue_id, "out")
         return modified if os.path.exists(modified) else self.path
 

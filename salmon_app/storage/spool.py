@@ -35,9 +35,11 @@ class Spool:
     def exists(self, queue_id):
         return os.path.exists(self.path(queue_id))
 
-    def remove(self, queue_id):
-        """Remove the message file and any modified copy; True if the message file existed."""
-        self.remove_variant(queue_id, "out")
+    def remove(self, queue_id, variant=True):
+        """Remove the message file and any modified copy (``variant=False``: there is none, known
+        without a system call); True if the message file existed."""
+        if variant:
+            self.remove_variant(queue_id, "out")
         try:
             os.unlink(self.path(queue_id))
             return True
