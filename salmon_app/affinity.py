@@ -14,7 +14,15 @@ then share a core less often than if each began at core 0). With more processes 
 none is pinned. The choice is made at start: a core taken offline later is left to the
 kernel, which moves the process. The hook processes (``policy/process.py``) are interpreters
 of their own, with no lock to share: they run on any core the daemon was given (``release``).
-``PinProcesses = No`` leaves every process to the scheduler.
+
+A pinned process's threads are also SCHED_BATCH, which the kernel does not let preempt the
+thread running when they wake: a session woken by the relay thread that hands it a reply
+would otherwise take the core from the thread that holds the interpreter lock, only to wait
+for the lock and hand the core back. It halved the relay threads' involuntary context
+switches (4.4 to 2.0 per message) for 2-4% more mail per second. A woken thread waits for
+the running one to block, or at most a scheduler tick; no privilege is needed, and other
+programs' threads keep their precedence over vxgate's on wake-up. Threads and hook processes
+started later inherit both. ``PinProcesses = No`` leaves every process to the scheduler.
 """
 import logging
 import os
@@ -45,9 +53,11 @@ def pin(slot=0, count=1, first=None):
         os.environ[ENV] = ",".join(str(c) for c in cpus)
         start = first if first in cpus else first_core()
         cpu = cpus[((cpus.index(start) if start in cpus else 0) + slot) % len(cpus)]
+        batch = True
         for task in os.listdir("/proc/self/task"):
             try:
                 os.sched_setaffinity(int(task), {cpu})
+                batch = batch and _batch(int(task))
             except ProcessLookupError:      # a thread that ended meanwhile
                 pass
     except (OSError, ValueError) as exc:
@@ -55,6 +65,19 @@ def pin(slot=0, count=1, first=None):
                     "the scheduler places its threads (set PinProcesses = No to skip this)", exc)
         return None
     return cpu
+
+
+def _batch(task):
+    """SCHED_BATCH for thread ``task``; False (logged) when the system refuses it (a sandbox
+    that filters sched_setscheduler): the pin holds without it."""
+    try:
+        os.sched_setscheduler(task, os.SCHED_BATCH, os.sched_param(0))
+        return True
+    except ProcessLookupError:
+        raise
+    except OSError as exc:
+        LOG.warning("PinProcesses: the threads stay in the normal scheduling class (SCHED_BATCH refused: %s)", exc)
+        return False
 
 
 def first_core():

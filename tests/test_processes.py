@@ -304,11 +304,14 @@ def test_each_process_keeps_to_a_core_of_its_own_and_its_hook_processes_use_any(
     assert cores[0] != cores[1], cores        # the processes take the cores in turn
     for slot, pid in pids.items():              # every thread, those started before the pin too
         assert all(cpus_allowed(pid, task) == cores[slot] for task in os.listdir("/proc/%d/task" % pid))
+        # and none takes the core from the thread running when it wakes (affinity.py)
+        assert all(os.sched_getscheduler(int(task)) == os.SCHED_BATCH for task in os.listdir("/proc/%d/task" % pid))
         hooks = hook_processes(pid)
         assert hooks and all(cpus_allowed(h) == given for h in hooks), hooks
         core = next(iter(cores[slot]))
         assert "process %d running on CPU core %d (PinProcesses)" % (slot, core) in node.log.read_text()
     assert cpus_allowed(node.proc.pid) == given        # the master does no mail work
+    assert os.sched_getscheduler(node.proc.pid) == os.SCHED_OTHER
 
 
 def test_a_single_process_keeps_to_one_core_and_pin_processes_no_to_none(tmp_path, nodes, sink):
@@ -322,6 +325,7 @@ def test_a_single_process_keeps_to_one_core_and_pin_processes_no_to_none(tmp_pat
     node.stop()
     loose = start_two(nodes, tmp_path, sink, PinProcesses=False)
     assert all(cpus_allowed(pid) == given for pid in workers(loose.proc.pid).values())
+    assert all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in workers(loose.proc.pid).values())
     assert "PinProcesses" not in loose.log.read_text()
     loose.stop()
     # more processes than cores: two on one core would carry twice the mail of the others
