@@ -15,7 +15,6 @@ import uuid
 import pytest
 
 from salmon_app.storage.models import Event, Message
-from support.gateway import send_at_once
 
 from test_relay import body, wait_state
 
@@ -284,24 +283,39 @@ def test_a_write_that_lost_a_deadlock_runs_again_and_a_settled_one_is_never_lost
         guard.write("Q3", always, settled=False)
 
 
-@pytest.mark.skip(reason="timing-dependent: failed in 1 of 2 CI-like runs and 1 of 4 local runs; "
-                         "to be rebuilt on a condition instead of a window (issue 14 note)")
 def test_mail_the_check_stage_has_no_room_for_is_recorded_at_once_and_goes_out_once(vxgate, sink):
     """A new message's record waits for the next write transaction (models.insert_message);
     one the check stage cannot take is recorded at once, for the sweeper finds mail in the
-    database. One check worker with room for one more is busy with a slow hook: the third
-    message's record (and those before it) must be there long before that hook ends."""
+    database. The one check worker is busy with a slow hook and its queue holds the second
+    message: the third one's record (and those before it) must be written at once, not
+    after that hook (6 s) or the sweeper's next heartbeat (every 10 s)."""
     gw = vxgate(SmtpWorkers=1, SmtpQueueSize=1, SmtpReplyTimeout=60, SmtpHookTimeout=20, SmtpHook=(
-        "function smtp_hook(ctx)\nlocal t = os.clock()\nwhile os.clock() - t < 3 do end\n"
-        "return {action = \"accept\"}\nend\n"))
-    # the sweeper's heartbeat, a write that would carry every record along, comes in its
-    # second round and then every tenth: the window below falls between two of them
-    time.sleep(2.5)
-    errors = []
-    sending = threading.Thread(target=lambda: errors.extend(send_at_once(lambda n: _send(gw, n), 3)))
-    sending.start()
-    _wait(lambda: Message.select().count() == 3, 2.5, "the records, while the first hook still runs")
-    sending.join(60)
+        "calls = 0\nfunction smtp_hook(ctx)\ncalls = calls + 1\nlocal t = os.clock()\n"
+        "while calls == 1 and os.clock() - t < 6 do end\nreturn {action = \"accept\"}\nend\n"))
+    check = gw.gateway.stages["check"]
+    # the sweeper's heartbeat, a write that carries every record along, comes in its second
+    # round and then every tenth: all below happens between two of them
+    _wait(lambda: gw.gateway.sweeper.rounds >= 2, 30, "the sweeper's first heartbeat")
+    errors, senders = [], []
+
+    def send(n):
+        def run():
+            try:
+                _send(gw, n)
+            except Exception as exc:
+                errors.append((n, exc))
+        senders.append(threading.Thread(target=run))
+        senders[-1].start()
+    send(0)
+    _wait(lambda: check.busy == 1 and check.backlog() == 0, 30, "the first message in the worker's hook")
+    send(1)
+    _wait(lambda: check.backlog() == 1, 30, "the second message in the check queue")
+    started = time.monotonic()
+    send(2)
+    _wait(lambda: Message.select().count() == 3, 4, "the records, while the first hook still runs")
+    assert check.busy == 1 and time.monotonic() - started < 4
+    for sender in senders:
+        sender.join(60)
     assert not errors, errors
     _wait(lambda: all(len(_copies(sink, n)) == 1 for n in range(3)), 30, "every message delivered")
     time.sleep(1.5)     # a sweeper round more: nothing goes out twice
