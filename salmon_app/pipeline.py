@@ -81,6 +81,8 @@ class Waiter:
         self.reply = None
         self.closed = False
         self.woken = False
+        self.answering = False      # the session tried an early 250 (it may be recorded)
+        self.unsynced = False       # the reply is a delivery whose records need no fsync first
 
     def offer(self, reply, before=None):
         """Hand ``reply`` to the session; ``before()`` runs first, under the lock, only if it will be sent."""

@@ -96,17 +96,23 @@ class _Channel:
         elif self._timeout is None or not timeout <= self._timeout <= timeout + self.TOLERANCE:
             timeout = max(timeout, 0.001)
             self._set_timeout(timeout, timeout)
-        buffer = self._buffer
+        deadline = None if timeout is None else time.monotonic() + timeout
+        buffer, first = self._buffer, True
         while True:
             wanted = 65536
             if len(buffer) >= 4:
                 end = 4 + _HEADER.unpack_from(buffer)[0]
                 if len(buffer) >= end:
-                    with memoryview(buffer) as view, view[4:end] as body:
-                        message = pickle.loads(body)
-                    del buffer[:end]
-                    return message
+                    body = bytes(buffer[4:end])
+                    del buffer[:end]        # taken even if it does not load: the next one is whole
+                    return pickle.loads(body)
                 wanted = max(wanted, end - len(buffer))
+            if not first and deadline is not None:      # a message in pieces: the deadline holds
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                self._set_timeout(left, left)
+            first = False
             try:
                 chunk = self.sock.recv(wanted)
             except BlockingIOError:     # SO_RCVTIMEO ran out
@@ -236,7 +242,7 @@ class HookProcess:
                 if left <= 0:
                     return None
                 message = conn.recv(left)
-            except (EOFError, OSError):     # TimeoutError too
+            except Exception:   # the end, the time-out, or an answer that does not load: a new child
                 return None
             if message[0] != "log":
                 return message

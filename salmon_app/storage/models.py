@@ -528,6 +528,8 @@ def _begin():
             _LOCKED_OUT = True
             raise
     try:
+        if _WRITER.in_transaction:      # a ROLLBACK that failed (an I/O error) left it open
+            _WRITER.execute("ROLLBACK")
         if _LOCKED_OUT:
             _WRITER.execute("PRAGMA busy_timeout = %d" % (patience * 1000))
         _WRITER.execute("BEGIN IMMEDIATE")

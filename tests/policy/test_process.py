@@ -162,6 +162,22 @@ def test_the_channel_frames_messages_whatever_the_reads_return():
         assert 0.15 < time.monotonic() - started < 2
         peer.send(("done", None, None))
         assert channel.recv(5) == ("done", None, None)
+        # an answer that does not load is taken off all the same: the next one is whole
+        theirs.sendall(_HEADER.pack(5) + b"junk!")
+        peer.send(("done", 1, None))
+        with pytest.raises(pickle.UnpicklingError):
+            channel.recv(5)
+        assert channel.recv(5) == ("done", 1, None)
+        # a message that comes a byte at a time cannot stretch the deadline
+        slow = _HEADER.pack(100) + b"x" * 30
+        trickle = threading.Thread(target=lambda: [theirs.sendall(slow[i:i + 1]) or time.sleep(0.05)
+                                                   for i in range(len(slow))])
+        trickle.start()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            channel.recv(0.3)
+        assert time.monotonic() - started < 1.0
+        trickle.join()
         theirs.close()
         with pytest.raises(EOFError):
             channel.recv(5)
