@@ -200,7 +200,7 @@ SCHEMA = [
     _p("Root", "PidFile", "str", "run/smtp.pid", "Pid file of the running daemon: salmon start/stop, vxgate reload and doctor find vxgate through it."),
     _p("Root", "NodeName", "str", "", "This node's name in the records of a shared database: it resumes, relays and deletes only its own messages (empty: the host name)."),
     _p("Root", "Processes", "int", 1, "Processes that receive, check and relay mail, each with its own workers and Lua runtimes, on the same sockets, database and spool folder (0: one per CPU core; see README, Several processes).", minimum=0),
-    _p("Root", "PinProcesses", "bool", True, "Keep each mail process on one CPU core of its own (the processes of a set take the cores in turn), with threads that do not preempt one another (SCHED_BATCH); its hook processes run on any core. Python's interpreter lock costs far less CPU that way (see README, Several processes)."),
+    _p("Root", "PinProcesses", "bool", True, "Keep each mail process on one CPU core of its own (the processes of a set take the cores in turn), with threads that do not preempt one another (SCHED_BATCH); its hook processes share its core when every core has a mail process, else they run on any. Python's interpreter lock costs far less CPU that way (see README, Several processes)."),
     _p("Root", "User", "str", "", "Started as root, vxgate switches to this user before it opens any file (empty: refuse to run as root without --allow-root)."),
     # [MailD]: SMTP mode
     _p("MailD", "SmtpSocket", "socket", "127.0.0.1:10025", "Where Postfix hands mail to vxgate (content_filter)."),

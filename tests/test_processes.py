@@ -291,7 +291,17 @@ def hook_processes(pid):
     return [child for child in children_of(pid) if b"salmon_app.policy.process" in command(child)]
 
 
-def test_each_process_keeps_to_a_core_of_its_own_and_its_hook_processes_use_any(tmp_path, nodes, sink):
+def placed(pid, cores):
+    """True once ``pid`` has hook processes and every one may run on exactly ``cores``."""
+    hooks = hook_processes(pid)
+    try:
+        return bool(hooks) and all(cpus_allowed(h) == cores for h in hooks)
+    except OSError:      # one was replaced meanwhile
+        return False
+
+
+def test_each_process_keeps_to_a_core_of_its_own_and_its_hook_processes_join_it_when_every_core_has_one(
+        tmp_path, nodes, sink):
     given = os.sched_getaffinity(0)         # what the daemon was started with (it inherits ours)
     if len(given) < 2:
         pytest.skip("one CPU core: every process is on it, pinned or not")
@@ -306,8 +316,11 @@ def test_each_process_keeps_to_a_core_of_its_own_and_its_hook_processes_use_any(
         assert all(cpus_allowed(pid, task) == cores[slot] for task in os.listdir("/proc/%d/task" % pid))
         # and none takes the core from the thread running when it wakes (affinity.py)
         assert all(os.sched_getscheduler(int(task)) == os.SCHED_BATCH for task in os.listdir("/proc/%d/task" % pid))
-        hooks = hook_processes(pid)
-        assert hooks and all(cpus_allowed(h) == given for h in hooks), hooks
+        # two processes: on two cores each core has one, and its hook processes share it;
+        # with cores to spare they keep to any core (a shared core cost 12% of the mail there)
+        # (each is placed once it is ready: the check workers start theirs side by side)
+        expected = cores[slot] if len(given) == 2 else given
+        wait_until(lambda: placed(pid, expected), 60, "hook processes of process %d on %s" % (slot, expected))
         core = next(iter(cores[slot]))
         assert "process %d running on CPU core %d (PinProcesses)" % (slot, core) in node.log.read_text()
     assert cpus_allowed(node.proc.pid) == given        # the master does no mail work
@@ -322,6 +335,8 @@ def test_a_single_process_keeps_to_one_core_and_pin_processes_no_to_none(tmp_pat
     wait_until(lambda: "running on CPU core" in node.log.read_text(), 30, "the pin logged")
     core = cpus_allowed(node.proc.pid)
     assert len(core) == 1 and core <= given
+    # the other cores are free: its hook processes use them
+    wait_until(lambda: placed(node.proc.pid, given), 60, "hook processes on every core")
     node.stop()
     loose = start_two(nodes, tmp_path, sink, PinProcesses=False)
     assert all(cpus_allowed(pid) == given for pid in workers(loose.proc.pid).values())

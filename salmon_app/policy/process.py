@@ -198,7 +198,7 @@ class HookProcess:
                 raise
             finally:
                 theirs.close()
-            affinity.release(child.pid)     # the daemon keeps to one core (PinProcesses); its hook may use any
+            affinity.release(child.pid)     # its start-up (an interpreter, lupa, RE2) may use any core; settle() once ready
             ours.settimeout(None)
             channel = _Channel(ours)
             self._child, self._send, self._conn = child, channel, channel
@@ -259,6 +259,9 @@ class HookProcess:
             self._stop()
             raise HookError(reason)
         self._source, self._ready = answer[1], True
+        child = self._child
+        if child is not None:
+            affinity.settle(child.pid)    # on the mail process's core from now on, if it has one of its own
 
     def _call(self, request):
         """("done", value, source) of the child for one request, or (None, why) after
