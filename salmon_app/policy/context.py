@@ -24,6 +24,7 @@ class Envelope:
     queue_id: str = ""
 
 
+@functools.lru_cache(maxsize=4096)
 def _family(ip):
     try:
         return "ipv%d" % ipaddress.ip_address(ip).version
@@ -98,6 +99,22 @@ def _file_cause(label, analysed):
         return ""
     cause = analysed.get("cause")
     return cause if cause in CAUSES else cause_of(analysed.get("reason"), label)
+
+
+_NO_ANALYSIS = []     # to_lua_plain(vxcube_view({})), made once: most mail has nothing analysed
+
+
+def lua_view(envelope, analysis):
+    """The hook's ctx as plain data for ``LuaRuntime.table_from`` (which copies it into new Lua
+    tables each time, so a view shared between calls is never seen twice by a hook)."""
+    view = to_lua_plain(envelope_view(envelope))
+    if analysis:
+        view[b"vxcube"] = to_lua_plain(vxcube_view(analysis))
+    else:
+        if not _NO_ANALYSIS:
+            _NO_ANALYSIS.append(to_lua_plain(vxcube_view({})))
+        view[b"vxcube"] = _NO_ANALYSIS[0]
+    return view
 
 
 def to_lua_plain(value):

@@ -136,12 +136,11 @@ class HookRuntime:
             self._rebuild()
         self._maybe_reload()
         queue_id = envelope.queue_id
-        view = dict(context.envelope_view(envelope), vxcube=context.vxcube_view(analysis))
+        view = context.lua_view(envelope, analysis)
         self._bridge.start(raw, queue_id)
         try:
             try:
-                out = self._host.run_hook(time.monotonic() + self.time_limit, self._hook,
-                                          self._host.table(context.to_lua_plain(view)))
+                out = self._host.run_hook(time.monotonic() + self.time_limit, self._hook, self._host.table(view))
             except lua54.LuaError as exc:   # the state itself failed, not the hook
                 self._broken = True
                 return self._failed(queue_id, "the Lua state failed: %s" % exc)

@@ -113,6 +113,20 @@ def test_vxcube_not_analysed(value):
                  "tostring(ctx.vxcube.has_verdict('clean'))") == "none0false"
 
 
+def test_a_hook_that_changes_ctx_changes_nothing_the_next_message_sees(envelope):
+    """ctx is built afresh for each message (the view of "nothing analysed" is made once, as
+    plain data, and copied into new Lua tables each time)."""
+    from salmon_app.policy import HookRuntime
+    hook = HookRuntime("function smtp_hook(ctx)\n"
+                       "ctx.modifier.add_header_field('X-Seen', ctx.vxcube.verdict .. ctx.vxcube.counts.none\n"
+                       "  .. #ctx.vxcube.files .. ctx.sender.ip)\n"
+                       "ctx.vxcube.verdict, ctx.vxcube.counts.none = 'dangerous', 99\n"
+                       "ctx.vxcube.files[1], ctx.sender.ip = {}, '203.0.113.9'\n"
+                       "return {action = 'accept'}\nend")
+    seen = [hook.run(envelope, PLAIN, {}).modifications[0]["value"] for _ in range(3)]
+    assert seen == ["none00192.0.2.1"] * 3
+
+
 def test_vxcube_unknown_verdict_is_an_error(run):
     decision = run("return ctx.vxcube.has_verdict('evil')")
     assert decision.error and "unknown verdict 'evil'" in decision.reason
