@@ -121,9 +121,12 @@ def connect(text, *, synchronous="FULL", busy_timeout=30.0, connect_timeout=10, 
         if not os.path.exists(target):
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
         kind, pool = (PooledSqliteDatabase, {"max_connections": 0}) if pooled else (peewee.SqliteDatabase, {})
+        # wal_autocheckpoint: the index pages every message changes are copied from the WAL to
+        # the file once per checkpoint; at 10,000 pages (a WAL of up to 40 MB) ten times less
+        # often than SQLite's 1,000: 2-3% less CPU per message at 4 KB (bench/README.md)
         database = kind(target, **pool, pragmas={
             "journal_mode": "wal", "synchronous": synchronous, "busy_timeout": int(busy_timeout * 1000),
-            "foreign_keys": 0, "cache_size": -8000}, check_same_thread=False)
+            "foreign_keys": 0, "cache_size": -8000, "wal_autocheckpoint": 10000}, check_same_thread=False)
     else:
         if psycopg is None:
             raise LocationError("DatabaseUrl names PostgreSQL but psycopg is not installed (pip install psycopg)")
