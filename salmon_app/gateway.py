@@ -254,10 +254,10 @@ class Gateway:
         and removes a file without one, so the message is never sent again (README, Crash
         safety). It spares a pass-through an fsync of the WAL per message.
         """
-        lazy = [state == models.DELIVERED and remove_file]
+        lazy = state == models.DELIVERED and remove_file
 
         def record():
-            with models.writing(defer=lazy[0]):     # a deferred commit is written, not yet fsynced
+            with models.writing(defer=lazy):     # a deferred commit is written, not yet fsynced
                 models.set_state(queue_id, state, event, recipients, last_reply=str(reply) if reply else "",
                                  **dict(fields, has_file=False) if remove_file else fields)
                 # PostgreSQL: the nodes' spools are on other machines (one machine's processes
@@ -278,16 +278,17 @@ class Gateway:
         waiter = self.registry.waiter(queue_id)
 
         def telling():      # under the waiter's lock: the session gets the reply
+            nonlocal lazy
             # an early 250 tried (and perhaps recorded, its fsync failed) makes the record of
             # the delivery the only thing that says the message is done: it is fsynced first
-            lazy[0] = lazy[0] and not waiter.answering
+            lazy = lazy and not waiter.answering
             guarded()
-            waiter.unsynced = lazy[0]
+            waiter.unsynced = lazy
         told = bool(waiter and reply and waiter.offer(reply, before=telling))
         if not told:
             if require_session:
                 return False
-            lazy[0] = False     # nobody was told: the record is all that says the message is done
+            lazy = False        # nobody was told: the record is all that says the message is done
             guarded()
         if state != models.DELIVERED:     # a delivery has its summary line instead
             qlog(queue_id).info("%s: %s", state, event, extra={"event": state, "fields": {

@@ -101,19 +101,17 @@ def _file_cause(label, analysed):
     return cause if cause in CAUSES else cause_of(analysed.get("reason"), label)
 
 
-_NO_ANALYSIS = []     # to_lua_plain(vxcube_view({})), made once: most mail has nothing analysed
+@functools.cache
+def _no_analysis():
+    """to_lua_plain(vxcube_view({})), made once: most mail has nothing analysed."""
+    return to_lua_plain(vxcube_view({}))
 
 
 def lua_view(envelope, analysis):
     """The hook's ctx as plain data for ``LuaRuntime.table_from`` (which copies it into new Lua
     tables each time, so a view shared between calls is never seen twice by a hook)."""
     view = to_lua_plain(envelope_view(envelope))
-    if analysis:
-        view[b"vxcube"] = to_lua_plain(vxcube_view(analysis))
-    else:
-        if not _NO_ANALYSIS:
-            _NO_ANALYSIS.append(to_lua_plain(vxcube_view({})))
-        view[b"vxcube"] = _NO_ANALYSIS[0]
+    view[b"vxcube"] = to_lua_plain(vxcube_view(analysis)) if analysis else _no_analysis()
     return view
 
 

@@ -75,9 +75,6 @@ class _Channel:
                              struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)))
         self._timeout = kept
 
-    def fileno(self):
-        return self.sock.fileno()
-
     def close(self):
         self.sock.close()
 
@@ -173,7 +170,7 @@ class HookProcess:
         self._options = dict(memory_limit=memory_limit, time_limit=time_limit,
                              on_error=on_error, list_dir=list_dir)
         self._source, self._child, self._ready, self._closed = source, None, False, False
-        self._send = self._conn = None
+        self._channel = None
         self._lock = threading.Lock()
         self._start()
         self._await_ready(START_TIME + time_limit)
@@ -201,7 +198,7 @@ class HookProcess:
             affinity.release(child.pid)     # its start-up (an interpreter, lupa, RE2) may use any core; settle() once ready
             ours.settimeout(None)
             channel = _Channel(ours)
-            self._child, self._send, self._conn = child, channel, channel
+            self._child, self._channel = child, channel
             self._ready = False
         try:
             channel.send((self._spec, self._options, self._source))
@@ -218,13 +215,13 @@ class HookProcess:
         # the daemon's shut-down may close() while the worker stops a child that overran:
         # one of them takes the child, the other finds nothing left to stop
         with self._lock:
-            child, send, conn = self._child, self._send, self._conn
-            self._child = self._conn = self._send = None
+            child, channel = self._child, self._channel
+            self._child = self._channel = None
         if child is None:
             return
         child.kill()
         child.wait()
-        conn.close()
+        channel.close()
 
     def _restart(self):
         self._stop()
@@ -233,7 +230,7 @@ class HookProcess:
     def _receive(self, deadline):
         """The child's next answer, logging what it logs meanwhile; None at the deadline or
         when the child is gone."""
-        conn = self._conn    # close() may clear it meanwhile (shut-down)
+        conn = self._channel    # close() may clear it meanwhile (shut-down)
         if conn is None:
             return None
         while True:
@@ -275,11 +272,11 @@ class HookProcess:
         except HookError as exc:
             return None, str(exc)
         deadline = time.monotonic() + self.time_limit + SLACK
-        child, send = self._child, self._send        # close() may clear them meanwhile (shut-down)
+        child, channel = self._child, self._channel      # close() may clear them meanwhile (shut-down)
         try:
-            if send is None:
+            if channel is None:
                 raise OSError("closed")
-            send.send(request)
+            channel.send(request)
         except (OSError, ValueError):
             answer = None
         else:

@@ -484,11 +484,8 @@ def _batched(defer):
                     _WRITER.execute("RELEASE w")
                 except Exception:
                     pass
-            elif alone and _WRITER.in_transaction:  # nobody else's writes are in it: all goes
-                try:
-                    _WRITER.execute("ROLLBACK")
-                except Exception:
-                    pass
+            elif alone:     # nobody else's writes are in it: all goes
+                _rollback(_WRITER)
             if alone or not _WRITER.in_transaction:     # or SQLite gave up the whole transaction (I/O error)
                 _end_batch(batch, exc)
             raise
@@ -554,11 +551,7 @@ def _commit_batch(batch, failure=None):
         batch.ticket = _GROUP.ticket()
         _end_batch(batch, None)
     except BaseException as exc:
-        try:        # a COMMIT that failed (disk full) may leave the transaction open
-            if _WRITER.in_transaction:
-                _WRITER.execute("ROLLBACK")
-        except Exception:
-            pass
+        _rollback(_WRITER)      # a COMMIT that failed (disk full) may leave the transaction open
         _end_batch(batch, exc)
         if failure is None:
             raise
@@ -617,7 +610,7 @@ def _take_over(batch):
 
 def _rollback(connection):
     try:
-        if isinstance(connection, sqlite3.Connection):
+        if hasattr(connection, "in_transaction"):      # SQLite's (psycopg's has no such attribute)
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
         elif not (connection.closed or connection.broken):
