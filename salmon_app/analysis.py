@@ -18,6 +18,7 @@ for outages how long the content has been held, go to the hook with the analysis
 """
 import json
 import logging
+import random
 import time
 
 import peewee
@@ -90,16 +91,18 @@ class Analyser:
             from salmon_app.vxcube.adoption import adopt
             self.next_adoption = now + 10
             adopt(self, now)
-        for row in (Sample.select(Sample.sha256).where(Sample.state != "done", Sample.next_step <= now,
-                                                       Sample.node == self.gateway.node)
-                    .order_by(Sample.next_step).limit(2000)):
-            if self.due.get(row.sha256, 0) <= now:
-                self.submit(row.sha256)
+        # a poll leaves next_step as it was (see later()): every pending analysis comes back
+        # here each round, so this is one plain statement, not a peewee query of model rows
+        for sha256 in models.due_samples(self.gateway.node, now, 2000):
+            if self.due.get(sha256, 0) <= now:
+                self.submit(sha256)
 
     def later(self, sample, delay):
-        """Come back to a sample after ``delay``: kept in memory, since a poll that changes
-        nothing must not cost a commit (after a restart every sample is simply polled at once)."""
-        self.due[sample.sha256] = time.time() + delay
+        """Come back to a sample after about ``delay``: kept in memory, since a poll that changes
+        nothing must not cost a commit (after a restart every sample is simply polled at once).
+        Spread by ±20%: analyses that a burst of mail started together would otherwise be
+        polled together ever after, a burst of calls on the core the mail is handled on."""
+        self.due[sample.sha256] = time.time() + delay * random.uniform(0.8, 1.2)
 
     def submit(self, sha256):
         registry = self.gateway.registry
@@ -210,7 +213,7 @@ class Analyser:
     def step(self, sha256):
         key = "sample:" + sha256
         try:
-            sample = Sample.get_or_none(Sample.sha256 == sha256)
+            sample = models.fetch(Sample, sha256)
             if sample is None or sample.state == "done":
                 return
             try:
@@ -222,7 +225,7 @@ class Analyser:
             # bound as any failure (VxcubeTimeout), so no message waits forever on it.
             if self._changed(sha256, "internal error: %s" % exc):
                 self._log(sha256, logging.ERROR, "analysis step failed; retrying later", exc_info=True)
-            sample = Sample.get_or_none(Sample.sha256 == sha256)
+            sample = models.fetch(Sample, sha256)
             if sample is not None and time.time() - sample.created > self.config.VxcubeTimeout:
                 self._finish(sample, Verdict.UNCHECKED, reason=with_cause("vxcube-error", "internal error: %s" % exc))
             else:
@@ -411,7 +414,7 @@ class Analyser:
 
     def _resume(self, queue_id):
         if not FileCheck.select().where(FileCheck.message == queue_id, FileCheck.verdict == "").exists():
-            row = Message.get_or_none(Message.id == queue_id)
+            row = models.fetch(Message, queue_id)
             # another node's message: its own sweeper resumes it (it holds the file)
             if row is not None and row.state == models.ANALYSING and row.node == self.gateway.node:
                 qlog(queue_id).info("analyses finished")

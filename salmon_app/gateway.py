@@ -195,7 +195,7 @@ class Gateway:
         queue_id = item if isinstance(item, str) else item.queue_id
         try:
             if isinstance(item, str):
-                row = Message.get_or_none(Message.id == queue_id)
+                row = models.fetch(Message, queue_id)
                 if row is None or row.state not in STAGE_OF:
                     return
                 message = StoredMessage(self, row)
@@ -215,7 +215,7 @@ class Gateway:
             if not (message is not None and message.next_state and self._hand_over(message)) \
                     and not self.storage.holds(queue_id):
                 if self.registry.release(queue_id):
-                    row = Message.get_or_none(Message.id == queue_id)
+                    row = models.fetch(Message, queue_id)
                     if row is not None and row.state in STAGE_OF:
                         self.submit(queue_id, row.state)
 

@@ -188,3 +188,41 @@ def test_only_mail_that_may_carry_files_is_parsed():
     assert may_carry_files(b"Subject: x\r\n\r\nhello\r\nbegin 644 a.exe\r\nend\r\n")
     assert not may_carry_files(b"Subject: x\r\n\r\nhello\r\nbeginning at ten\r\n")
     assert may_carry_files(b"Content-Type: text/plain\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n")
+
+
+def test_a_poll_reads_its_sample_and_message_as_peewee_would(vxgate, sink, vxsim):
+    """The poll's own read (models.fetch, a statement built once) gives the row get() gives,
+    not marked changed, and a save of it changes the row."""
+    from salmon_app.storage import models
+    vxsim.configure(analysis_time=30.0)
+    gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.2)
+    gw.send("a@x.test", ["b@x.test"], mail_with([("f.exe", pe_image(b"fetched"))]))
+    deadline = time.time() + 10
+    while not Sample.select().where(Sample.state == "analysing").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    sample = Sample.get(Sample.state == "analysing")
+    fetched = models.fetch(Sample, sample.sha256)
+    assert fetched.__data__ == sample.__data__ and not fetched._dirty
+    assert isinstance(fetched.uploaded, bool) and fetched.uploaded
+    message = Message.get(Message.mode == "smtp")
+    assert models.fetch(Message, message.id).__data__ == message.__data__
+    assert models.fetch(Sample, "0" * 64) is None and models.fetch(Message, "nosuchid") is None
+    with models.writing():
+        models.lock_samples([sample.sha256])
+        fetched.reason = "saved from a fetched row"
+        fetched.save()
+    assert Sample.get(Sample.sha256 == sample.sha256).reason == "saved from a fetched row"
+
+
+def test_polls_of_analyses_started_together_are_spread():
+    """Each wait is drawn within ±20% of the schedule's, so a burst of analyses is not polled
+    as a burst ever after."""
+    from types import SimpleNamespace
+    from salmon_app.analysis import Analyser
+    analyser = SimpleNamespace(due={})
+    now = time.time()
+    for n in range(200):
+        Analyser.later(analyser, SimpleNamespace(sha256="%064d" % n), 10.0)
+    waits = sorted(when - now for when in analyser.due.values())
+    assert len(waits) == 200 and 8.0 <= waits[0] and waits[-1] <= 12.1
+    assert waits[-1] - waits[0] > 2.0 and 9.0 < waits[100] < 11.0

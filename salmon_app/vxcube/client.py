@@ -218,7 +218,13 @@ class VxcubeClient:
         if session is None:
             session = requests.Session()
             session.headers["Authorization"] = "api-key %s" % self._api_key
-            session.verify = self.verify
+            # The environment's proxy and CA bundle for vxCube's address, read once: left to
+            # requests, every call walks os.environ twice (a quarter of a poll's CPU), and a
+            # ~/.netrc entry for the host would replace the API key with Basic auth.
+            settings = session.merge_environment_settings(self.base_url, {}, None, self.verify, None)
+            session.trust_env = False
+            session.proxies.update(settings["proxies"])
+            session.verify = settings["verify"]
             with self._sessions_lock:
                 self._sessions.append(session)
             self._local.session = session

@@ -331,3 +331,82 @@ def test_a_wrong_shape_once_is_retried_to_the_right_answer(client, sim):
     analysis = client.start_analysis(sample["id"])
     sim.set_fault(body=b'{"tasks": [{"status": null}]}', count=2, path="analyses/")
     assert client.get_analysis(analysis["id"])["id"] == analysis["id"]
+
+
+# --- the environment: proxy, CA bundle, ~/.netrc -------------------------------------------
+
+class Recorder:
+    """A one-request-at-a-time HTTP server that keeps each request's head and answers a licence."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.heads = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        body = b'{"uploads_spent": 1, "uploads_total": 10}'
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.heads.append(head.decode("latin-1"))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def recorder():
+    server = Recorder()
+    yield server
+    server.close()
+
+
+def test_the_environments_proxy_is_used_though_read_once_per_session(recorder, api_key, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:%d" % recorder.port)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with VxcubeClient("http://vxcube.invalid", api_key, timeout=2.0) as vx:
+        assert vx.license()["uploads_total"] == 10
+        monkeypatch.delenv("HTTP_PROXY")       # read when the session began, as by a daemon
+        assert vx.license()["uploads_total"] == 10
+    assert [head.split("\r\n")[0] for head in recorder.heads] == [
+        "GET http://vxcube.invalid/api-2.0/license HTTP/1.1"] * 2
+
+
+def test_no_proxy_in_the_environment_still_exempts_vxcube(recorder, sim, api_key, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:%d" % recorder.port)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with VxcubeClient(sim.url, api_key, timeout=2.0) as vx:
+        assert vx.license()["uploads_total"] == 100000
+    assert recorder.heads == []
+
+
+def test_a_netrc_entry_for_the_host_does_not_replace_the_api_key(recorder, api_key, monkeypatch, tmp_path):
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with VxcubeClient("http://127.0.0.1:%d" % recorder.port, api_key, timeout=2.0) as vx:
+        vx.license()
+    assert "Authorization: api-key %s\r\n" % api_key in recorder.heads[0]
+
+
+@pytest.mark.parametrize("configured, expected", [(True, "/etc/bundle-from-env.pem"), (False, False),
+                                                  ("/etc/vxcube-ca.pem", "/etc/vxcube-ca.pem")])
+def test_the_environments_ca_bundle_applies_unless_one_is_configured(api_key, monkeypatch, configured, expected):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/bundle-from-env.pem")
+    with VxcubeClient("https://vxcube.example", api_key, verify=configured) as vx:
+        assert vx._session().verify == expected
