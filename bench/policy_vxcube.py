@@ -141,6 +141,11 @@ def pending_load(args, processes, sim, sink, sink_port, workdir, count, pending_
         gates[label] = Vxgate(processes, os.path.join(workdir, "vxcube-" + label), port, sink_port, 200,
                               maild="SmtpReplyTimeout = 0.5s\n", root=root)
     try:
+        # a single vxgate stays on the core it starts on (PinProcesses): the second one joins
+        # the first one's, so that neither has a core the other has not
+        core = min(os.sched_getaffinity(gates["none"].pid))
+        for task in os.listdir("/proc/%d/task" % gates["pending"].pid):
+            os.sched_setaffinity(int(task), {core})
         started = time.monotonic()
         errors = fill(gates["pending"].port, pending_files)
         deadline = time.monotonic() + 120
