@@ -145,6 +145,18 @@ def cpu_seconds(pid):
         return float("nan")
 
 
+def children(pid):
+    """The child processes of every thread of ``pid`` (a master starts them from its threads)."""
+    found = []
+    try:
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, task)) as handle:
+                found += [int(child) for child in handle.read().split()]
+    except OSError:
+        pass
+    return found
+
+
 def tree_cpu_seconds(pid):
     """cpu_seconds of ``pid`` and its live child processes (vxgate's hook processes run the Lua)."""
     total = cpu_seconds(pid)
@@ -387,15 +399,8 @@ class Vxgate:
 
     def mail_pids(self):
         """The processes that take mail: salmon's, or with Processes > 1 the ones it started."""
-        children = []
-        try:
-            for task in os.listdir("/proc/%d/task" % self.pid):
-                with open("/proc/%d/task/%s/children" % (self.pid, task)) as handle:
-                    children += [int(p) for p in handle.read().split()]
-        except OSError:
-            pass
         workers = []
-        for child in children:
+        for child in children(self.pid):
             try:
                 with open("/proc/%d/cmdline" % child, "rb") as handle:
                     if b"worker_process" in handle.read():

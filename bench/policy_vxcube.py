@@ -26,7 +26,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from passthrough import REPO, Processes, Sink, Vxgate, free_port, measure_cell, run_source, tree_cpu_seconds  # noqa: E402
+from passthrough import (REPO, Processes, Sink, Vxgate, children, free_port, measure_cell, run_source,  # noqa: E402
+                         tree_cpu_seconds)
 
 from salmon_app.policy.bench import measure  # noqa: E402
 from salmon_app.vxcube.sim import VxcubeSim  # noqa: E402
@@ -76,20 +77,8 @@ def throughput(label, processes, sink, sink_port, workdir, count, maild="", root
 SETTLE = 1.5     # seconds both vxgates run before a cell (the sweeper's round is 1 s)
 
 
-def family(pid):
-    """``pid`` and its child processes (a vxgate and its hook processes)."""
-    pids = [pid]
-    try:
-        for task in os.listdir("/proc/%d/task" % pid):
-            with open("/proc/%d/task/%s/children" % (pid, task)) as handle:
-                pids += [int(child) for child in handle.read().split()]
-    except OSError:
-        pass
-    return pids
-
-
 def signal_all(vx, number):
-    for pid in family(vx.pid):
+    for pid in [vx.pid] + children(vx.pid):
         try:
             os.kill(pid, number)
         except ProcessLookupError:

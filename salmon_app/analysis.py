@@ -38,6 +38,7 @@ LOG = logging.getLogger("vxgate.analysis")
 FINISHED_TASK = ("successful", "failed", "deleted")
 FORGOTTEN_AFTER = 10.0      # seconds a sample may be done before its waiting checks get their result
 MESSAGE_SAMPLE = "message"        # FileCheck.path of a whole-message upload awaiting its split
+WAITING_STATES = (models.STORED, models.CHECKING, models.ANALYSING)   # a message a sample may wake
 
 
 
@@ -415,8 +416,11 @@ class Analyser:
     def _resume(self, queue_id):
         if not FileCheck.select().where(FileCheck.message == queue_id, FileCheck.verdict == "").exists():
             row = models.fetch(Message, queue_id)
-            # another node's message: its own sweeper resumes it (it holds the file)
-            if row is not None and row.state == models.ANALYSING and row.node == self.gateway.node:
+            # another node's message: its own sweeper resumes it (it holds the file). One still
+            # stored or checking is resumed too: its check worker may have read the checks before
+            # this sample ended and be about to record it analysing, which the sweeper looks at
+            # only once a minute; the registry runs it once more when that worker lets it go.
+            if row is not None and row.state in WAITING_STATES and row.node == self.gateway.node:
                 qlog(queue_id).info("analyses finished")
                 self.gateway.submit(queue_id, models.ANALYSING)
 

@@ -226,3 +226,29 @@ def test_polls_of_analyses_started_together_are_spread():
     waits = sorted(when - now for when in analyser.due.values())
     assert len(waits) == 200 and 8.0 <= waits[0] and waits[-1] <= 12.1
     assert waits[-1] - waits[0] > 2.0 and 9.0 < waits[100] < 11.0
+
+
+def test_a_sample_that_ends_while_its_message_is_checked_wakes_it_at_once(vxgate, sink, vxsim):
+    """The check worker read the checks (pending), the sample ended and found the message not yet
+    analysing, then the worker recorded it analysing: the message goes on when the worker lets
+    it go, not at the sweeper's look at analysing messages once a minute."""
+    from salmon_app.storage import models
+    vxsim.configure(analysis_time=30.0)
+    gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.2)
+    gw.send("a@x.test", ["b@x.test"], mail_with([("f.exe", pe_image(b"raced"))]))
+    queue_id = wait_states("analysing", 1)[0].id
+    gateway = gw.gateway
+    deadline = time.time() + 10      # past the sweeper's first round, which looks at analysing messages too
+    while gateway.sweeper.rounds < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert gateway.registry.hold(queue_id)              # as its check worker holds it
+    with models.writing():
+        Message.update(state=models.CHECKING).where(Message.id == queue_id).execute()
+        FileCheck.update(verdict="clean").where(FileCheck.message == queue_id).execute()
+    gateway.checks.analyser._resume(queue_id)          # the sample ended meanwhile
+    with models.writing():
+        Message.update(state=models.ANALYSING).where(Message.id == queue_id).execute()
+    if gateway.registry.release(queue_id):              # the worker lets it go (Gateway.run_step)
+        gateway.submit(queue_id, models.ANALYSING)
+    wait_states("delivered", 1, timeout=10)
+    assert len(sink.wait_for(1, 5)) == 1

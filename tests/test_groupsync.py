@@ -468,7 +468,7 @@ def test_a_delivery_told_to_its_session_waits_for_no_fsync_one_finished_later_do
     from salmon_app.storage import models
     from salmon_app.storage.models import Message
     from tests.support.waiting import wait_until
-    gw = vxgate(SmtpReplyTimeout=0.5)
+    gw = vxgate(SmtpReplyTimeout=3.0)    # a new gateway's first message took 0.5 s on a slow day
     waits = _fsync_waits(models)
     gw.send("a@x.test", ["b@y.test"], b"Subject: told\r\n\r\nbody\r\n")
     assert len(sink.messages) == 1
@@ -479,7 +479,7 @@ def test_a_delivery_told_to_its_session_waits_for_no_fsync_one_finished_later_do
 
     release = threading.Event()
     sink.data_reply = lambda message: (release.wait(10), None)[1]
-    gw.send("a@x.test", ["b@y.test"], b"Subject: later\r\n\r\nbody\r\n")   # 250 after 0.5 s
+    gw.send("a@x.test", ["b@y.test"], b"Subject: later\r\n\r\nbody\r\n")   # 250 after 3 s
     later = Message.get(Message.subject == "later")
     assert later.answered and later.state != models.DELIVERED
     del waits[:]
