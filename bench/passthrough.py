@@ -159,16 +159,7 @@ def children(pid):
 
 def tree_cpu_seconds(pid):
     """cpu_seconds of ``pid`` and its live child processes (vxgate's hook processes run the Lua)."""
-    total = cpu_seconds(pid)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        total += cpu_seconds(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return total
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def system_busy_seconds():

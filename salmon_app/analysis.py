@@ -422,7 +422,7 @@ class Analyser:
             # only once a minute; the registry runs it once more when that worker lets it go.
             if row is not None and row.state in WAITING_STATES and row.node == self.gateway.node:
                 qlog(queue_id).info("analyses finished")
-                self.gateway.submit(queue_id, models.ANALYSING)
+                self.gateway.submit(queue_id, row.state)
 
 
 def live_sample(now):

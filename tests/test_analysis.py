@@ -7,6 +7,7 @@ import pytest
 
 from support.gateway import send_at_once
 from support.mail import EICAR, mail_with, pe_image, vxcube_params
+from support.waiting import wait_until
 
 from salmon_app.analysis import FileCheck, Sample
 from salmon_app.storage.models import Message
@@ -197,9 +198,7 @@ def test_a_poll_reads_its_sample_and_message_as_peewee_would(vxgate, sink, vxsim
     vxsim.configure(analysis_time=30.0)
     gw = vxgate(**vxcube_params(vxsim), SmtpReplyTimeout=0.2)
     gw.send("a@x.test", ["b@x.test"], mail_with([("f.exe", pe_image(b"fetched"))]))
-    deadline = time.time() + 10
-    while not Sample.select().where(Sample.state == "analysing").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: Sample.select().where(Sample.state == "analysing").exists(), 10, "an analysis running")
     sample = Sample.get(Sample.state == "analysing")
     fetched = models.fetch(Sample, sample.sha256)
     assert fetched.__data__ == sample.__data__ and not fetched._dirty
@@ -238,9 +237,8 @@ def test_a_sample_that_ends_while_its_message_is_checked_wakes_it_at_once(vxgate
     gw.send("a@x.test", ["b@x.test"], mail_with([("f.exe", pe_image(b"raced"))]))
     queue_id = wait_states("analysing", 1)[0].id
     gateway = gw.gateway
-    deadline = time.time() + 10      # past the sweeper's first round, which looks at analysing messages too
-    while gateway.sweeper.rounds < 1 and time.time() < deadline:
-        time.sleep(0.05)
+    # past the sweeper's first round, which looks at analysing messages too
+    wait_until(lambda: gateway.sweeper.rounds >= 1, 10, "the sweeper's first round")
     assert gateway.registry.hold(queue_id)              # as its check worker holds it
     with models.writing():
         Message.update(state=models.CHECKING).where(Message.id == queue_id).execute()
