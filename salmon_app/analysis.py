@@ -277,8 +277,14 @@ class Analyser:
                                               analysis_time=int(self.config.VxcubeAnalysisTime))
         sample.analysis_id, sample.state = str(analysis["id"]), "analysing"
         sample.started = time.time()
-        sample.next_step = sample.started + self.config.VxcubePollInterval
+        # vxCube runs the sample for the time asked before it can say anything but a failure:
+        # a poll before then is a call for nothing, and the polls of a burst of mail would
+        # come together on the mail's core. So the first poll is after that time (spread
+        # upwards by up to 20%, never before); a task that failed at once is known then.
+        first = self.config.VxcubeAnalysisTime
+        sample.next_step = sample.started + first
         sample.save()
+        self.due[sample.sha256] = sample.started + first * random.uniform(1.0, 1.2)
         self._log(sample.sha256, logging.INFO, "analysis %s started on %s", sample.analysis_id, ", ".join(platforms))
 
     def _analysing(self, sample):

@@ -227,6 +227,20 @@ def test_polls_of_analyses_started_together_are_spread():
     assert waits[-1] - waits[0] > 2.0 and 9.0 < waits[100] < 11.0
 
 
+def test_an_analysis_is_first_polled_once_its_time_is_up(vxgate, sink, vxsim):
+    """vxCube runs the sample for VxcubeAnalysisTime before it can tell a verdict: no poll
+    before then, though the emulator has the verdict ready at once, then one poll finds it."""
+    vxsim.configure(analysis_time=0.0)
+    gw = vxgate(**vxcube_params(vxsim, VxcubeAnalysisTime=2.0), SmtpReplyTimeout=0.2, SmtpHook="")
+    gw.send("a@x.test", ["b@x.test"], mail_with([("tool.exe", pe_image(b"polled once"))]))
+    wait_until(lambda: vxsim.stats()["analyses"] == 1, 10, "the analysis to start")
+    started, requests = time.time(), vxsim.stats()["requests"]
+    wait_until(lambda: vxsim.stats()["requests"] > requests, 10, "the first poll")
+    assert time.time() - started >= 1.7      # 2 s after the start, which came a little earlier
+    row = wait_states("delivered", 1, timeout=10)[0]
+    assert row.verdict == "clean" and vxsim.stats()["requests"] == requests + 1
+
+
 def test_a_sample_that_ends_while_its_message_is_checked_wakes_it_at_once(vxgate, sink, vxsim):
     """The check worker read the checks (pending), the sample ended and found the message not yet
     analysing, then the worker recorded it analysing: the message goes on when the worker lets

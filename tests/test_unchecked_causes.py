@@ -78,7 +78,9 @@ def test_draining_the_licence_does_not_let_the_next_file_through(vxgate, sink, v
 
 def test_spent_quota_defers_then_falls_back_to_quarantine(vxgate, sink, vxsim):
     vxsim.configure(uploads_total=40)
-    gw = vxgate(**vxcube_params(vxsim, VxcubeMaxFiles=100, VxcubeUploadBudget=0, VxcubeMaxHold=3.0))
+    # the 40 analyses end about 1-2 s after they start (first poll after VxcubeAnalysisTime,
+    # on a sweeper round): the hold must outlast that for the 451
+    gw = vxgate(**vxcube_params(vxsim, VxcubeMaxFiles=100, VxcubeUploadBudget=0, VxcubeMaxHold=5.0))
     many = mail_with([("tool%02d.exe" % n, pe_image(b"distinct %d" % n)) for n in range(45)])
     with pytest.raises(smtplib.SMTPDataError) as refused:
         gw.send("mallory@attacker.test", ["bob@x.test"], many)
@@ -91,7 +93,7 @@ def test_spent_quota_defers_then_falls_back_to_quarantine(vxgate, sink, vxsim):
     row = concluded(2)[-1]
     check = FileCheck.get(FileCheck.message == row.id)
     assert (row.verdict, check.reason[:7]) == ("unchecked", "quota: ")
-    time.sleep(3.2)
+    time.sleep(5.2)
     gw.send("mallory@attacker.test", ["bob@x.test"], eicar)       # Postfix trying again, too late
     late = concluded(3)[-1]
     assert (late.state, late.verdict) == ("quarantined", "unchecked")
