@@ -10,11 +10,14 @@ In one run, on one smtp-sink:
    into each in turn, five times, the other stopped meanwhile (medians and their ratio); the
    background CPU each spends with no mail; and the number of uploads against distinct files.
 
-Run from the repository root: ``.venv/bin/python bench/policy_vxcube.py [--quick]``.
+Run from the repository root: ``.venv/bin/python bench/policy_vxcube.py [--quick]``; part 3
+alone with its vxgates' spools on a tmpfs, where the disk's varying fsync time does not move
+the cells: ``--vxcube-only --workdir /dev/shm``.
 """
 import argparse
 import json
 import os
+import shutil
 import signal
 import smtplib
 import statistics
@@ -117,13 +120,14 @@ def pending_load(args, processes, sim, sink, sink_port, workdir, count, pending_
     measured one runs. Measuring both in one vxgate, before and after the files, compared
     cells of different moments: on a shared machine two runs with nothing pending differed by
     up to 20% that way."""
-    print("\n== 3. vxCube on (emulator, analysis %.0f s): clean mail on two vxgates alike, one with %d analyses "
-          "pending; %d interleaved repetitions, the other vxgate stopped meanwhile"
-          % (args.analysis_time, pending_files, args.repeats))
+    print("\n== 3. vxCube on (emulator, analysis %.0f s; VxcubeAnalysisTime %d s, when the first polls come): "
+          "clean mail on two vxgates alike, one with %d analyses pending; %d interleaved repetitions, the other "
+          "vxgate stopped meanwhile; spools and databases in %s"
+          % (args.analysis_time, args.vxcube_analysis_time, pending_files, args.repeats, workdir))
     # default polling; no upload budget: the pending files all come from one sender, and
     # past 100 of them the budget would make the rest unchecked instead of pending
     root = ("UseVxcube = Yes\nVxcubeApiAddress = %s\nVxcubeApiKey = %s\nVxcubeUploadBudget = 0\n"
-            % (sim.url, KEY))
+            "VxcubeAnalysisTime = %ds\n" % (sim.url, KEY, args.vxcube_analysis_time))
     gates = {}
     for label in ("none", "pending"):
         port = free_port()
@@ -213,6 +217,11 @@ def main():
                         help="emulator analysis time (150 s, --quick 60 s: the analyses stay pending through the clean load)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved repetitions of the clean load on each vxgate (5; --quick: 2)")
+    parser.add_argument("--vxcube-analysis-time", type=int, default=60,
+                        help="VxcubeAnalysisTime of part 3's vxgates: their first poll of an analysis comes then (60 s)")
+    parser.add_argument("--workdir", default=None,
+                        help="where the vxgates' spools and databases go (a new folder in $TMPDIR or /tmp); on a "
+                             "tmpfs such as /dev/shm the disk's varying fsync time stays out of part 3's ratio")
     parser.add_argument("--vxcube-only", action="store_true", help="part 3 alone (no hook measurements)")
     args = parser.parse_args()
     count = 300 if args.quick else 1500
@@ -220,7 +229,7 @@ def main():
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.analysis_time = args.analysis_time or (60.0 if args.quick else 150.0)
     report = {"benchmark": "policy_vxcube", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick}
-    workdir = tempfile.mkdtemp(prefix="vxgate-bench2-")
+    workdir = tempfile.mkdtemp(prefix="vxgate-bench2-", dir=args.workdir)
     processes = Processes()
     sim = VxcubeSim("127.0.0.1", 0, api_key=KEY, analysis_time=args.analysis_time).start()
     try:
@@ -249,6 +258,8 @@ def main():
     finally:
         processes.stop_all()
         sim.stop()
+    # kept after a failure, for its logs; on a tmpfs a finished run's 30,000 messages hold memory
+    shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
     out = os.path.join(REPO, "bench", "results", "policy_vxcube-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
     with open(out, "w") as handle:
