@@ -157,9 +157,22 @@ def children(pid):
     return found
 
 
+def descendants(pid):
+    """Every live process below ``pid``: with Processes > 1 the hook processes are the children
+    of the mail processes, which are the master's."""
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children(child)
+    return found
+
+
 def tree_cpu_seconds(pid):
-    """cpu_seconds of ``pid`` and its live child processes (vxgate's hook processes run the Lua)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+    """cpu_seconds of ``pid`` and of every live process below it (vxgate's hook processes run
+    the Lua; until 2026-12-03 those of a set's mail processes were left out, and counted among
+    "other processes")."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid))
 
 
 def system_busy_seconds():
