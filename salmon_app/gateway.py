@@ -175,6 +175,7 @@ class Gateway:
         # (threads that ended holding one) would stay open on the server
         getattr(self.database, "close_all", self.database.close)()
         models.close_writer()
+        self.storage.close()
         self.node_claim.release()
 
     # ------------------------------------------------------------ moving messages

@@ -522,6 +522,45 @@ def test_check_and_repair(gw, sink):
     assert q(gw.config_path, "check", check=0).stdout.startswith("check: OK (%d records" % (len(rows) + 1))
 
 
+def test_repair_leaves_a_file_alone_while_its_record_is_kept_in_memory(gw, sink):
+    """A full disk: the daemon keeps a message's record in memory, so its file has no row yet.
+    A repair then must not remove that "orphan"; once the record is written it is no orphan."""
+    import errno
+    queue_id = "ABCDEF0123456787"
+    gw.spool.store(queue_id, b"Subject: kept\r\n\r\nx\r\n")
+    os.utime(gw.spool.path(queue_id), (time.time() - 1800, time.time() - 1800))
+    full = threading.Event()
+    full.set()
+
+    def record():
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with models.writing():
+            Message.create(id=queue_id, mode="smtp", state="delivered", created=time.time(), updated=time.time(),
+                           mail_from="a@x.test", rcpt_json="[]", size=20, sha256="", has_file=True)
+    assert gw.gateway.storage.write(queue_id, record, settled=True) is False     # kept in memory
+    report = q(gw.config_path, "check", "--repair", check=1).stdout
+    assert queue_id in report and "keeps records in memory while its storage fails" in report
+    assert os.path.exists(gw.spool.path(queue_id))
+    full.clear()                      # space again: the sweeper writes the kept record
+    wait_until(lambda: not gw.gateway.storage.failing and not gw.gateway.storage.pending, 10,
+               "the kept record to be written")
+    assert q(gw.config_path, "check", check=0).stdout.startswith("check: OK")
+    assert os.path.exists(gw.spool.path(queue_id)) and Message.get_by_id(queue_id).has_file
+
+
+def test_repair_removes_old_orphans_once_storage_works(gw, sink):
+    """The lock a daemon holds through an outage is let go with it: repair works again."""
+    import errno
+    orphan = "ABCDEF0123456786"
+    gw.spool.store(orphan, b"Subject: orphan\r\n\r\nz\r\n")
+    os.utime(gw.spool.path(orphan), (time.time() - 1800, time.time() - 1800))
+    gw.gateway.storage.failed(OSError(errno.ENOSPC, "No space left on device"))
+    wait_until(lambda: not gw.gateway.storage.failing, 10, "the sweeper's probe to find storage working")
+    repaired = q(gw.config_path, "check", "--repair", check=0).stdout
+    assert "-> removed" in repaired and not os.path.exists(gw.spool.path(orphan))
+
+
 # ---------------------------------------------------------------- stats
 def test_stats(gw, sink):
     rows = seed(gw.spool, 50, files_every=5)

@@ -7,16 +7,18 @@ message. The spool is listed before the database is read and every finding is ch
 before it is reported, so a message being received right now is never taken for a problem.
 ``repair`` marks missing files in the record (``has_file = No``, with an Event), corrects the
 opposite case, deletes rows without a message, and removes orphan files older than a minute
-(``MIN_AGE``; younger ones may be a reception between its fsync and its commit). Messages in
-flight are only reported: they belong to the daemon. With a shared database a node checks
-its own records against its own spool, and those of its processes (``Processes``: their
-nodes ``NodeName/k`` against ``SpoolDir/proc-k``).
+(``MIN_AGE``; younger ones may be a reception between its fsync and its commit), but none
+while a daemon keeps records in memory because its storage fails (``storage/keptlock.py``).
+Messages in flight are only reported: they belong to the daemon. With a shared database a
+node checks its own records against its own spool, and those of its processes
+(``Processes``: their nodes ``NodeName/k`` against ``SpoolDir/proc-k``).
 """
 import dataclasses
 import os
 import time
 
 from salmon_app.storage import models, subnodes
+from salmon_app.storage.keptlock import unless_kept
 from salmon_app.analysis import FileCheck
 from salmon_app.storage.models import Body, Event, Message, Recipient, Release, ReleaseRequest
 from salmon_app.quarantine import render
@@ -141,13 +143,20 @@ def _orphan(path, queue_id, repair, now, min_age):
     if age < min_age:
         finding.action = "not removed: younger than %ds (it may be arriving right now)" % min_age
         return finding
-    try:
-        os.unlink(path)
-        finding.repaired, finding.action = True, "removed"
-    except FileNotFoundError:
-        finding.repaired, finding.action = True, "already gone"
-    except OSError as exc:
-        finding.action = "not removed: %s" % (exc.strerror or exc)
+    with unless_kept(os.path.dirname(os.path.dirname(path))) as free:
+        if not free:
+            finding.action = ("not removed: vxgate keeps records in memory while its storage fails, and this "
+                              "file's may be one; repair again once its log says \"storage works again\"")
+            return finding
+        if Message.select().where(Message.id == queue_id).exists():
+            return None                               # written from memory just now
+        try:
+            os.unlink(path)
+            finding.repaired, finding.action = True, "removed"
+        except FileNotFoundError:
+            finding.repaired, finding.action = True, "already gone"
+        except OSError as exc:
+            finding.action = "not removed: %s" % (exc.strerror or exc)
     return finding
 
 

@@ -17,6 +17,7 @@ import time
 
 from salmon_app.log import qlog
 from salmon_app.storage import engine, models
+from salmon_app.storage.keptlock import KeptLock
 
 LOG = logging.getLogger("vxgate.storage")
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
@@ -43,6 +44,7 @@ class StorageGuard:
         self.pending = collections.OrderedDict()    # queue id -> [writes still to make]
         self.failing = ""                           # why storage cannot be written, or ""
         self.since = 0.0
+        self.kept = KeptLock(spool.directory)       # held from a failure until nothing is kept
 
     # ------------------------------------------------------------ writing
     def write(self, queue_id, write, *, settled):
@@ -84,6 +86,9 @@ class StorageGuard:
     # ------------------------------------------------------------ health
     def failed(self, exc):
         with self._lock:
+            # before any outcome is kept in memory: a repair must not take its file for an
+            # orphan (a repair holds the lock for one file at a time: a short wait at most)
+            self.kept.hold()
             first = not self.failing
             self.failing = "%s: %s" % (type(exc).__name__, exc)
             if first:
@@ -127,7 +132,13 @@ class StorageGuard:
             with self._lock:
                 was, self.failing = self.failing, ""
             LOG.warning("storage works again after %.0fs (%s); accepting mail", time.time() - self.since, was)
+        with self._lock:
+            if not self.pending and not self.failing:
+                self.kept.release()
         return True
+
+    def close(self):
+        self.kept.close()
 
     def probe(self):
         """A real durable write to both stores: a row committed, a small file fsynced."""

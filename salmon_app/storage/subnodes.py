@@ -13,7 +13,7 @@ import logging
 import os
 import re
 
-from salmon_app.storage import engine
+from salmon_app.storage import engine, keptlock
 from salmon_app.storage.groupsync import fsync_path
 
 LOG = logging.getLogger("vxgate")
@@ -169,6 +169,10 @@ def _fsync_tree(directory):
 
 
 def _remove_empty(folder):
+    try:
+        os.unlink(os.path.join(folder, keptlock.NAME))     # a stopped process's: nobody holds it
+    except FileNotFoundError:
+        pass
     for path, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
         try:
             os.rmdir(path)
