@@ -14,6 +14,8 @@ import fcntl
 import logging
 import os
 
+from salmon_app.storage.processlock import try_exclusive
+
 NAME = "kept-records.lock"
 LOG = logging.getLogger("vxgate")
 
@@ -58,12 +60,5 @@ def unless_kept(directory):
     except FileNotFoundError:
         yield True
         return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with try_exclusive(fd) as free:
+        yield free

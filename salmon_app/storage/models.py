@@ -11,7 +11,6 @@ Every message record names the node (``NodeName``) whose spool holds its file.
 """
 import collections
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
@@ -22,7 +21,7 @@ import zlib
 import peewee
 
 from salmon_app.storage import engine, groupsync
-from salmon_app.storage.processlock import ProcessLock
+from salmon_app.storage.processlock import ProcessLock, try_exclusive
 
 db = peewee.DatabaseProxy()
 _WRITE_LOCK = threading.RLock()
@@ -772,15 +771,8 @@ def exclusive(name):
             yield True      # one process owns the file
             return
         fd = os.open("%s.%08x" % (db.obj.database, zlib.crc32(name.encode())), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        with try_exclusive(fd) as got:
+            yield got
         return
     key = zlib.crc32(name.encode())
     got = _execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]

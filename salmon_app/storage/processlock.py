@@ -10,10 +10,26 @@ process blocks in ``flock`` on its behalf while the waiter waits for it with a t
 a grant nobody waits for any more is handed back at once. The caller serialises its own
 threads (``models.writing``'s in-process lock): at most one waiter at a time.
 """
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
+
+
+@contextlib.contextmanager
+def try_exclusive(fd):
+    """Yields True while this holds ``fd``'s ``flock`` exclusively, False when another process
+    holds it (shared or exclusive): never waits. Closes ``fd``, which lets the lock go."""
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 class ProcessLock:
