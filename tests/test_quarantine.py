@@ -556,7 +556,9 @@ def test_repair_removes_old_orphans_once_storage_works(gw, sink):
     gw.spool.store(orphan, b"Subject: orphan\r\n\r\nz\r\n")
     os.utime(gw.spool.path(orphan), (time.time() - 1800, time.time() - 1800))
     gw.gateway.storage.failed(OSError(errno.ENOSPC, "No space left on device"))
-    wait_until(lambda: not gw.gateway.storage.failing, 10, "the sweeper's probe to find storage working")
+    # the lock goes just after ``failing`` clears, in the same sweeper round: wait for the lock
+    wait_until(lambda: not gw.gateway.storage.failing and not gw.gateway.storage.kept.held, 10,
+               "the sweeper's probe to find storage working and let the lock go")
     repaired = q(gw.config_path, "check", "--repair", check=0).stdout
     assert "-> removed" in repaired and not os.path.exists(gw.spool.path(orphan))
 
