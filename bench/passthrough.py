@@ -21,7 +21,7 @@ the number smtp-source sent, smtp-source must exit 0 (it aborts on any reply tha
 expected 2xx/3xx), vxgate's database must record every message as delivered and the bare
 filter's spool must be empty at the end.
 
-Usage (from the repo root):  .venv/bin/python bench/passthrough.py [--quick]
+Usage (from the repo root):  make bench [ARGS="--quick"], or <venv>/bin/python bench/passthrough.py [--quick]
 Stdlib only.  Every process it starts is stopped at the end, on errors and on Ctrl-C too.
 Results: a table on stdout and bench/results/passthrough-<timestamp>.json.
 """
@@ -387,9 +387,11 @@ class Vxgate:
             env["PYTHONPATH"] = source
         self.stderr_path = os.path.join(workdir, "salmon.stderr")
         self._stderr = open(self.stderr_path, "wb")
-        salmon = os.path.join(REPO, ".venv", "bin", "salmon")
+        # the venv of the interpreter running the benchmark (``make bench``: .venv-bench), so
+        # that vxgate and the bare filter run on the same interpreter
+        salmon = os.path.join(os.path.dirname(sys.executable), "salmon")
         if not os.path.exists(salmon):
-            salmon = os.path.join(os.path.dirname(sys.executable), "salmon")
+            salmon = os.path.join(REPO, ".venv", "bin", "salmon")
         argv = [salmon, "start", "--pid", self.pid_path, "--no-daemon"]
         self.proc = processes.start("vxgate", argv, stop_signal=signal.SIGTERM, cwd=source, env=env,
                                     stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT)
@@ -857,6 +859,19 @@ def goals(cells, vx_name="vxgate"):
     return lines
 
 
+def interpreter():
+    """The Python every Python target runs on: the one running the benchmark."""
+    with open("/proc/self/maps") as handle:
+        shared = any("libpython" in line for line in handle)
+    return {"executable": sys.executable, "base": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+            "version": platform.python_version(), "libpython_shared": shared}
+
+
+def describe_interpreter(info):
+    return "%s (Python %s, %s)" % (info["base"], info["version"], "libpython shared: --enable-shared"
+                                   if info["libpython_shared"] else "libpython linked in")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller message counts (300 / 100), one repetition")
@@ -908,7 +923,7 @@ def main():
               "log_level": args.log_level or "as config/logging.conf", "metrics": not args.no_metrics,
               "sessions": args.sessions, "repeats": repeats, "interleaved": True,
               "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                          "postfix": _postfix_version()},
+                          "interpreter": interpreter(), "postfix": _postfix_version()},
               "vxgate_commit": git_revision(), "vxgate_source_digest": source_digest(),
               "loadavg_at_start": os.getloadavg(), "issue_figures_msgs_per_s": ISSUE_FIGURES,
               "cells": cells, "targets": [], "memory": None, "problems": [], "warnings": [], "skipped": {}}
@@ -933,6 +948,7 @@ def main():
         sink = Sink(processes, sink_port)
         report["sink"] = {"argv": sink.argv}
         print("smtp-sink on 127.0.0.1:%d; %d sessions; work dir %s" % (sink_port, args.sessions, workdir))
+        print("interpreter (vxgate and the bare filter): %s" % describe_interpreter(report["machine"]["interpreter"]))
         if "direct" in only:
             targets.append({"name": "direct", "kind": "direct", "label": "smtp-source -> smtp-sink directly",
                             "port": sink_port, "cpu_pid": sink.proc.pid})
@@ -1062,8 +1078,9 @@ def main():
             "other processes used the CPU during %d measurement(s) (up to %.0f%% of one core): those figures "
             "are low; rerun on a quiet machine" % (len(busy), max(busy)))
 
-    print("\n== results (%d sessions, median of %d interleaved run(s)%s)"
-          % (args.sessions, repeats, ", --quick" if args.quick else ""))
+    print("\n== results (%d sessions, median of %d interleaved run(s)%s; %s)"
+          % (args.sessions, repeats, ", --quick" if args.quick else "",
+             describe_interpreter(report["machine"]["interpreter"])))
     if cells and all(c["results"] for c in cells):
         print_table(cells, targets)
         report["goals"] = {}

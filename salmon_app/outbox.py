@@ -14,8 +14,19 @@ from salmon_app.storage import models
 from salmon_app.storage.models import Message, Recipient
 
 
-def new_queue_id():
-    return secrets.token_hex(8).upper()
+FOLDER_SECONDS = 4      # how long new messages share one spool folder (the id's first two digits)
+
+
+def new_queue_id(now=None):
+    """16 hexadecimal digits: two that name the spool folder, turning every FOLDER_SECONDS
+    through all 256, then 56 random bits (the id cannot be guessed).
+
+    Messages received together then share a folder, so one folder fsync makes all of their
+    renames durable (``storage/groupsync.py``), and their records sit side by side in the
+    indexes keyed by queue id: with a random first digit every message had a folder fsync and
+    index pages of its own."""
+    turn = int((time.time() if now is None else now) // FOLDER_SECONDS) % 256
+    return "%02X%s" % (turn, secrets.token_hex(7).upper())
 
 
 def store_own(spool, mode, mail_from, rcpt_to, data, *, parent=None, subject="", node=""):

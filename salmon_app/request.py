@@ -27,7 +27,10 @@ class StoredMessage:
 
     @property
     def path(self):
-        return self.gateway.spool.path(self.queue_id)
+        path = self.__dict__.get("_path")
+        if path is None:        # checked and joined once: asked four times per message
+            path = self._path = self.gateway.spool.path(self.queue_id)
+        return path
 
     def data(self):
         return self.gateway.spool.read(self.queue_id)

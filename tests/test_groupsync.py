@@ -487,3 +487,36 @@ def test_a_delivery_told_to_its_session_waits_for_no_fsync_one_finished_later_do
     wait_until(lambda: Message.get_by_id(later.id).state == models.DELIVERED, what="the later delivery")
     wait_until(lambda: not os.path.exists(gw.gateway.spool.path(later.id)), what="its file removed")
     assert [name for name in waits if name.startswith("relay")], waits
+
+
+def test_messages_received_together_share_a_spool_folder_and_its_fsync(vxgate, sink, monkeypatch):
+    """The queue id's first two digits name the spool folder and turn with the time: a burst of
+    mail lands in one folder (two at a turn), so the renames behind one folder fsync are made
+    durable by the next one. With random ids every message had a folder, and an fsync, of its own."""
+    from salmon_app.outbox import FOLDER_SECONDS, new_queue_id
+    from salmon_app.storage import groupsync
+    from salmon_app.storage.models import Message
+    from tests.support.gateway import send_at_once
+    gw = vxgate()
+    spool = os.path.realpath(gw.gateway.spool.directory)
+    folder_syncs, real = [], groupsync.fsync_path
+
+    def slow_folder_fsync(path, *args, **kw):
+        if os.path.dirname(os.path.realpath(path)) == spool:
+            folder_syncs.append(os.path.basename(path))
+            threading.Event().wait(0.3)      # a slow disk: the other sessions rename meanwhile
+        return real(path, *args, **kw)
+    monkeypatch.setattr(groupsync, "fsync_path", slow_folder_fsync)
+    count = 8
+    errors = send_at_once(lambda n: gw.send("a@x.test", ["b@y.test"], b"Subject: burst %d\r\n\r\nbody\r\n" % n), count)
+    assert errors == []
+    ids = [m.id for m in Message.select().where(Message.subject.startswith("burst"))]
+    assert len(ids) == count and len(sink.messages) == count
+    assert len({i[:2] for i in ids}) <= 2
+    assert 1 <= len(folder_syncs) <= 4, folder_syncs
+
+    assert new_queue_id(now=8.0)[:2] == new_queue_id(now=8.0 + FOLDER_SECONDS - 0.01)[:2] == "02"
+    assert new_queue_id(now=8.0 + FOLDER_SECONDS)[:2] == "03"
+    assert new_queue_id(now=256 * FOLDER_SECONDS)[:2] == "00"
+    ids = {new_queue_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 16 and int(i, 16) >= 0 and i == i.upper() for i in ids)
