@@ -33,16 +33,19 @@ def _family(ip):
 
 
 def envelope_view(envelope):
+    """The envelope's part of ctx, ready for Lua as ``to_lua_plain`` makes data: built so at
+    once (it is made for every message, and the generic walk took half of the view's time)."""
+    plain = to_lua_plain
     client = envelope.client or {}
     ip = str(client.get("ip") or "")
     if ip[:5].upper() == "IPV6:":     # Postfix's XFORWARD ADDR form; hooks compare plain addresses
         ip = ip[5:]
     return {
-        "from": envelope.mail_from or "", "to": list(envelope.rcpt_to), "helo": envelope.helo,
-        "queue_id": envelope.queue_id,
-        "sender": {"hostname": str(client.get("hostname") or ""), "ip": ip,
-                   "port": int(client.get("port") or 0),
-                   "family": str(client.get("family") or _family(ip))},
+        b"from": plain(envelope.mail_from or ""), b"to": [plain(a) for a in envelope.rcpt_to],
+        b"helo": plain(envelope.helo), b"queue_id": plain(envelope.queue_id),
+        b"sender": {b"hostname": plain(str(client.get("hostname") or "")), b"ip": plain(ip),
+                    b"port": int(client.get("port") or 0),
+                    b"family": plain(str(client.get("family") or _family(ip)))},
     }
 
 
@@ -110,7 +113,7 @@ def _no_analysis():
 def lua_view(envelope, analysis):
     """The hook's ctx as plain data for ``LuaRuntime.table_from`` (which copies it into new Lua
     tables each time, so a view shared between calls is never seen twice by a hook)."""
-    view = to_lua_plain(envelope_view(envelope))
+    view = envelope_view(envelope)
     view[b"vxcube"] = to_lua_plain(vxcube_view(analysis)) if analysis else _no_analysis()
     return view
 

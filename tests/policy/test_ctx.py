@@ -208,4 +208,4 @@ def test_xforward_ipv6_prefix_is_not_shown_to_hooks():
     from salmon_app.policy import Envelope
     view = envelope_view(Envelope(mail_from="a@x.test", rcpt_to=["b@x.test"],
                                   client={"ip": "IPV6:2001:db8::1", "port": "25"}))
-    assert view["sender"]["ip"] == "2001:db8::1" and view["sender"]["family"] == "ipv6"
+    assert view[b"sender"][b"ip"] == b"2001:db8::1" and view[b"sender"][b"family"] == b"ipv6"
