@@ -60,6 +60,8 @@ def say(text):
 
 def _port_free(port):
     with socket.socket() as sock:
+        # as the servers bind: connections of a demo that just ended (TIME_WAIT) leave it free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return True
