@@ -5,6 +5,7 @@ fatal for malformed mail and for DKIM), so the Router gets this light stand-in i
 ``To`` is a routing address ``<queue id>@<mode>.vxgate``: the handler for the listener that
 received the message matches it, whatever the real recipients are.
 """
+import functools
 import os
 
 from salmon_app.log import qlog
@@ -25,12 +26,9 @@ class StoredMessage:
         self.recipients = None     # recipients to relay to, when known without asking the database
         self.variant = None        # a modified copy to relay: True, False, or None (look on disk)
 
-    @property
-    def path(self):
-        path = self.__dict__.get("_path")
-        if path is None:        # checked and joined once: asked four times per message
-            path = self._path = self.gateway.spool.path(self.queue_id)
-        return path
+    @functools.cached_property
+    def path(self):     # checked and joined once: asked four times per message
+        return self.gateway.spool.path(self.queue_id)
 
     def data(self):
         return self.gateway.spool.read(self.queue_id)

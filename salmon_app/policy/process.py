@@ -14,6 +14,7 @@ Decision as objects took five times as long on each side, a call to a class per 
 interface is the one of ``HookRuntime``: ``run``, ``reload``, ``source``, plus ``close``.
 """
 import ctypes
+import dataclasses
 import logging
 import os
 import pickle
@@ -54,7 +55,7 @@ class _Forward(logging.Handler):
 
 
 _HEADER = struct.Struct("!I")
-_DECISION_FIELDS = tuple(Decision.__dataclass_fields__)
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
 
 
 def _request(envelope, raw, analysis):

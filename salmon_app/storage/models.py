@@ -77,20 +77,22 @@ class Message(BaseModel):
     parked_from = peewee.CharField(default="")        # the state a parked message goes back to
     node = peewee.CharField(default="", index=True)   # NodeName of the node whose spool holds the file
 
+    def _parsed(self, column):
+        """The JSON of ``column``, parsed once per value: rcpt_to and client are read several
+        times per message on the hot path."""
+        text = getattr(self, column)
+        cached = self.__dict__.get("_parsed_" + column)
+        if cached is None or cached[0] is not text:
+            cached = self.__dict__["_parsed_" + column] = (text, json.loads(text))
+        return cached[1]
+
     @property
     def rcpt_to(self):
-        # read three times per message on the hot path: parsed once per value of rcpt_json
-        cached = self.__dict__.get("_rcpt_to")
-        if cached is None or cached[0] is not self.rcpt_json:
-            cached = self.__dict__["_rcpt_to"] = (self.rcpt_json, json.loads(self.rcpt_json))
-        return list(cached[1])
+        return list(self._parsed("rcpt_json"))     # a copy: callers may change their list
 
     @property
     def client(self):
-        cached = self.__dict__.get("_client")
-        if cached is None or cached[0] is not self.client_json:
-            cached = self.__dict__["_client"] = (self.client_json, json.loads(self.client_json))
-        return cached[1]
+        return self._parsed("client_json")
 
     @property
     def params(self):
@@ -687,9 +689,9 @@ def insert_message(values, recipients, defer=False):
 
 
 def _instance(model, row):
-    """A model instance of the column values ``row`` (every field's column named as the field),
-    built as peewee's cursor builds one: ``Model(**row)`` sets each field through its
-    descriptor, a tenth of a message's record keeping on the hot path."""
+    """A model instance of the field values ``row``, built as peewee's cursor builds one:
+    ``Model(**row)`` sets each field through its descriptor, a tenth of a message's record
+    keeping on the hot path (``insert_message``'s columns are named as their fields)."""
     instance = model(__no_default__=1)
     instance.__data__.update(row)
     instance._dirty.clear()
@@ -810,11 +812,8 @@ def fetch(model, key):
     row = _execute(_SQL[name], (key,)).fetchone()
     if row is None:
         return None
-    instance = model(__no_default__=1)      # as peewee's own cursor wrapper builds a row
-    for field, value in zip(meta.sorted_fields, row):
-        instance.__data__[field.name] = field.python_value(value)
-    instance._dirty.clear()
-    return instance
+    return _instance(model, {field.name: field.python_value(value)
+                             for field, value in zip(meta.sorted_fields, row)})
 
 
 def due_samples(node, now, limit):
