@@ -2,11 +2,15 @@
 
 ``analyse()`` returns the analysis of a message, or None while analyses are pending (the
 message then re-enters the check stage when they finish). ``decide()`` runs ``SmtpHook`` in
-the calling worker thread's own Lua runtime, held in a child process of that worker
-(``policy.process``): Lua states are not thread-safe, and a runaway hook, even one stuck in
-a single C call or a Python callback, then holds one worker for at most ``SmtpHookTimeout``
-plus half a second, never the others. Without a hook every message is accepted unchanged.
-"""
+a hook process (``policy.process``): a Lua runtime in a child process of its own, which a
+check worker takes from this process's pool for one message and gives back (a Lua state is
+not thread-safe, so one message at a time). There are as many hook processes as check
+workers, so a runaway hook, even one stuck in a single C call or a Python callback, holds one
+of them for at most ``SmtpHookTimeout`` plus half a second and never makes another worker
+wait. The pool hands out the one given back last: under usual load one hook process answers
+nearly every message with its caches warm, where one per worker in turn each ran cold (a
+third less CPU in the hook processes, bench/README.md). Without a hook every message is
+accepted unchanged."""
 import logging
 import threading
 import time
@@ -23,46 +27,74 @@ class Checks:
         from salmon_app.analysis import Analyser
         self.gateway = gateway
         self.analyser = Analyser(gateway)
-        self.local = threading.local()
-        self.generation = 0          # bumped by reload(): every runtime re-reads its hook
-        self.processes = set()       # of every worker, stopped at shut-down
+        self.generation = 0          # bumped by reload(): every hook process re-reads its hook
+        self.processes = set()       # every hook process of the pool, stopped at shut-down
+        self.idle = []               # those no worker holds now, the last given back on top
         self.lock = threading.Lock()
+        self.last_good = None
 
     def analyse(self, message):
         return self.analyser.analyse(message)
 
-    def runtime(self):
+    def _spec(self):
         config = self.gateway.config
-        if not config.SmtpHook:
-            return None
-        runtime = getattr(self.local, "runtime", None)
-        spec = (config.SmtpHook, config.SmtpHookMemory, config.SmtpHookTimeout, config.SmtpHookErrorAction,
+        return (config.SmtpHook, config.SmtpHookMemory, config.SmtpHookTimeout, config.SmtpHookErrorAction,
                 config.SmtpHookLists)
-        if runtime is None or self.local.spec != spec:
-            # first use in this thread, or a reload changed the hook or its limits: build it afresh
-            runtime = self.local.runtime = self._new_runtime(config, runtime)
-            self.local.spec, self.local.generation = spec, self.generation
-        elif self.local.generation != self.generation:
+
+    def take(self):
+        """A hook process of the pool for one message, up to date (None without a hook); give it
+        back with ``give_back``. A new one is started when every other is held."""
+        if not self.gateway.config.SmtpHook:
+            return None
+        spec = self._spec()
+        with self.lock:
+            runtime = self.idle.pop() if self.idle else None
+        if runtime is not None and runtime.vx_spec != spec:
+            # a reload changed the hook or its limits: build it afresh
+            runtime = self._new_runtime(runtime)
+        elif runtime is None:
+            runtime = self._new_runtime()
+        elif runtime.vx_generation != self.generation:
+            runtime.vx_generation = self.generation
             runtime.reload()
-            self.local.generation = self.generation
         if runtime.source:
             self.last_good = runtime.source
         return runtime
 
-    def _new_runtime(self, config, previous=None):
+    def give_back(self, runtime):
+        with self.lock:
+            if runtime in self.processes:      # not stopped by shut_down meanwhile
+                self.idle.append(runtime)
+
+    def prepare(self):
+        """A check worker's first step: one more hook process ready in the pool (one per
+        worker, so that no message waits for one to start)."""
+        if self.gateway.config.SmtpHook:
+            runtime = self._new_runtime()
+            if runtime.source:
+                self.last_good = runtime.source
+            with self.lock:     # at the bottom: the warm one on top stays in use
+                if runtime in self.processes:
+                    self.idle.insert(0, runtime)
+
+    def _new_runtime(self, previous=None):
+        config = self.gateway.config
+        spec, generation = self._spec(), self.generation
         options = dict(memory_limit=config.SmtpHookMemory, time_limit=config.SmtpHookTimeout,
                        on_error=config.SmtpHookErrorAction.lower(), list_dir=config.SmtpHookLists)
         try:
             runtime = HookProcess(config.SmtpHook, **options)
         except HookError:
             if previous is not None:
-                LOG.error("SmtpHook does not load; this worker keeps the hook it had")
+                LOG.error("SmtpHook does not load; this hook process keeps the hook it had")
+                previous.vx_spec, previous.vx_generation = spec, generation    # tried once, not per message
                 return previous
-            if not getattr(self, "last_good", None):
+            if not self.last_good:
                 raise
-            # the file was broken after other threads loaded it: keep running the old hook here too
-            LOG.error("SmtpHook does not load; this worker uses the last version that did")
+            # the file was broken after other hook processes loaded it: run the old hook here too
+            LOG.error("SmtpHook does not load; this hook process uses the last version that did")
             runtime = HookProcess(config.SmtpHook, source=self.last_good, **options)
+        runtime.vx_spec, runtime.vx_generation = spec, generation
         with self.lock:
             if previous is not None:
                 self.processes.discard(previous)
@@ -71,9 +103,15 @@ class Checks:
         return runtime
 
     def decide(self, message, analysis):
-        runtime = self.runtime()
+        runtime = self.take()
         if runtime is None:
             return Decision(action="accept")
+        try:
+            return self._decide(runtime, message, analysis)
+        finally:
+            self.give_back(runtime)
+
+    def _decide(self, runtime, message, analysis):
         row = message.row
         client = row.client
         envelope = Envelope(mail_from=row.mail_from, rcpt_to=row.rcpt_to, helo=client.get("helo", ""),
@@ -101,6 +139,7 @@ class Checks:
             for runtime in self.processes:
                 runtime.close()
             self.processes.clear()
+            self.idle.clear()
 
 
 def _port(client):

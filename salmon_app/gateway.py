@@ -113,7 +113,7 @@ class Gateway:
     def _prepare_check_worker(self):
         from salmon_app.policy import HookError
         try:
-            self.checks.runtime()
+            self.checks.prepare()
         except HookError as exc:     # a user's mistake: one line, and each message meets it again
             LOG.error("SmtpHook does not load: %s", exc)
 

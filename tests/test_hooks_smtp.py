@@ -203,6 +203,20 @@ def test_changed_inline_hook_reaches_every_worker(vxgate, sink):
     assert [send(gw)[0] for _ in range(4)] == [250] * 4
 
 
+def test_mail_one_at_a_time_is_answered_by_one_warm_hook_process(vxgate, sink):
+    # The pool gives out the hook process given back last: with four workers, sequential
+    # mail still meets one Lua state (its global counts the calls), whose caches stay warm.
+    gw = vxgate(SmtpWorkers=4, SmtpHook="calls = 0\nfunction smtp_hook(ctx)\n calls = calls + 1\n"
+                "ctx.modifier.add_header_field('X-Call', tostring(calls))\n return {action = 'accept'}\nend")
+    checks = gw.gateway.checks
+    wait_until(lambda: len(checks.idle) == 4, 30, "every worker's hook process started")
+    for _ in range(6):
+        assert send(gw)[0] == 250
+    delivered = sink.wait_for(6, 10)
+    assert [email.message_from_bytes(m.data)["X-Call"] for m in delivered] == [str(n) for n in range(1, 7)]
+    assert len(checks.processes) == 4      # one started per worker all the same
+
+
 # --- hostile hooks: regex bombs, C-call loops, file reads (tests/support/hostile.py) -----------
 
 def subject_mail(subject, body=b"body\r\n"):

@@ -1,10 +1,10 @@
-"""``HookProcess``: a worker's hook runtime in a child process, killed when it overruns.
+"""``HookProcess``: a hook runtime in a child process, killed when it overruns.
 
 The Lua time limit is checked between instructions, so a single C call that loops without
 executing any (``table.move({}, 1, 4e8, 1, {})``, ``string.rep``, a quadratic ``gsub``) runs on
 past it, and Python code a hook calls holds the GIL of its whole process. The daemon therefore
-runs each check worker's ``HookRuntime`` in a child process of its own: the worker sends the
-message and waits at most ``time_limit + SLACK`` for the Decision; past that it SIGKILLs the
+runs each ``HookRuntime`` in a child process of its own, one for each check worker (a pool:
+``checks.py``): the worker holding it sends the message and waits at most ``time_limit + SLACK`` for the Decision; past that it SIGKILLs the
 child, answers the hook failure (a late result is never read) and starts a replacement at
 once, which loads the last version of the hook that loaded while the worker goes on. A child
 is a fresh interpreter (``python -m salmon_app.policy.process``), not a fork of the threaded
@@ -176,7 +176,8 @@ def _child_main():
     # printed by a library can corrupt the protocol.
     os.dup2(2, 1)
     # A child stuck in a C call must not outlive a daemon that was killed. (The signal
-    # follows the thread that started the child: a check worker, which lives as long.)
+    # follows the thread that started the child: a check worker, which lives as long as the
+    # daemon; the pool's hook processes are started and replaced only by check workers.)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(sys.argv[1]):   # the daemon died before that took effect
         return
