@@ -7,9 +7,10 @@ check worker takes from this process's pool for one message and gives back (a Lu
 not thread-safe, so one message at a time). There are as many hook processes as check
 workers, so a runaway hook, even one stuck in a single C call or a Python callback, holds one
 of them for at most ``SmtpHookTimeout`` plus half a second and never makes another worker
-wait. The pool hands out the one given back last: under usual load one hook process answers
-nearly every message with its caches warm, where one per worker in turn each ran cold (a
-third less CPU in the hook processes, bench/README.md). Without a hook every message is
+wait. The pool hands out the one given back last, and while hook calls are short a worker
+even waits a moment for that one when it is out: under usual load one hook process then
+answers nearly every message with its caches warm, where one per worker in turn each ran cold
+(a third less CPU in the hook processes, bench/README.md). Without a hook every message is
 accepted unchanged."""
 import logging
 import threading
@@ -20,6 +21,8 @@ from salmon_app.policy.context import MessageFile
 from salmon_app.policy.process import HookProcess
 
 LOG = logging.getLogger("vxgate.policy")
+SHORT_CALL = 0.001   # seconds: hook calls shorter than this on average are worth a wait for the warm process
+WARM_WAIT = 0.002    # seconds a worker waits for it then, at most (a runaway hook holds it far longer)
 
 
 class Checks:
@@ -30,7 +33,9 @@ class Checks:
         self.generation = 0          # bumped by reload(): every hook process re-reads its hook
         self.processes = set()       # every hook process of the pool, stopped at shut-down
         self.idle = []               # those no worker holds now, the last given back on top
-        self.lock = threading.Lock()
+        self.warm = None             # the hook process given back last, whose caches are warm
+        self.call_time = 0.0         # seconds a hook call took of late (a moving average)
+        self.lock = threading.Condition()
         self.last_good = None
 
     def analyse(self, message):
@@ -48,7 +53,13 @@ class Checks:
             return None
         spec = self._spec()
         with self.lock:
-            runtime = self.idle.pop() if self.idle else None
+            if self.warm is not None and self.warm not in self.idle and self.call_time < SHORT_CALL:
+                self.lock.wait_for(lambda: self.warm in self.idle, WARM_WAIT)
+            if self.warm in self.idle:
+                self.idle.remove(self.warm)     # on top, as a rule: a cheap remove
+                runtime = self.warm
+            else:
+                runtime = self.idle.pop() if self.idle else None
         if runtime is not None and runtime.vx_spec != spec:
             # a reload changed the hook or its limits: build it afresh
             runtime = self._new_runtime(runtime)
@@ -61,10 +72,15 @@ class Checks:
             self.last_good = runtime.source
         return runtime
 
-    def give_back(self, runtime):
+    def give_back(self, runtime, seconds=None):
+        """Return a hook process to the pool; ``seconds``: how long its hook call took."""
         with self.lock:
             if runtime in self.processes:      # not stopped by shut_down meanwhile
                 self.idle.append(runtime)
+                self.warm = runtime
+                self.lock.notify_all()
+            if seconds is not None:
+                self.call_time += (seconds - self.call_time) / 16
 
     def prepare(self):
         """A check worker's first step: one more hook process ready in the pool (one per
@@ -106,10 +122,11 @@ class Checks:
         runtime = self.take()
         if runtime is None:
             return Decision(action="accept")
+        started = time.monotonic()
         try:
             return self._decide(runtime, message, analysis)
         finally:
-            self.give_back(runtime)
+            self.give_back(runtime, time.monotonic() - started)
 
     def _decide(self, runtime, message, analysis):
         row = message.row
@@ -140,6 +157,7 @@ class Checks:
                 runtime.close()
             self.processes.clear()
             self.idle.clear()
+            self.warm = None
 
 
 def _port(client):

@@ -217,6 +217,26 @@ def test_mail_one_at_a_time_is_answered_by_one_warm_hook_process(vxgate, sink):
     assert len(checks.processes) == 4      # one started per worker all the same
 
 
+def test_slow_hooks_run_side_by_side_in_other_hook_processes(vxgate, sink):
+    # A worker waits for the warm hook process only while hook calls are short: two slow
+    # calls at once go to two processes (each counts its own calls), not one after the other.
+    gw = vxgate(SmtpWorkers=2, SmtpHookTimeout=10, SmtpHook=(
+        "calls = 0\nfunction smtp_hook(ctx)\n calls = calls + 1\n"
+        " ctx.modifier.add_header_field('X-Call', tostring(calls))\n"
+        " local t = os.clock() while os.clock() - t < 0.5 do end\n return {action = 'accept'}\nend"))
+    checks = gw.gateway.checks
+    wait_until(lambda: len(checks.idle) == 2, 30, "both workers' hook processes started")
+    assert send(gw)[0] == 250          # one slow call: hook calls are not short now
+    senders = [Sender(gw, PLAIN) for _ in range(2)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(30)
+        assert sender.result[0] == 250
+    calls = sorted(email.message_from_bytes(m.data)["X-Call"] for m in sink.wait_for(3, 10)[1:])
+    assert calls == ["1", "2"]
+
+
 # --- hostile hooks: regex bombs, C-call loops, file reads (tests/support/hostile.py) -----------
 
 def subject_mail(subject, body=b"body\r\n"):
