@@ -334,6 +334,16 @@ def test_a_new_message_record_is_written_by_the_next_transaction_before_its_stat
     assert commits == ["COMMIT"]
 
 
+def test_the_mode_of_a_message_whose_record_waits_is_known(batched):
+    # /metrics counts an outcome by mode: a message that failed before its record was written
+    # (or while storage fails) was counted as mode "unknown"
+    models, commits = batched
+    row, record = _record(models, "LATER0000009")
+    assert _rows(models, "message", row.id) == 0 and models.mode_of(row.id) == "smtp"
+    record.wait()
+    assert models.mode_of(row.id) == "smtp" and models.mode_of("NOSUCH000001") == "unknown"
+
+
 def test_a_record_no_transaction_wrote_is_written_by_its_wait(batched):
     models, commits = batched
     row, record = _record(models, "LATER0000002")

@@ -373,9 +373,10 @@ class _Record(Commit):
     order), so any later write about the message finds its row; ``wait()`` writes it now if
     nothing has, and returns once it is on disk."""
 
-    def __init__(self, insert, values, recipients):
+    def __init__(self, insert, values, recipients, queue_id="", mode=""):
         super().__init__()
         self.insert, self.values, self.recipients = insert, values, recipients
+        self.queue_id, self.mode = queue_id, mode
         self.batch = None       # the batch that wrote it; None while queued
         self.error = None       # why it cannot be written at all
 
@@ -679,7 +680,7 @@ def insert_message(values, recipients, defer=False):
             ", ".join('"%s"' % c for c in columns), ", ".join("?" * len(columns)))
     recipient_rows = [(values["id"], a) for a in recipients]
     if defer and _WRITER is not None and not getattr(_DEPTH, "n", 0):
-        record = _Record(_SQL[key], tuple(row.values()), recipient_rows)
+        record = _Record(_SQL[key], tuple(row.values()), recipient_rows, row["id"], row.get("mode", ""))
         _RECORDS.append(record)
         return _instance(Message, row), record
     with writing(defer) as commit:
@@ -856,5 +857,10 @@ def samples_in_flight(node):
 
 
 def mode_of(queue_id):
+    """The message's mode (smtp, bcc, ...), also while its record waits to be written (a
+    message refused or failed before its first transaction, or while storage fails)."""
+    for record in list(_RECORDS):       # list(): one step under the GIL, safe while others append
+        if record.queue_id == queue_id:
+            return record.mode
     row = _execute('SELECT "mode" FROM "message" WHERE "id" = ?', (queue_id,)).fetchone()
     return row[0] if row else "unknown"
