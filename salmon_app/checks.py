@@ -7,10 +7,11 @@ check worker takes from this process's pool for one message and gives back (a Lu
 not thread-safe, so one message at a time). There are as many hook processes as check
 workers, so a runaway hook, even one stuck in a single C call or a Python callback, holds one
 of them for at most ``SmtpHookTimeout`` plus half a second and never makes another worker
-wait. The pool hands out the one given back last, and while hook calls are short a worker
-even waits a moment for that one when it is out: under usual load one hook process then
-answers nearly every message with its caches warm, where one per worker in turn each ran cold
-(a third less CPU in the hook processes, bench/README.md). Without a hook every message is
+wait. The pool hands out the one given back last, and a worker even waits a moment for that
+one when it is out but due back within ``WARM_WAIT`` (going by how long calls take of late):
+under usual load one hook process then answers nearly every message with its caches warm,
+where one per worker in turn each ran cold (a third less CPU in the hook processes,
+bench/README.md); slow hooks still run side by side. Without a hook every message is
 accepted unchanged."""
 import logging
 import threading
@@ -21,8 +22,7 @@ from salmon_app.policy.context import MessageFile
 from salmon_app.policy.process import HookProcess
 
 LOG = logging.getLogger("vxgate.policy")
-SHORT_CALL = 0.001   # seconds: hook calls shorter than this on average are worth a wait for the warm process
-WARM_WAIT = 0.002    # seconds a worker waits for it then, at most (a runaway hook holds it far longer)
+WARM_WAIT = 0.005    # seconds a worker may wait for the warm hook process (a runaway hook holds it far longer)
 
 
 class Checks:
@@ -34,6 +34,7 @@ class Checks:
         self.processes = set()       # every hook process of the pool, stopped at shut-down
         self.idle = []               # those no worker holds now, the last given back on top
         self.warm = None             # the hook process given back last, whose caches are warm
+        self.warm_taken = 0.0        # when a worker took it (time.monotonic)
         self.call_time = 0.0         # seconds a hook call took of late (a moving average)
         self.lock = threading.Condition()
         self.last_good = None
@@ -53,11 +54,12 @@ class Checks:
             return None
         spec = self._spec()
         with self.lock:
-            if self.warm is not None and self.warm not in self.idle and self.call_time < SHORT_CALL:
+            if self.warm is not None and self.warm not in self.idle and \
+                    self.call_time - (time.monotonic() - self.warm_taken) < WARM_WAIT:
                 self.lock.wait_for(lambda: self.warm in self.idle, WARM_WAIT)
             if self.warm in self.idle:
                 self.idle.remove(self.warm)     # on top, as a rule: a cheap remove
-                runtime = self.warm
+                runtime, self.warm_taken = self.warm, time.monotonic()
             else:
                 runtime = self.idle.pop() if self.idle else None
         if runtime is not None and runtime.vx_spec != spec:
