@@ -9,8 +9,8 @@ workers, so a runaway hook, even one stuck in a single C call or a Python callba
 of them for at most ``SmtpHookTimeout`` plus half a second and never makes another worker
 wait. The pool hands out the one given back last, and a worker even waits a moment for that
 one when it is out but due back within ``WARM_WAIT`` (going by how long calls take of late):
-under usual load one hook process then answers nearly every message with its caches warm,
-where one per worker in turn each ran cold (a third less CPU in the hook processes,
+under usual load one hook process then answers most messages with its caches warm,
+where one per worker in turn each ran cold (a fifth less CPU in the hook processes,
 bench/README.md); slow hooks still run side by side. Without a hook every message is
 accepted unchanged."""
 import logging
@@ -89,8 +89,6 @@ class Checks:
         worker, so that no message waits for one to start)."""
         if self.gateway.config.SmtpHook:
             runtime = self._new_runtime()
-            if runtime.source:
-                self.last_good = runtime.source
             with self.lock:     # at the bottom: the warm one on top stays in use
                 if runtime in self.processes:
                     self.idle.insert(0, runtime)
@@ -113,6 +111,8 @@ class Checks:
             LOG.error("SmtpHook does not load; this hook process uses the last version that did")
             runtime = HookProcess(config.SmtpHook, source=self.last_good, **options)
         runtime.vx_spec, runtime.vx_generation = spec, generation
+        if runtime.source:
+            self.last_good = runtime.source
         with self.lock:
             if previous is not None:
                 self.processes.discard(previous)

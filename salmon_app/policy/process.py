@@ -4,9 +4,10 @@ The Lua time limit is checked between instructions, so a single C call that loop
 executing any (``table.move({}, 1, 4e8, 1, {})``, ``string.rep``, a quadratic ``gsub``) runs on
 past it, and Python code a hook calls holds the GIL of its whole process. The daemon therefore
 runs each ``HookRuntime`` in a child process of its own, one for each check worker (a pool:
-``checks.py``): the worker holding it sends the message and waits at most ``time_limit + SLACK`` for the Decision; past that it SIGKILLs the
-child, answers the hook failure (a late result is never read) and starts a replacement at
-once, which loads the last version of the hook that loaded while the worker goes on. A child
+``checks.py``): the worker holding it sends the message and waits at most
+``time_limit + SLACK`` for the Decision; past that it SIGKILLs the child, answers the hook
+failure (a late result is never read) and starts a replacement at once, which loads the last
+version of the hook that loaded while the worker goes on. A child
 is a fresh interpreter (``python -m salmon_app.policy.process``), not a fork of the threaded
 daemon, and dies with it. Messages are pickled over a socketpair, the child's end as its
 stdin, as tuples of plain values (``_request``, ``_answer``): pickling the Envelope and the
