@@ -17,7 +17,10 @@ class Stage:
     def __init__(self, name, workers, size, handle, prepare=None):
         self.name, self.workers, self.handle = name, workers, handle
         self.prepare = prepare         # run once in each worker thread before its first item
-        self.queue = queue.Queue(maxsize=size)
+        # queue.SimpleQueue and a size check under a lock: Queue's Python-level Conditions cost
+        # more CPU per hand-over than the rest of it (a stage's producer never waits anyway)
+        self.queue, self.size = queue.SimpleQueue(), size
+        self._put_lock = threading.Lock()
         self.threads = []
         self.busy = 0                  # workers inside a step (read by /metrics)
         self._busy_lock = threading.Lock()
@@ -28,12 +31,13 @@ class Stage:
             thread.start()
             self.threads.append(thread)
 
-    def submit(self, item, timeout=None):
-        try:
-            self.queue.put(item, block=timeout is not None, timeout=timeout)
-            return True
-        except queue.Full:
-            return False
+    def submit(self, item):
+        """Queue ``item``; False when the queue is full (the item waits in the database)."""
+        with self._put_lock:
+            if self.queue.qsize() >= self.size:
+                return False
+            self.queue.put(item)
+        return True
 
     def _work(self):
         if self.prepare is not None:
@@ -76,7 +80,10 @@ class Waiter:
     """The SMTP session waiting for a message's outcome; ``offer`` fails once it gave up."""
 
     def __init__(self):
-        self._event = threading.Event()
+        # a lock held until the reply is there: cheaper to wait on than an Event (a Condition)
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._signalled = False
         self._lock = threading.Lock()
         self.reply = None
         self.closed = False
@@ -93,18 +100,26 @@ class Waiter:
                 before()
             self.reply = reply
             self.closed = True
-        self._event.set()
+            self._set()
         return True
 
     def wake(self):
         """Stop waiting now (shutdown): the session takes over the message as on a time-out."""
         self.woken = True
-        self._event.set()
+        with self._lock:
+            self._set()
+
+    def _set(self):
+        # under self._lock: released once, so that every later wait returns at once
+        if not self._signalled:
+            self._signalled = True
+            self._signal.release()
 
     def wait(self, timeout, on_timeout=None):
         """The reply, or None after ``timeout``; ``on_timeout()`` runs under the lock before giving up.
         An ``on_timeout()`` that returns False keeps the waiter open: the session may wait again."""
-        self._event.wait(timeout)
+        if self._signal.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            self._signal.release()
         with self._lock:
             if self.reply is None and not self.closed:
                 if on_timeout and on_timeout() is False:

@@ -16,6 +16,7 @@ _UNAVAILABLE = ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
 MAX_XFORWARD_VALUE = 255       # Postfix's smtpd limit ("attribute value too long")
 MAX_XFORWARD_PROTO = 64        # likewise for PROTO
+_XTEXT_CHARS = bytes(range(33, 127))    # printable ASCII: what an xtext value may hold
 
 
 class BadSyntax(ValueError):
@@ -78,7 +79,7 @@ def xforward_value(name, raw):
         raise BadSyntax("XFORWARD %s: attribute=value expected" % name)
     if len(raw) > MAX_XFORWARD_VALUE:
         raise BadSyntax("XFORWARD %s value longer than %d characters" % (name, MAX_XFORWARD_VALUE))
-    if any(b < 33 or b > 126 for b in raw):
+    if raw.translate(None, _XTEXT_CHARS):     # something is left: a byte outside them
         raise BadSyntax("XFORWARD %s value must be printable ASCII (xtext)" % name)
     value = raw.decode("ascii")
     plus = value.find("+")

@@ -108,3 +108,64 @@ def test_a_missing_syslog_socket_falls_back_to_stderr(tmp_path, capsys):
         str(tmp_path / "no-such-log-socket"))))
     assert isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
     assert "does not answer" in capsys.readouterr().err
+
+
+def test_a_rotated_log_file_is_reopened_and_no_line_is_lost(tmp_path):
+    """logrotate moves the file (config/logrotate: no copytruncate, delaycompress): the file
+    handler looks for that at most once a second, so lines go to the moved file meanwhile,
+    then to a new file at the path; none is lost or written twice."""
+    path = tmp_path / "vxgate.log"
+    handler = logsetup.make_handler(_config(LogTarget="File", LogFile=str(path)))
+    assert isinstance(handler, logsetup.WatchedFileHandler)
+    logger = logging.getLogger("vxgate.test-rotation")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        logger.info("line 0")
+        path.rename(tmp_path / "vxgate.log.1")
+        sent, deadline = 1, time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:    # reopened within a second
+            logger.info("line %d", sent)
+            sent += 1
+            time.sleep(0.01)
+        logger.info("line %d", sent)
+        sent += 1
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    old, new = (tmp_path / "vxgate.log.1").read_text(), path.read_text()
+    numbers = [int(line.rsplit(" ", 1)[1]) for line in (old + new).splitlines()]
+    assert numbers == list(range(sent))
+    assert "line 0\n" in old and new.endswith("line %d\n" % (sent - 1))
+
+
+def test_lines_look_up_their_caller_only_when_a_format_shows_it(tmp_path):
+    import io
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level, logging._srcfile, logging.logThreads
+    logsetup.configure(_config(LogTarget="File", LogFile=str(tmp_path / "a.log")), {})
+    try:
+        assert logging._srcfile is None          # the formats vxgate writes name no caller
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(funcName)s %(message)s"))
+        conf = tmp_path / "logging.conf"
+        conf.write_text("[loggers]\nkeys=root\n[handlers]\nkeys=h\n[formatters]\nkeys=f\n[logger_root]\n"
+                        "level=INFO\nhandlers=h\n[handler_h]\nclass=StreamHandler\nargs=(sys.stderr,)\n"
+                        "formatter=f\n[formatter_f]\nformat=%%(funcName)s: %%(message)s\n")
+        logsetup.configure(_config(), {"VXGATE_LOGGING": str(conf)})
+        assert logging._srcfile is not None
+        logger = logging.getLogger("vxgate.test-caller")
+        logger.addHandler(handler)
+        logger.warning("here")
+        logger.removeHandler(handler)
+        assert stream.getvalue() == "test_lines_look_up_their_caller_only_when_a_format_shows_it here\n"
+    finally:
+        logging._srcfile, logging.logThreads = saved[2], saved[3]
+        for old in list(root.handlers):
+            root.removeHandler(old)
+            if old not in saved[0]:
+                old.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])

@@ -199,6 +199,23 @@ def test_data_read_a_buffer_at_a_time_is_the_same_as_line_by_line(monkeypatch):
     assert smuggled[0] == 550 and smuggled[3] == b""      # LF.LF ended nothing: all of it was DATA
 
 
+def test_the_header_read_a_buffer_at_a_time_is_kept_as_line_by_line(monkeypatch):
+    """The header block is kept for the record from whole buffers too: the same first 64 KB
+    of it, line for line, as the line-by-line reading keeps, wherever buffers cut it."""
+    import random
+    rng = random.Random(7)
+    lines = [b"Subject: r\r\n", b"X: " + b"p" * 900 + b"\r\n", b".dot: x\r\n", b" folded\r\n", b"\r\n"]
+    streams = list(hostile.DATA_HEADERS)
+    streams += [b"".join(rng.choice(lines) for _ in range(rng.randint(0, 120))) + b"\r\n.\r\n" for _ in range(300)]
+    for stream in streams:
+        for size in (16, 100, 1003, 65536):
+            fast = _receive(stream, size, max_size=10 ** 6)
+            assert fast == _receive(stream, size, slow=True, max_size=10 ** 6, monkeypatch=monkeypatch), \
+                (stream[:200], size)
+    kept = _receive(hostile.DATA_HEADERS[0], 65536, max_size=10 ** 6)[2]
+    assert 65536 <= len(kept) < 65536 + 1000 and kept.endswith(b"\r\n") and b"Subject: late" not in kept
+
+
 def test_one_bad_line_late_in_a_buffer_costs_one_fallback_not_one_per_line(monkeypatch):
     from salmon_app import receiver
     calls = []

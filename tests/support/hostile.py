@@ -86,6 +86,17 @@ DATA_STREAMS = [
     b"Subject: s\r\n\r\nbody\r\n.",                                # an end cut short
 ]
 
+# Header blocks read a buffer at a time (Session._receive keeps the first 64 KB of the
+# header for the record, line by line as the slow path does): over the limit, with leading
+# dots, with no body, and lines that cross every buffer boundary.
+DATA_HEADERS = [
+    (b"X-Pad: " + b"x" * 900 + b"\r\n") * 80 + b"Subject: late\r\n\r\nbody\r\n.\r\n",   # 72 KB of header
+    b"Subject: s\r\n" + b"X: " + b"y" * 65526 + b"\r\n" * 3 + b".\r\n",                  # a line at the limit
+    b"..Subject: dotted\r\n.X: y\r\nFrom: a@x.test\r\n\r\n..body\r\n.\r\n",
+    b"Subject: s\r\nFrom: a@x.test\r\n.\r\n",                                            # no end of header
+    (b"H: " + b"z" * 60 + b"\r\n") * 1200 + b"\r\n" + b"body\r\n" * 100 + b".\r\n",
+]
+
 # Short lines, then one that breaks a rule: the buffer-at-a-time path must fall back for the
 # rest of that buffer, not look at the whole buffer again for every short line (seconds of CPU).
 DATA_ONE_BAD_LINE_LATE = [
