@@ -611,15 +611,20 @@ class Intake:
 
     def _record(self, envelope, writer, answered=False):
         now = time.time()
+        client = envelope.client
+        params = {"mail": envelope.mail_params, "rcpt": {a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}}
         row, commit = models.insert_message(dict(
             id=writer.queue_id, node=self.gateway.node, mode=self.mode, state=models.STORED, answered=answered, created=now,
             updated=now, mail_from=envelope.mail_from, rcpt_json=json.dumps(envelope.rcpt_to),
-            client_json=json.dumps(envelope.client), size=writer.size, sha256=writer.sha256,
-            params_json=json.dumps({"mail": envelope.mail_params, "rcpt": {
-                a: p for a, p in zip(envelope.rcpt_to, envelope.rcpt_params) if p}}),
+            client_json=json.dumps(client), size=writer.size, sha256=writer.sha256, params_json=json.dumps(params),
             body_8bit=str(envelope.mail_params.get("BODY", "")).upper() == "8BITMIME",
             smtputf8=bool(envelope.mail_params.get("SMTPUTF8")), **parse_headers(envelope.headers)),
             envelope.rcpt_to, defer=True)
+        # what the JSON columns hold, so that no step parses them again (strings and numbers:
+        # the same values as parsed)
+        row.remember("rcpt_json", list(envelope.rcpt_to))
+        row.remember("client_json", client)
+        row.remember("params_json", params)
         message = StoredMessage(self.gateway, row)
         message.recipients = list(envelope.rcpt_to)
         message.variant = False     # a new queue id: no modified copy until the hook makes one

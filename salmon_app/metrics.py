@@ -30,12 +30,27 @@ def reply_class(code):
     return "%dxx" % (code // 100) if code >= 200 else "connection"
 
 
+class _Counter(Counter):
+    """A Counter whose label children are kept by their values: ``labels()`` checks and
+    converts the values on every call, which cost more than the count itself on the hot path.
+    (prometheus_client hands out the same child for the same values: only the lookup is new.)"""
+
+    def labels(self, *values, **named):
+        if named:
+            return super().labels(*values, **named)
+        kept = self.__dict__.setdefault("_vx_children", {})
+        child = kept.get(values)
+        if child is None:
+            child = kept[values] = super().labels(*values)
+        return child
+
+
 class Metrics:
     def __init__(self, gateway=None):
         registry = self.registry = CollectorRegistry()
 
         def counter(name, doc, labels=()):
-            return Counter(name, doc, labels, registry=registry)
+            return _Counter(name, doc, labels, registry=registry)
         self.received = counter("vxgate_messages_received", "Messages stored durably, by mode (smtp, bcc).", ["mode"])
         self.finished = counter("vxgate_messages_finished", "Messages that reached a final state, by mode and "
                                 "outcome (delivered, rejected, tempfailed, discarded, quarantined, failed, held, "

@@ -96,7 +96,11 @@ class Message(BaseModel):
 
     @property
     def params(self):
-        return json.loads(self.params_json)
+        return self._parsed("params_json")     # read only: callers take what they need
+
+    def remember(self, column, value):
+        """``value`` is what the JSON of ``column`` parses to (the record was just made from it)."""
+        self.__dict__["_parsed_" + column] = (getattr(self, column), value)
 
 
 class Recipient(BaseModel):

@@ -22,9 +22,14 @@ class Spool:
             os.chmod(path, 0o700)
 
     def path(self, queue_id):
+        return "%s/%s.eml" % (self.folder(queue_id), queue_id)
+
+    def folder(self, queue_id):
+        """The folder of a message's file. Paths are joined as strings: ``os.path.join`` cost
+        more than the rest of finding a file, three times per message."""
         if not (8 <= len(queue_id) <= 32 and queue_id.isalnum() and queue_id.isascii()):
             raise ValueError("not a queue id: %r" % queue_id)
-        return os.path.join(self.directory, queue_id[:2], queue_id + ".eml")
+        return "%s/%s" % (self.directory.rstrip("/"), queue_id[:2])
 
     def writer(self, queue_id):
         return SpoolWriter(self, queue_id)
@@ -146,7 +151,7 @@ class SpoolWriter:
 
     def __init__(self, spool, queue_id):
         self.spool, self.queue_id = spool, queue_id
-        self.tmp_path = os.path.join(spool.tmp, queue_id)
+        self.tmp_path = "%s/%s" % (spool.tmp, queue_id)
         self.handle = open(os.open(self.tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600),
                            "wb", buffering=256 * 1024)
         self.hash = hashlib.sha256()
@@ -171,8 +176,8 @@ class SpoolWriter:
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
-        final = self.spool.path(self.queue_id)
-        folder = os.path.dirname(final)
+        folder = self.spool.folder(self.queue_id)
+        final = "%s/%s.eml" % (folder, self.queue_id)
         try:
             os.rename(self.tmp_path, final)
         except FileNotFoundError:       # the folder's first message (or it was removed)
