@@ -57,12 +57,19 @@ class Reply(Exception):
         self.code, self.text = int(code), text
 
     def line(self):
-        lines = self.text.split("\n")
-        out = ["%d-%s" % (self.code, line) for line in lines[:-1]] + ["%d %s" % (self.code, lines[-1])]
-        return ("\r\n".join(out) + "\r\n").encode("utf-8", "replace")
+        return reply_line(self.code, self.text)
 
     def __str__(self):
         return "%d %s" % (self.code, self.text)
+
+
+def reply_line(code, text):
+    """The bytes of a reply; a text of several lines becomes a multiline reply."""
+    if "\n" not in text:
+        return ("%d %s\r\n" % (code, text)).encode("utf-8", "replace")
+    lines = text.split("\n")
+    out = ["%d-%s" % (code, line) for line in lines[:-1]] + ["%d %s" % (code, lines[-1])]
+    return ("\r\n".join(out) + "\r\n").encode("utf-8", "replace")
 
 
 class SmtpServer:
@@ -286,7 +293,7 @@ class Session:
                 pass
 
     def send(self, code, text):
-        self.conn.sendall(Reply(code, text).line())
+        self.conn.sendall(reply_line(code, text))
 
     def run(self):
         server = self.server

@@ -80,10 +80,13 @@ class Message(BaseModel):
     def _parsed(self, column):
         """The JSON of ``column``, parsed once per value: rcpt_to and client are read several
         times per message on the hot path."""
-        text = getattr(self, column)
-        cached = self.__dict__.get("_parsed_" + column)
+        text = self.__data__.get(column)
+        parsed = self.__dict__.get("_vx_json")
+        if parsed is None:
+            parsed = self.__dict__["_vx_json"] = {}
+        cached = parsed.get(column)
         if cached is None or cached[0] is not text:
-            cached = self.__dict__["_parsed_" + column] = (text, json.loads(text))
+            cached = parsed[column] = (text, json.loads(text))
         return cached[1]
 
     @property
@@ -100,7 +103,7 @@ class Message(BaseModel):
 
     def remember(self, column, value):
         """``value`` is what the JSON of ``column`` parses to (the record was just made from it)."""
-        self.__dict__["_parsed_" + column] = (getattr(self, column), value)
+        self.__dict__.setdefault("_vx_json", {})[column] = (self.__data__.get(column), value)
 
 
 class Recipient(BaseModel):
