@@ -378,7 +378,8 @@ class Gateway:
                                 xforward=message.xforward())
         message.recipients = None          # what is left is read from the record from now on
         now = time.time()
-        ok, temp, perm = result.recipients("ok"), result.recipients("temp"), result.recipients("perm")
+        kinds = result.by_kind()
+        ok, temp, perm = kinds["ok"], kinds["temp"], kinds["perm"]
         self._count_replies(row, result, ok, temp)
         if temp and now - row.created > self.config.SmtpRelayMaxAge:
             for address in temp:
@@ -567,10 +568,11 @@ class Intake:
         self.received.inc()
         client = envelope.xforward.get("ADDR") or envelope.peer[0]
         # DEBUG: on the hot path the summary line (with client=) is the one line per message
-        log.debug("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
-                 ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size, client,
-                 extra={"event": "received", "fields": {"from": envelope.mail_from, "to": envelope.rcpt_to,
-                                                        "size": writer.size, "client": client}})
+        if log.isEnabledFor(logging.DEBUG):     # its arguments cost more than the disabled call
+            log.debug("received from=<%s> to=%s size=%d client=%s", envelope.mail_from,
+                      ",".join("<%s>" % a for a in envelope.rcpt_to), writer.size, client,
+                      extra={"event": "received", "fields": {"from": envelope.mail_from, "to": envelope.rcpt_to,
+                                                             "size": writer.size, "client": client}})
         if own:
             return Reply(250, "2.0.0 Ok: queued as %s" % queue_id)
         failed = []

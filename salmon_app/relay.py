@@ -33,9 +33,15 @@ class RelayResult:
     next_hop_id: str = ""
 
     def recipients(self, kind):
-        test = {"ok": lambda c: 200 <= c < 300, "temp": lambda c: c < 200 or 400 <= c < 500 or c == 0,
-                "perm": lambda c: c >= 500}[kind]
-        return [addr for addr, (code, _) in self.replies.items() if test(code)]
+        return self.by_kind()[kind]
+
+    def by_kind(self):
+        """{"ok": [...], "temp": [...], "perm": [...]}: the recipients by their reply, in order
+        (temp: a 4xx, or no reply at all)."""
+        kinds = {"ok": [], "temp": [], "perm": []}
+        for address, (code, _) in self.replies.items():
+            kinds["ok" if 200 <= code < 300 else "perm" if code >= 500 else "temp"].append(address)
+        return kinds
 
 
 class _Verbatim:
