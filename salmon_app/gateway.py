@@ -501,12 +501,13 @@ class Gateway:
         verdict, action = fields.get("verdict") or row.verdict, fields.get("action") or row.action or "-"
         files = analysed_files(fields.get("analysis_json") or row.analysis_json)
         took = time.time() - row.created
-        client = row.client.get("addr") or row.client.get("peer_ip") or "-"
+        client, rcpt_to = row.client, row.rcpt_to
+        client = client.get("addr") or client.get("peer_ip") or "-"
         message.log.info("from=<%s> to=%s size=%d client=%s verdict=%s action=%s files=%s outcome=%s next_hop_id=%s "
-                         "time=%.3fs", row.mail_from, ",".join("<%s>" % a for a in row.rcpt_to), row.size, client,
+                         "time=%.3fs", row.mail_from, ",".join("<%s>" % a for a in rcpt_to), row.size, client,
                          verdict, action, ",".join(files) or "-", outcome, result.next_hop_id or "-", took,
                          extra={"event": "summary", "fields": {
-                             "from": row.mail_from, "to": row.rcpt_to, "size": row.size, "client": client,
+                             "from": row.mail_from, "to": rcpt_to, "size": row.size, "client": client,
                              "verdict": verdict, "action": action, "files": files, "outcome": outcome,
                              "next_hop_id": result.next_hop_id, "time": round(took, 3)}})
 

@@ -18,7 +18,8 @@ class StoredMessage:
         self.queue_id, self.mode, self.state = row.id, row.mode, row.state
         self.To = "%s@%s.vxgate" % (row.id, row.mode)
         self.From = row.mail_from
-        self.Peer = row.client.get("addr") or row.client.get("peer_ip", "")
+        client = row.client
+        self.Peer = client.get("addr") or client.get("peer_ip", "")
         self.log = qlog(row.id)
         self.handled = False       # a handler ran (an unrouted message is an internal error)
         self.next_state = None     # set by forward(): the stage it goes to when this step ends

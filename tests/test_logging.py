@@ -137,6 +137,10 @@ def test_a_rotated_log_file_is_reopened_and_no_line_is_lost(tmp_path):
     numbers = [int(line.rsplit(" ", 1)[1]) for line in (old + new).splitlines()]
     assert numbers == list(range(sent))
     assert "line 0\n" in old and new.endswith("line %d\n" % (sent - 1))
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "..", "config", "logrotate", "vxgate")) as handle:
+        rules = [line.split("#")[0].strip() for line in handle]
+    assert "delaycompress" in rules and "copytruncate" not in rules     # what that second relies on
 
 
 def test_lines_look_up_their_caller_only_when_a_format_shows_it(tmp_path):
