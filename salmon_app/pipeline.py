@@ -84,6 +84,7 @@ class Waiter:
         self._signal = threading.Lock()
         self._signal.acquire()
         self._signalled = False
+        self._set_lock = threading.Lock()     # not _lock: wake() must not wait for an offer's before()
         self._lock = threading.Lock()
         self.reply = None
         self.closed = False
@@ -106,14 +107,14 @@ class Waiter:
     def wake(self):
         """Stop waiting now (shutdown): the session takes over the message as on a time-out."""
         self.woken = True
-        with self._lock:
-            self._set()
+        self._set()
 
     def _set(self):
-        # under self._lock: released once, so that every later wait returns at once
-        if not self._signalled:
-            self._signalled = True
-            self._signal.release()
+        # released once, so that every later wait returns at once
+        with self._set_lock:
+            if not self._signalled:
+                self._signalled = True
+                self._signal.release()
 
     def wait(self, timeout, on_timeout=None):
         """The reply, or None after ``timeout``; ``on_timeout()`` runs under the lock before giving up.

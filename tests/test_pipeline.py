@@ -32,3 +32,26 @@ def test_waiter_offer_after_timeout_is_refused_and_wake_ends_the_wait():
     threading.Timer(0.05, other.wake).start()
     taken = []
     assert other.wait(10, on_timeout=lambda: taken.append(True)) is None and taken == [True]
+
+
+def test_wake_does_not_wait_for_an_offer_in_progress():
+    """Shut-down wakes every waiting session; one whose reply is being recorded (an offer's
+    before(), held up by a slow disk) must not hold the shut-down up."""
+    waiter = Waiter()
+    recording, release = threading.Event(), threading.Event()
+
+    def slow_record():
+        recording.set()
+        release.wait(10)
+    offering = threading.Thread(target=waiter.offer, args=("250 ok", slow_record))
+    offering.start()
+    assert recording.wait(10)
+    woke = threading.Thread(target=waiter.wake)
+    woke.start()
+    woke.join(5)
+    try:
+        assert not woke.is_alive()
+    finally:
+        release.set()
+        offering.join(10)
+    assert waiter.wait(0) == "250 ok" and waiter.wait(0) == "250 ok"     # set once, seen by every wait
