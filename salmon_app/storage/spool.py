@@ -176,8 +176,8 @@ class SpoolWriter:
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
-        folder = self.spool.folder(self.queue_id)
-        final = "%s/%s.eml" % (folder, self.queue_id)
+        final = self.spool.path(self.queue_id)
+        folder = final[:final.rindex("/")]
         try:
             os.rename(self.tmp_path, final)
         except FileNotFoundError:       # the folder's first message (or it was removed)

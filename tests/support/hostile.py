@@ -91,7 +91,7 @@ DATA_STREAMS = [
 # dots, with no body, and lines that cross every buffer boundary.
 DATA_HEADERS = [
     (b"X-Pad: " + b"x" * 900 + b"\r\n") * 80 + b"Subject: late\r\n\r\nbody\r\n.\r\n",   # 72 KB of header
-    b"Subject: s\r\n" + b"X: " + b"y" * 65526 + b"\r\n" * 3 + b".\r\n",                  # a line at the limit
+    b"Subject: s\r\n" + b"X: " + b"y" * 65526 + b"\r\n" * 3 + b".\r\n",                  # an overlong line
     b"..Subject: dotted\r\n.X: y\r\nFrom: a@x.test\r\n\r\n..body\r\n.\r\n",
     b"Subject: s\r\nFrom: a@x.test\r\n.\r\n",                                            # no end of header
     (b"H: " + b"z" * 60 + b"\r\n") * 1200 + b"\r\n" + b"body\r\n" * 100 + b".\r\n",
