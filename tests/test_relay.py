@@ -213,3 +213,14 @@ def test_next_hop_connections_are_kept_and_reused_by_the_workers(vxgate, sink):
     rows = wait_state(Message.mode == "smtp", "delivered")
     assert len(rows) == 30 and {r.action for r in rows} == {"accept"}     # the hook decided each one
     assert 1 <= sink.connections <= 2
+
+
+def test_recipients_are_sorted_by_their_reply():
+    """2xx delivered, 5xx bounced, everything else (4xx, no reply, a 3xx no RCPT may give)
+    deferred and tried again: no reply leaves a recipient in no kind."""
+    from salmon_app.relay import RelayResult
+    result = RelayResult({"a@x.test": (250, "ok"), "b@x.test": (451, "later"), "c@x.test": (550, "no"),
+                          "d@x.test": (0, "no reply"), "e@x.test": (354, "odd")})
+    assert result.by_kind() == {"ok": ["a@x.test"], "temp": ["b@x.test", "d@x.test", "e@x.test"],
+                                "perm": ["c@x.test"]}
+    assert result.recipients("temp") == ["b@x.test", "d@x.test", "e@x.test"]
